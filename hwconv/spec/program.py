@@ -1,0 +1,259 @@
+"""The versioned binary program file: what `hwconv export` writes and every backend runs.
+
+File layout (little-endian), sections in this order, each offset/size in the header:
+
+    header   FILE_HEADER_BYTES: magic, version, engine config hash, section table, CRC32s
+    image    the device image the engine fetches from DESC_BASE: preamble + one descriptor per layer
+    params   the params blob the engine reads from PARAMS_BASE: packed weights, requant records
+    meta     UTF-8 JSON for the host: engine config, layer names, input/output tensor table
+
+The header CRC covers the header, the body CRC everything after it, so truncation, corruption,
+another format version or another engine are each refused with a message saying which.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .config import EngineConfig
+from .errors import ProgramFormatError, SpecError
+from .isa import (DESCRIPTOR_BYTES, PREAMBLE_BYTES, PREAMBLE_FORMAT, PREAMBLE_MAGIC, REQUANT_OPS,
+                  WEIGHTED_OPS, Flag, LayerDescriptor, TensorRef)
+from .params import unpack_requant, unpack_weights
+from .validate import check_accumulator, check_descriptor, weight_count, weight_shape
+
+FORMAT_VERSION = (1, 0)  # (major, minor): a reader accepts its major and any minor <= its own
+FILE_MAGIC = b"HWCVPROG"
+FILE_HEADER_FIELDS = (
+    ("magic", "8s"),
+    ("version_major", "H"),
+    ("version_minor", "H"),
+    ("config_hash", "I"),
+    ("n_layers", "I"),
+    ("image_offset", "I"),
+    ("image_bytes", "I"),
+    ("params_offset", "I"),
+    ("params_bytes", "I"),
+    ("meta_offset", "I"),
+    ("meta_bytes", "I"),
+    ("arena_bytes", "I"),
+    ("body_crc32", "I"),
+)
+FILE_HEADER_BYTES = 64
+_HDR_USED = "<" + "".join(f for _, f in FILE_HEADER_FIELDS)
+_HDR_FORMAT = _HDR_USED + f"{FILE_HEADER_BYTES - 4 - struct.calcsize(_HDR_USED)}x" + "I"  # + header CRC
+assert struct.calcsize(_HDR_FORMAT) == FILE_HEADER_BYTES
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """A program input or output: where it lives, its sign and the float scale of one LSB."""
+
+    name: str
+    role: str  # "input" | "output"
+    ref: TensorRef
+    signed: bool
+    scale: float
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "role": self.role, "signed": self.signed, "scale": self.scale,
+                "ref": {k: getattr(self.ref, k) for k in ("addr", "height", "width", "channels",
+                                                          "pixel_stride", "group_channels", "group_stride")}}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TensorInfo":
+        return cls(name=str(d["name"]), role=str(d["role"]), ref=TensorRef(**d["ref"]),
+                   signed=bool(d["signed"]), scale=float(d["scale"]))
+
+
+@dataclass
+class Program:
+    config: EngineConfig
+    layers: list[LayerDescriptor]
+    layer_names: list[str]
+    params: bytes
+    arena_bytes: int
+    tensors: list[TensorInfo]
+    extra: dict = field(default_factory=dict)  # free-form provenance (model, variant, ...)
+
+    # -- views ------------------------------------------------------------------------------
+    @property
+    def inputs(self) -> list[TensorInfo]:
+        return [t for t in self.tensors if t.role == "input"]
+
+    @property
+    def outputs(self) -> list[TensorInfo]:
+        return [t for t in self.tensors if t.role == "output"]
+
+    def tensor(self, name: str) -> TensorInfo:
+        for t in self.tensors:
+            if t.name == name:
+                return t
+        raise KeyError(f"program has no tensor {name!r}; it has: {', '.join(t.name for t in self.tensors)}")
+
+    def layer_weights(self, i: int) -> np.ndarray | None:
+        d = self.layers[i]
+        if d.opcode not in WEIGHTED_OPS:
+            return None
+        n = weight_count(d)
+        raw = np.frombuffer(self.params, dtype=np.uint8, offset=d.weights_offset)
+        return unpack_weights(raw, n, d.weight_bits).reshape(weight_shape(d))
+
+    def layer_requant(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        d = self.layers[i]
+        if d.opcode not in REQUANT_OPS:
+            return None
+        return unpack_requant(memoryview(self.params)[d.params_offset:], d.out.channels)
+
+    # -- validation ---------------------------------------------------------------------------
+    def validate(self) -> None:
+        """Everything the engine would check at runtime, plus the compile-time overflow proof."""
+        cfg = self.config
+        if not 1 <= len(self.layers) <= cfg.max_layers:
+            raise SpecError(f"program has {len(self.layers)} layers; the engine runs 1..{cfg.max_layers}")
+        if len(self.layer_names) != len(self.layers):
+            raise SpecError(f"{len(self.layer_names)} layer names for {len(self.layers)} layers")
+        seen = set()
+        for i, (d, name) in enumerate(zip(self.layers, self.layer_names)):
+            where = f"layer {i} ({name})"
+            if name in seen:
+                raise SpecError(f"{where}: duplicate layer name")
+            seen.add(name)
+            if d.layer_id != i:
+                raise SpecError(f"{where}: layer_id is {d.layer_id}, expected {i}")
+            code, msg = check_descriptor(d, cfg, arena_size=self.arena_bytes, params_size=len(self.params))
+            if code:
+                raise SpecError(f"{where}: {msg} [{code.name}]")
+            rq = self.layer_requant(i)
+            if rq is not None:
+                check_accumulator(d, self.layer_weights(i), rq[0], cfg, where=where)
+        for t in self.tensors:
+            if t.role not in ("input", "output"):
+                raise SpecError(f"tensor {t.name!r}: role {t.role!r}, must be input or output")
+            t.ref.check(f"tensor {t.name!r}")
+            if t.ref.addr + t.ref.span > self.arena_bytes:
+                raise SpecError(f"tensor {t.name!r} reaches outside the {self.arena_bytes}-byte arena")
+
+    # -- encoding -----------------------------------------------------------------------------
+    def device_image(self) -> bytes:
+        pre = struct.pack(PREAMBLE_FORMAT, PREAMBLE_MAGIC, FORMAT_VERSION[0], FORMAT_VERSION[1],
+                          self.config.config_hash, len(self.layers))
+        return pre + b"".join(d.pack() for d in self.layers)
+
+    def meta(self) -> dict:
+        return {"format": "hwconv-program", "engine": self.config.to_dict(),
+                "layers": [{"name": n, "op": d.opcode.name} for n, d in zip(self.layer_names, self.layers)],
+                "tensors": [t.to_dict() for t in self.tensors], "extra": self.extra}
+
+    def to_bytes(self) -> bytes:
+        self.validate()
+        image = self.device_image()
+        meta = json.dumps(self.meta(), sort_keys=True).encode()
+        image_off = FILE_HEADER_BYTES
+        params_off = image_off + len(image)
+        meta_off = params_off + len(self.params)
+        body = image + self.params + meta
+        vals = [FILE_MAGIC, *FORMAT_VERSION, self.config.config_hash, len(self.layers),
+                image_off, len(image), params_off, len(self.params), meta_off, len(meta),
+                self.arena_bytes, zlib.crc32(body)]
+        head = struct.pack(_HDR_FORMAT, *vals, 0)
+        head = head[:-4] + struct.pack("<I", zlib.crc32(head[:-4]))
+        return head + body
+
+    def save(self, path: str | Path) -> None:
+        from ..fileio import atomic_write_bytes
+
+        atomic_write_bytes(path, self.to_bytes())
+
+    # -- decoding -----------------------------------------------------------------------------
+    @classmethod
+    def from_bytes(cls, data: bytes, *, source: str = "program",
+                   expect: EngineConfig | None = None) -> "Program":
+        def fail(msg: str) -> ProgramFormatError:
+            return ProgramFormatError(f"{source}: {msg}")
+
+        if len(data) < FILE_HEADER_BYTES:
+            raise fail(f"truncated: {len(data)} bytes, the header alone is {FILE_HEADER_BYTES}")
+        if data[:8] != FILE_MAGIC:
+            raise fail(f"not a hwconv program (magic {data[:8]!r}, expected {FILE_MAGIC!r})")
+        vals = struct.unpack(_HDR_FORMAT, data[:FILE_HEADER_BYTES])
+        h = dict(zip((n for n, _ in FILE_HEADER_FIELDS), vals[:-1]))
+        if zlib.crc32(data[:FILE_HEADER_BYTES - 4]) != vals[-1]:
+            raise fail("header checksum mismatch: the header is corrupted")
+        major, minor = h["version_major"], h["version_minor"]
+        if major != FORMAT_VERSION[0] or minor > FORMAT_VERSION[1]:
+            raise fail(f"program format version {major}.{minor}; this hwconv reads "
+                       f"{FORMAT_VERSION[0]}.0 to {FORMAT_VERSION[0]}.{FORMAT_VERSION[1]} "
+                       "(re-export the model with this hwconv)")
+        end = max(h["image_offset"] + h["image_bytes"], h["params_offset"] + h["params_bytes"],
+                  h["meta_offset"] + h["meta_bytes"])
+        if len(data) < end:
+            raise fail(f"truncated: the header describes {end} bytes, the file has {len(data)}")
+        if len(data) > end:
+            raise fail(f"{len(data) - end} unexpected bytes after the last section")
+        if zlib.crc32(data[FILE_HEADER_BYTES:]) != h["body_crc32"]:
+            raise fail("body checksum mismatch: descriptors, weights or metadata are corrupted")
+        if expect is not None and h["config_hash"] != expect.config_hash:
+            raise fail(f"built for engine config hash 0x{h['config_hash']:08x}, but this engine is "
+                       f"{expect.name} with hash 0x{expect.config_hash:08x}; re-export for this engine")
+        try:
+            meta = json.loads(data[h["meta_offset"]:h["meta_offset"] + h["meta_bytes"]].decode())
+            config = EngineConfig.from_dict(meta["engine"], source=f"{source} metadata")
+            names = [str(layer["name"]) for layer in meta["layers"]]
+            tensors = [TensorInfo.from_dict(t) for t in meta["tensors"]]
+            extra = dict(meta.get("extra", {}))
+        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise fail(f"metadata section is malformed: {exc}") from None
+        if config.config_hash != h["config_hash"]:
+            raise fail("metadata engine config does not match the header's config hash")
+
+        image = data[h["image_offset"]:h["image_offset"] + h["image_bytes"]]
+        n = h["n_layers"]
+        if len(image) != PREAMBLE_BYTES + n * DESCRIPTOR_BYTES:
+            raise fail(f"device image is {len(image)} bytes, expected {PREAMBLE_BYTES + n * DESCRIPTOR_BYTES} "
+                       f"for {n} layers")
+        magic, vmaj, vmin, chash, pn = struct.unpack(PREAMBLE_FORMAT, image[:PREAMBLE_BYTES])
+        if (magic, vmaj, vmin, chash, pn) != (PREAMBLE_MAGIC, major, minor, h["config_hash"], n):
+            raise fail("device image preamble disagrees with the file header")
+        layers = []
+        for i in range(n):
+            raw = image[PREAMBLE_BYTES + i * DESCRIPTOR_BYTES:PREAMBLE_BYTES + (i + 1) * DESCRIPTOR_BYTES]
+            where = f"layer {i} ({names[i] if i < len(names) else '?'})"
+            try:
+                layers.append(LayerDescriptor.unpack(raw, where=where))
+            except SpecError as exc:
+                raise fail(str(exc)) from None
+        prog = cls(config=config, layers=layers, layer_names=names,
+                   params=bytes(data[h["params_offset"]:h["params_offset"] + h["params_bytes"]]),
+                   arena_bytes=h["arena_bytes"], tensors=tensors, extra=extra)
+        try:
+            prog.validate()
+        except SpecError as exc:
+            raise fail(str(exc)) from None
+        return prog
+
+    @classmethod
+    def load(cls, path: str | Path, *, expect: EngineConfig | None = None) -> "Program":
+        path = Path(path)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ProgramFormatError(f"{path}: cannot read program: {exc.strerror}") from None
+        return cls.from_bytes(data, source=str(path), expect=expect)
+
+
+def signed_flags(in0: bool = False, in1: bool = False, out: bool = False) -> Flag:
+    f = Flag(0)
+    if in0:
+        f |= Flag.IN0_SIGNED
+    if in1:
+        f |= Flag.IN1_SIGNED
+    if out:
+        f |= Flag.OUT_SIGNED
+    return f

@@ -1,0 +1,139 @@
+"""Static checks of a descriptor against an engine: the same checks the engine makes at runtime.
+
+`check_descriptor` returns (ErrorCode, message) rather than raising, so the program reader, the
+golden machine and the RTL tests all map a violation to the same error code.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .config import EngineConfig
+from .errors import SpecError
+from .isa import KERNELS, REQUANT_OPS, STRIDES, WEIGHTED_OPS, Flag, LayerDescriptor, Opcode, TensorRef
+from .params import REQUANT_RECORD_BYTES, act_range, packed_weight_bytes
+from .registers import ErrorCode
+
+
+def conv_out_size(size: int, kernel: int, stride: int, pad: int) -> int:
+    return (size + 2 * pad - kernel) // stride + 1
+
+
+def weight_count(d: LayerDescriptor) -> int:
+    if d.opcode == Opcode.CONV:
+        return d.out.channels * d.kernel * d.kernel * d.in0.channels
+    if d.opcode in (Opcode.DWCONV, Opcode.DEFORM_DW):
+        return d.out.channels * d.kernel * d.kernel
+    return 0
+
+
+def weight_shape(d: LayerDescriptor) -> tuple[int, ...]:
+    if d.opcode == Opcode.CONV:
+        return (d.out.channels, d.kernel, d.kernel, d.in0.channels)
+    if d.opcode in (Opcode.DWCONV, Opcode.DEFORM_DW):
+        return (d.out.channels, d.kernel, d.kernel)
+    return (0,)
+
+
+def used_inputs(d: LayerDescriptor) -> tuple[str, ...]:
+    return ("in0", "in1") if d.opcode in (Opcode.ADD, Opcode.DEFORM_DW) else ("in0",)
+
+
+def check_descriptor(d: LayerDescriptor, cfg: EngineConfig, *, arena_size: int,
+                     params_size: int) -> tuple[ErrorCode, str]:
+    """(ErrorCode.NONE, "") if the engine can run `d`, else the code and a message naming the field."""
+    op = d.opcode
+    bad = ErrorCode.BAD_DESCRIPTOR
+    if d.kernel not in KERNELS[op]:
+        return bad, f"{op.name} kernel={d.kernel}, supported: {KERNELS[op]}"
+    if d.stride not in STRIDES[op]:
+        return bad, f"{op.name} stride={d.stride}, supported: {STRIDES[op]}"
+    max_pad = d.kernel - 1 if op == Opcode.MAXPOOL else d.kernel // 2
+    if op == Opcode.DEFORM_DW and d.pad != 1:
+        return bad, "DEFORM_DW pad must be 1 (same-size output, zeros outside the image)"
+    if not 0 <= d.pad <= max_pad:
+        return bad, f"{op.name} pad={d.pad}, must be in [0, {max_pad}]"
+    if op in WEIGHTED_OPS and d.weight_bits not in (4, 8):
+        return bad, f"weight_bits={d.weight_bits}, must be 4 or 8"
+    refs = ("out",) + used_inputs(d)
+    for name in refs:
+        ref: TensorRef = getattr(d, name)
+        try:
+            ref.check(name)
+        except SpecError as exc:
+            return bad, str(exc)
+        if ref.channels > cfg.max_channels:
+            return bad, f"{name}.channels={ref.channels} exceeds the engine's max_channels={cfg.max_channels}"
+        if ref.width > cfg.max_width and name != "out":
+            return bad, f"{name}.width={ref.width} exceeds the engine's max_width={cfg.max_width}"
+    if d.upsample and (d.out.height % 2 or d.out.width % 2):
+        return bad, f"UPSAMPLE2X needs an even out tensor, got {d.out.height}x{d.out.width}"
+    ho, wo = d.compute_hw
+    if wo > cfg.max_width:
+        return bad, f"computed width {wo} exceeds the engine's max_width={cfg.max_width}"
+
+    i0, i1 = d.in0, d.in1
+    if op in (Opcode.CONV, Opcode.DWCONV, Opcode.MAXPOOL):
+        want = (conv_out_size(i0.height, d.kernel, d.stride, d.pad),
+                conv_out_size(i0.width, d.kernel, d.stride, d.pad))
+    else:
+        want = (i0.height, i0.width)
+    if (ho, wo) != want:
+        return bad, (f"{op.name}: in0 {i0.height}x{i0.width} with kernel {d.kernel}, stride {d.stride}, "
+                     f"pad {d.pad} gives {want[0]}x{want[1]}, but out computes {ho}x{wo}")
+    if op != Opcode.CONV and d.out.channels != i0.channels:
+        return bad, f"{op.name}: out.channels={d.out.channels} != in0.channels={i0.channels}"
+    if op == Opcode.DEFORM_DW:
+        if i1.channels != 1 or (i1.height, i1.width) != (i0.height, i0.width):
+            return bad, (f"DEFORM_DW dilation map in1 must be {i0.height}x{i0.width}x1, "
+                         f"got {i1.height}x{i1.width}x{i1.channels}")
+        if d.flags & Flag.IN1_SIGNED:
+            return bad, "DEFORM_DW dilation map in1 must be unsigned"
+    if op == Opcode.ADD and (i1.height, i1.width, i1.channels) != (i0.height, i0.width, i0.channels):
+        return bad, (f"ADD operands differ: in0 {i0.height}x{i0.width}x{i0.channels}, "
+                     f"in1 {i1.height}x{i1.width}x{i1.channels}")
+    if op in (Opcode.MAXPOOL, Opcode.COPY) and bool(d.flags & Flag.IN0_SIGNED) != bool(d.flags & Flag.OUT_SIGNED):
+        return bad, f"{op.name} keeps the scale and sign: in0 and out signedness must match"
+    if op in REQUANT_OPS:
+        lo, hi = act_range(cfg.act_bits, bool(d.flags & Flag.OUT_SIGNED))
+        if not lo <= d.clamp_lo <= d.clamp_hi <= hi:
+            return bad, f"clamp [{d.clamp_lo}, {d.clamp_hi}] must lie within the output range [{lo}, {hi}]"
+
+    for name in refs:
+        ref = getattr(d, name)
+        if ref.addr + ref.span > arena_size:
+            return (ErrorCode.ARENA_OUT_OF_BOUNDS,
+                    f"{name} reaches byte {ref.addr + ref.span} of a {arena_size}-byte arena")
+    if op in WEIGHTED_OPS:
+        end = d.weights_offset + packed_weight_bytes(weight_count(d), d.weight_bits)
+        if end > params_size:
+            return ErrorCode.PARAMS_OUT_OF_BOUNDS, f"weights reach byte {end} of a {params_size}-byte params blob"
+    if op in REQUANT_OPS:
+        end = d.params_offset + d.out.channels * REQUANT_RECORD_BYTES
+        if end > params_size:
+            return (ErrorCode.PARAMS_OUT_OF_BOUNDS,
+                    f"requant records reach byte {end} of a {params_size}-byte params blob")
+    return ErrorCode.NONE, ""
+
+
+def accumulator_bound(d: LayerDescriptor, weights: np.ndarray | None, bias: np.ndarray, act_bits: int) -> np.ndarray:
+    """Largest |accumulator| per output channel over all possible inputs (exact, not estimated)."""
+    def max_abs(flag: Flag) -> int:
+        lo, hi = act_range(act_bits, bool(d.flags & flag))
+        return max(-lo, hi)
+
+    bias = np.abs(np.asarray(bias, dtype=np.int64))
+    if d.opcode == Opcode.ADD:
+        return abs(d.add_mult0) * max_abs(Flag.IN0_SIGNED) + abs(d.add_mult1) * max_abs(Flag.IN1_SIGNED) + bias
+    w = np.abs(np.asarray(weights, dtype=np.int64)).reshape(d.out.channels, -1)
+    return w.sum(axis=1) * max_abs(Flag.IN0_SIGNED) + bias
+
+
+def check_accumulator(d: LayerDescriptor, weights, bias, cfg: EngineConfig, *, where: str) -> None:
+    """Prove no accumulator of layer `d` can overflow cfg.acc_bits, or name the channel that can."""
+    bound = accumulator_bound(d, weights, bias, cfg.act_bits)
+    limit = (1 << (cfg.acc_bits - 1)) - 1
+    if bound.size and bound.max() > limit:
+        c = int(np.argmax(bound))
+        raise SpecError(f"{where}: accumulator of output channel {c} can reach {int(bound[c])}, "
+                        f"beyond the {cfg.acc_bits}-bit accumulator (max {limit})")
