@@ -49,29 +49,36 @@ class RunResult:
             raise EngineError(self.error, self.error_layer, self.message)
 
 
-def _compute(d: LayerDescriptor, cfg: EngineConfig, arena: np.ndarray, params: bytes) -> np.ndarray:
-    """Output of one layer at its computed size, in the output's integer range."""
+def accumulate(d: LayerDescriptor, cfg: EngineConfig, arena: np.ndarray, params: bytes) -> np.ndarray:
+    """Exact int64 accumulators of a requantising layer (before bias and requantisation)."""
     x = read_tensor(arena, d.in0, bool(d.flags & Flag.IN0_SIGNED))
-    op = d.opcode
-    if op == Opcode.MAXPOOL:
-        return ops.maxpool(x, d.kernel, d.stride, d.pad, bool(d.flags & Flag.IN0_SIGNED), cfg.act_bits)
-    if op == Opcode.COPY:
-        return x
+    if d.opcode == Opcode.ADD:
+        return ops.add(x, read_tensor(arena, d.in1, bool(d.flags & Flag.IN1_SIGNED)), d.add_mult0, d.add_mult1)
     blob = np.frombuffer(params, dtype=np.uint8)
-    if op == Opcode.ADD:
-        acc = ops.add(x, read_tensor(arena, d.in1, bool(d.flags & Flag.IN1_SIGNED)), d.add_mult0, d.add_mult1)
-    else:
-        w = unpack_weights(blob[d.weights_offset:], weight_count(d), d.weight_bits).reshape(weight_shape(d))
-        if op == Opcode.CONV:
-            acc = ops.conv2d(x, w, d.stride, d.pad)
-        elif op == Opcode.DWCONV:
-            acc = ops.depthwise(x, w, d.stride, d.pad)
-        else:  # DEFORM_DW
-            dil = read_tensor(arena, d.in1, False)[:, :, 0]
-            acc = ops.deform_depthwise(x, w, dil, cfg.max_dilation)
-    bias, mult, shift = unpack_requant(blob[d.params_offset: d.params_offset + d.out.channels * REQUANT_RECORD_BYTES],
-                                       d.out.channels)
+    w = unpack_weights(blob[d.weights_offset:], weight_count(d), d.weight_bits).reshape(weight_shape(d))
+    if d.opcode == Opcode.CONV:
+        return ops.conv2d(x, w, d.stride, d.pad)
+    if d.opcode == Opcode.DWCONV:
+        return ops.depthwise(x, w, d.stride, d.pad)
+    dil = read_tensor(arena, d.in1, False)[:, :, 0]
+    return ops.deform_depthwise(x, w, dil, cfg.max_dilation)
+
+
+def compute_layer(d: LayerDescriptor, cfg: EngineConfig, arena: np.ndarray, params: bytes) -> np.ndarray:
+    """Output of one layer at its computed size (before any upsampling on store)."""
+    if d.opcode == Opcode.MAXPOOL:
+        x = read_tensor(arena, d.in0, bool(d.flags & Flag.IN0_SIGNED))
+        return ops.maxpool(x, d.kernel, d.stride, d.pad, bool(d.flags & Flag.IN0_SIGNED), cfg.act_bits)
+    if d.opcode == Opcode.COPY:
+        return read_tensor(arena, d.in0, bool(d.flags & Flag.IN0_SIGNED))
+    acc = accumulate(d, cfg, arena, params)
+    rec = np.frombuffer(params, dtype=np.uint8)[d.params_offset: d.params_offset + d.out.channels * REQUANT_RECORD_BYTES]
+    bias, mult, shift = unpack_requant(rec, d.out.channels)
     return ops.requantize(acc, bias, mult, shift, d.clamp_lo, d.clamp_hi)
+
+
+def store_layer(d: LayerDescriptor, arena: np.ndarray, y: np.ndarray) -> None:
+    write_tensor(arena, d.out, ops.upsample2x(y) if d.upsample else y)
 
 
 def execute(cfg: EngineConfig, image: bytes, params: bytes, arena: np.ndarray, *,
@@ -108,8 +115,8 @@ def execute(cfg: EngineConfig, image: bytes, params: bytes, arena: np.ndarray, *
         if code:
             return stop(code, i, msg)
         t0 = time.perf_counter()
-        y = _compute(d, cfg, arena, params)
-        write_tensor(arena, d.out, ops.upsample2x(y) if d.upsample else y)
+        y = compute_layer(d, cfg, arena, params)
+        store_layer(d, arena, y)
         res.layer_seconds.append(time.perf_counter() - t0)
         res.layers_done = i + 1
         if on_layer is not None:

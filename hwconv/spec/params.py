@@ -72,6 +72,7 @@ def pack_weights(w: np.ndarray, bits: int, *, where: str = "weights") -> bytes:
 def unpack_weights(raw: bytes | np.ndarray, n: int, bits: int) -> np.ndarray:
     """Inverse of pack_weights: n signed integers (int8 array)."""
     b = np.frombuffer(raw, dtype=np.uint8) if isinstance(raw, (bytes, bytearray, memoryview)) else raw
+    b = b[:packed_weight_bytes(n, bits)]
     if bits == 8:
         return b[:n].view(np.int8).copy()
     nib = np.empty(b.size * 2, dtype=np.int8)

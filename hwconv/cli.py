@@ -1,0 +1,114 @@
+"""hwconv: quantized CNN detectors with modified deformable convolutions on embedded FPGAs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .spec import EngineConfig, SpecError
+
+
+def _config(args) -> EngineConfig:
+    return EngineConfig.load(args.engine) if getattr(args, "engine", None) else EngineConfig()
+
+
+def cmd_doctor(args) -> int:
+    from .doctor import main_doctor
+
+    return main_doctor(as_json=args.json)
+
+
+def cmd_inspect(args) -> int:
+    from .inspect import format_program
+    from .spec import Program
+
+    prog = Program.load(args.program)
+    print(format_program(prog, args.program))
+    return 0
+
+
+def cmd_spec(args) -> int:
+    from .inspect import format_contract
+
+    cfg = _config(args)
+    print(f"engine {cfg.stem}  hash 0x{cfg.config_hash:08x}")
+    print(cfg.to_toml())
+    print(format_contract())
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .bench import bench_golden
+
+    cfg = _config(args)
+    r = bench_golden(cfg, args.model, repeat=args.repeat)
+    if args.json:
+        print(json.dumps(r, indent=2))
+        return 0
+    print(f"golden model, CoDeNet config {r['shape']} shape ({r['input_size']}x{r['input_size']}), "
+          f"{r['layers']} layers, {r['gmac']:.3f} GMAC, engine {cfg.name}")
+    print(f"  frame time: median {r['frame_s_median'] * 1e3:.1f} ms, min {r['frame_s_min'] * 1e3:.1f} ms "
+          f"over {r['repeat']} runs ({r['gmac_per_s']:.2f} GMAC/s); program build {r['build_s']:.2f} s")
+    print("  time by op: " + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in r["seconds_by_op"].items()))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    return run_demo(Path(args.out), _config(args), model=args.model)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hwconv", description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("--version", action="version", version=f"hwconv {__import__('hwconv').__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    def add(name, fn, help_):
+        sp = sub.add_parser(name, help=help_, description=help_)
+        sp.set_defaults(fn=fn)
+        return sp
+
+    sp = add("doctor", cmd_doctor, "which tools are present, their versions, and what a missing one disables")
+    sp.add_argument("--json", action="store_true", help="machine-readable output")
+
+    sp = add("demo", cmd_demo, "the main job on a built-in default: build a CoDeNet-shaped program, "
+                               "write it, run the golden model, report")
+    sp.add_argument("-o", "--out", default="out/demo", help="output folder (default: out/demo)")
+    sp.add_argument("--model", default="a", choices=["tiny", "a", "b", "c"], help="network shape (default: a)")
+    sp.add_argument("--engine", help="engine config (.toml or .json); default: Ultra96-V2 reference")
+
+    sp = add("inspect", cmd_inspect, "print a program file's header, tensors and layer table")
+    sp.add_argument("program")
+
+    sp = add("spec", cmd_spec, "print the engine contract: config, register map, descriptor layout")
+    sp.add_argument("--engine", help="engine config (.toml or .json)")
+
+    sp = add("bench", cmd_bench, "golden-model time for a CoDeNet-sized frame")
+    sp.add_argument("--model", default="a", choices=["tiny", "a", "b", "c"], help="network shape (default: a)")
+    sp.add_argument("--repeat", type=int, default=5)
+    sp.add_argument("--engine", help="engine config (.toml or .json)")
+    sp.add_argument("--json", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "fn", None):
+        parser.print_help()
+        return 0
+    try:
+        return args.fn(args)
+    except SpecError as exc:  # contract violations are user errors: one clear line, no traceback
+        print(f"hwconv {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"hwconv {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

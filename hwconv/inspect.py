@@ -1,0 +1,54 @@
+"""Human-readable views of the contract and of program files (layer tables, register map)."""
+
+from __future__ import annotations
+
+from .spec import DESCRIPTOR_FIELD_OFFSETS, REGISTERS, REQUANT_OPS, ErrorCode, Flag, Program
+from .spec.isa import TENSOR_REF_FIELD_OFFSETS
+from .spec.program import FORMAT_VERSION
+
+
+def _shape(ref) -> str:
+    return f"{ref.height}x{ref.width}x{ref.channels}"
+
+
+def program_table(prog: Program) -> list[dict]:
+    rows = []
+    for i, (d, name) in enumerate(zip(prog.layers, prog.layer_names)):
+        rows.append({
+            "index": i, "name": name, "op": d.opcode.name,
+            "kernel": f"{d.kernel}x{d.kernel}/s{d.stride}", "in": _shape(d.in0),
+            "out": _shape(d.out) + (" (2x)" if d.flags & Flag.UPSAMPLE2X else ""),
+            "wbits": d.weight_bits or "-", "clamp": f"[{d.clamp_lo},{d.clamp_hi}]" if d.opcode in REQUANT_OPS else "-",
+        })
+    return rows
+
+
+def format_program(prog: Program, source: str = "") -> str:
+    cfg = prog.config
+    lines = [
+        f"program {source}".rstrip(),
+        f"  format {FORMAT_VERSION[0]}.{FORMAT_VERSION[1]}, engine {cfg.stem} (hash 0x{cfg.config_hash:08x})",
+        f"  {len(prog.layers)} layers, params {len(prog.params)} bytes, arena {prog.arena_bytes} bytes",
+    ]
+    for t in prog.tensors:
+        lines.append(f"  {t.role:6s} {t.name}: {_shape(t.ref)} {'int8' if t.signed else 'uint8'} "
+                     f"scale {t.scale:.6g} @ arena+{t.ref.addr}")
+    rows = program_table(prog)
+    cols = list(rows[0])
+    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
+    lines.append("  " + "  ".join(c.ljust(widths[c]) for c in cols))
+    lines += ["  " + "  ".join(str(r[c]).ljust(widths[c]) for c in cols) for r in rows]
+    return "\n".join(lines)
+
+
+def format_contract() -> str:
+    lines = [f"program format {FORMAT_VERSION[0]}.{FORMAT_VERSION[1]}", "", "register map (AXI4-Lite, 32-bit):"]
+    for r in REGISTERS:
+        bits = ", ".join(f"{f}[{lsb + w - 1}:{lsb}]" if w > 1 else f"{f}[{lsb}]" for f, lsb, w in r.bits)
+        lines.append(f"  0x{r.offset:02x} {r.name:20s} {r.access.value:4s} {r.doc}" + (f" ({bits})" if bits else ""))
+    lines += ["", "error codes:"] + [f"  {e.value:2d} {e.name}" for e in ErrorCode]
+    lines += ["", "layer descriptor (byte offset, width):"]
+    lines += [f"  {off:3d} {w:2d}  {name}" for name, (off, w) in DESCRIPTOR_FIELD_OFFSETS.items()]
+    lines += ["", "tensor reference (inside in0/in1/out):"]
+    lines += [f"  {off:3d} {w:2d}  {name}" for name, (off, w) in TENSOR_REF_FIELD_OFFSETS.items()]
+    return "\n".join(lines)
