@@ -85,8 +85,9 @@ class _Layer:
 
 
 class ProgramBuilder:
-    def __init__(self, config: EngineConfig, *, extra: dict | None = None):
+    def __init__(self, config: EngineConfig, *, extra: dict | None = None, reuse_memory: bool = True):
         self.config = config
+        self.reuse_memory = reuse_memory  # False: every buffer gets its own bytes (debugging aid)
         self.extra = dict(extra or {})
         self._layers: list[_Layer] = []
         self._buffers: list[Buffer] = []
@@ -256,7 +257,8 @@ class ProgramBuilder:
         arena = 0
         for start, end, buf in sorted(live, key=lambda t: (t[0], -t[2].nbytes)):
             size = align(buf.nbytes, BLOB_ALIGN)
-            busy = sorted((a, a + s) for (s0, e0, a, s) in placed if not (e0 < start or end < s0))
+            busy = sorted((a, a + s) for (s0, e0, a, s) in placed
+                          if not self.reuse_memory or not (e0 < start or end < s0))
             addr = 0
             for lo, hi in busy:
                 if addr + size <= lo:

@@ -50,8 +50,8 @@ CODENET_SHAPES = {
 
 
 class _Net:
-    def __init__(self, cfg: EngineConfig, rng: np.random.Generator):
-        self.b = ProgramBuilder(cfg, extra={"source": "synthetic"})
+    def __init__(self, cfg: EngineConfig, rng: np.random.Generator, reuse_memory: bool = True):
+        self.b = ProgramBuilder(cfg, extra={"source": "synthetic"}, reuse_memory=reuse_memory)
         self.rng = rng
         self.macs = 0
 
@@ -121,11 +121,12 @@ class _Net:
         return out
 
 
-def codenet_program(cfg: EngineConfig, shape: BackboneShape | str = "a", *, seed: int = 0):
+def codenet_program(cfg: EngineConfig, shape: BackboneShape | str = "a", *, seed: int = 0,
+                    reuse_memory: bool = True):
     """Build a CoDeNet-shaped program with random weights. Returns (program, macs)."""
     if isinstance(shape, str):
         shape = CODENET_SHAPES[shape]
-    net = _Net(cfg, np.random.default_rng(seed))
+    net = _Net(cfg, np.random.default_rng(seed), reuse_memory)
     b = net.b
     x = b.input("image", shape.input_size, shape.input_size, 3, signed=False, scale=1 / 255)
     if shape.stem_stride == 4:

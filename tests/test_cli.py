@@ -1,0 +1,61 @@
+"""The `hwconv` command: help, demo, inspect, spec, bench, and clear errors on bad input."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+
+from hwconv.cli import main
+
+
+def test_help_runs_as_console_script():
+    r = subprocess.run([sys.executable, "-m", "hwconv.cli", "--help"], capture_output=True, text=True)
+    assert r.returncode == 0
+    for cmd in ("demo", "doctor", "bench", "inspect", "spec"):
+        assert cmd in r.stdout
+
+
+def test_demo_writes_output_folder_and_inspect_reads_it(tmp_path, capsys):
+    assert main(["demo", "-o", str(tmp_path), "--model", "tiny"]) == 0
+    program = tmp_path / "program" / "codenet_tiny_w4a8_16x16.hwc"
+    assert program.is_file() and (tmp_path / "program" / "engine.toml").is_file()
+    report = json.loads((tmp_path / "reports" / "demo.json").read_text())
+    assert report["layers"] == len(report["layer_table"]) > 20
+    golden = np.load(tmp_path / "verification" / "golden_outputs.npz")
+    assert set(golden.files) == {"hm", "wh", "reg"}
+    assert not list(tmp_path.rglob("*.tmp"))  # atomic writes leave nothing behind
+    capsys.readouterr()
+    assert main(["inspect", str(program)]) == 0
+    out = capsys.readouterr().out
+    assert "DEFORM_DW" in out and "decoder0.deform" in out
+
+
+def test_inspect_corrupt_program_is_one_clear_line(tmp_path, capsys):
+    bad = tmp_path / "bad.hwc"
+    bad.write_bytes(b"HWCVPROG" + bytes(20))
+    assert main(["inspect", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert "truncated" in err and str(bad) in err and "Traceback" not in err
+    assert main(["inspect", str(tmp_path / "missing.hwc")]) == 2
+    assert "cannot read program" in capsys.readouterr().err
+
+
+def test_spec_prints_register_map_and_descriptor_layout(capsys):
+    assert main(["spec"]) == 0
+    out = capsys.readouterr().out
+    assert "0x00 ID" in out and "CONFIG_HASH" in out and "ARENA_OUT_OF_BOUNDS" in out
+    assert "weights_offset" in out and "group_stride" in out
+
+
+def test_bad_engine_config_names_field(tmp_path, capsys):
+    cfg = tmp_path / "engine.toml"
+    cfg.write_text("[engine]\npe_in = 12\n")
+    assert main(["spec", "--engine", str(cfg)]) == 2
+    assert "pe_in=12" in capsys.readouterr().err
+
+
+def test_bench_json(capsys):
+    assert main(["bench", "--model", "tiny", "--repeat", "1", "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["layers"] > 20 and r["frame_s_median"] > 0 and "CONV" in r["seconds_by_op"]

@@ -1,0 +1,123 @@
+"""ProgramBuilder and synthetic programs: views, arena planning, end-to-end golden runs."""
+
+import numpy as np
+import pytest
+
+from hwconv.compiler import ProgramBuilder
+from hwconv.compiler.synthetic import CODENET_SHAPES, codenet_program
+from hwconv.golden import run_program
+from hwconv.golden.ops import conv2d, requantize
+from hwconv.spec import EngineConfig, Opcode, Program, SpecError
+
+CFG = EngineConfig()
+
+
+def test_concat_by_views_equals_numpy_concatenate():
+    rng = np.random.default_rng(0)
+    b = ProgramBuilder(CFG)
+    x = b.input("x", 6, 7, 5)
+    w1, w2 = rng.integers(-8, 8, (3, 1, 1, 5)), rng.integers(-8, 8, (4, 3, 3, 5))
+    cat = b.buffer("cat", 6, 7, 7, signed=False)
+    b.conv("a", x, w1, shift=3, out=b.view(cat, 0, 3))
+    b.conv("b", x, w2, shift=5, out=b.view(cat, 3, 4))
+    b.output("cat", cat)
+    b.output("tail", cat)  # the same buffer twice is fine
+    prog = b.build()
+    img = rng.integers(0, 256, (6, 7, 5))
+    got = run_program(prog, {"x": img})["cat"]
+    half = lambda s: np.where(s > 0, 1 << (s - 1), 0)  # noqa: E731
+    ref_a = np.clip((conv2d(img, w1, 1, 0) + half(3)) >> 3, 0, 255)
+    ref_b = np.clip((conv2d(img, w2, 1, 1) + half(5)) >> 5, 0, 255)
+    assert np.array_equal(got, np.concatenate([ref_a, ref_b], axis=-1))
+
+
+def test_grouped_view_interleaves_quarter_runs():
+    b = ProgramBuilder(CFG)
+    x = b.input("x", 2, 2, 4)
+    out = b.buffer("out", 2, 2, 8, signed=False)
+    b.copy("left", x, out=b.view(out, 0, 4, group_channels=2, group_stride=4))
+    b.copy("right", x, out=b.view(out, 2, 4, group_channels=2, group_stride=4))
+    b.output("out", out)
+    img = np.arange(16).reshape(2, 2, 4)
+    got = run_program(b.build(), {"x": img})["out"]
+    # [a0 b0 a1 b1] with a = b = x: channels 0,1 | 0,1 | 2,3 | 2,3
+    assert np.array_equal(got, img[:, :, [0, 1, 0, 1, 2, 3, 2, 3]])
+
+
+def test_requant_clamp_and_upsample_fused():
+    b = ProgramBuilder(CFG)
+    x = b.input("x", 3, 3, 1)
+    y = b.conv("c", x, np.full((1, 1, 1, 1), 3), mult=1, shift=1, clamp=(0, 7), upsample=True)
+    b.output("y", y)
+    img = np.array([0, 1, 2, 3, 4, 5, 6, 200, 255]).reshape(3, 3, 1)
+    got = run_program(b.build(), {"x": img})["y"]
+    ref = np.clip(requantize(img.astype(np.int64) * 3, 0, 1, 1, 0, 7), 0, 7)
+    assert np.array_equal(got, np.repeat(np.repeat(ref, 2, 0), 2, 1))
+    assert got.shape == (6, 6, 1)
+
+
+def test_arena_reuse_never_clobbers_live_tensors():
+    """Same outputs with a planned (shared) arena and with every buffer in its own bytes."""
+    img = np.random.default_rng(4).integers(0, 256, (128, 128, 3))
+    shared, _ = codenet_program(CFG, "tiny", seed=2)
+    private, _ = codenet_program(CFG, "tiny", seed=2, reuse_memory=False)
+    assert shared.arena_bytes < private.arena_bytes
+    a, b = run_program(shared, {"image": img}), run_program(private, {"image": img})
+    for name in a:
+        assert np.array_equal(a[name], b[name]), name
+
+
+def test_synthetic_codenet_a_is_lively_and_round_trips():
+    prog, macs = codenet_program(CFG, "a")
+    assert 0.2e9 < macs < 1e9
+    ops = {d.opcode for d in prog.layers}
+    assert {Opcode.CONV, Opcode.DWCONV, Opcode.DEFORM_DW, Opcode.COPY} <= ops
+    assert any(d.upsample for d in prog.layers)
+    again = Program.from_bytes(prog.to_bytes(), expect=CFG)
+    size = CODENET_SHAPES["a"].input_size
+    img = np.random.default_rng(1).integers(0, 256, (size, size, 3))
+    outs = run_program(again, {"image": img})
+    assert set(outs) == {"hm", "wh", "reg"}
+    for y in outs.values():  # calibrated requant keeps activations alive to the heads
+        assert y.shape[:2] == (64, 64) and y.std() > 5
+
+
+def test_dilation_map_from_offset_predictor_stays_in_range():
+    prog, _ = codenet_program(CFG, "tiny", seed=1)
+    seen = []
+    names = prog.layer_names
+
+    def hook(i, d, y):
+        if names[i].endswith(".offset"):
+            seen.append(y)
+
+    run_program(prog, {"image": np.random.default_rng(0).integers(0, 256, (128, 128, 3))}, on_layer=hook)
+    assert len(seen) == 3
+    for y in seen:
+        assert y.min() >= 0 and y.max() <= CFG.max_dilation
+    assert len(np.unique(np.concatenate([y.ravel() for y in seen]))) > 2  # the map varies per pixel
+
+
+@pytest.mark.parametrize("bad, msg", [
+    (lambda b, x: b.conv("c", x, np.zeros((2, 3, 3, 4), int)), "Cin=3"),
+    (lambda b, x: b.dwconv("d", x, np.zeros((3, 1, 1), int)), "(3, 3, 3)"),
+    (lambda b, x: b.view(x, 2, 2), "outside its 3 channels"),
+    (lambda b, x: b.deform("df", x, x, np.zeros((3, 3, 3), int)), "dilation map"),
+    (lambda b, x: b.conv("c", x, np.zeros((1, 1, 1, 3), int), bias=[1, 2]), "bias has 2 entries"),
+])
+def test_builder_rejects_bad_layers_by_name(bad, msg):
+    b = ProgramBuilder(CFG)
+    x = b.input("x", 4, 4, 3)
+    with pytest.raises(SpecError, match=msg.replace("(", r"\(").replace(")", r"\)")):
+        bad(b, x)
+
+
+def test_duplicate_layer_name_and_weight_range():
+    b = ProgramBuilder(CFG)
+    x = b.input("x", 4, 4, 3)
+    b.conv("c", x, np.zeros((1, 1, 1, 3), int))
+    with pytest.raises(SpecError, match="used twice"):
+        b.conv("c", x, np.zeros((1, 1, 1, 3), int))
+    b.conv("w", x, np.full((1, 1, 1, 3), 8), weight_bits=4)
+    with pytest.raises(SpecError, match=r"layer 1 \(w\) weights: weight #0 = 8 outside the 4-bit range"):
+        b.build()
