@@ -2,9 +2,9 @@
 
 Inputs are integer arrays; accumulators come back as int64. Products of small integers are summed
 with BLAS in floating point, which is exact as long as every partial sum stays below the mantissa
-limit: float32 when the worst case is below 2**24, float64 (2**53) otherwise. The bound used is the
-same worst case the compiler proves against the accumulator width, so exactness is guaranteed,
-not hoped for.
+limit: float32 when the worst case is below 2**24, float64 (2**53) otherwise. The worst case used,
+max|x| * max|w| * terms, bounds every partial sum in any summation order, so exactness is
+guaranteed, not hoped for.
 """
 
 from __future__ import annotations
@@ -26,8 +26,13 @@ def _exact_float_dtype(bound: int):
     raise OverflowError(f"worst-case partial sum {bound} exceeds float64's exact range")
 
 
+def _max_abs(a: np.ndarray) -> int:
+    # From min/max as Python ints: np.abs on int8 maps -128 to -128.
+    return max(abs(int(a.min())), abs(int(a.max()))) if a.size else 0
+
+
 def _worst_case(x: np.ndarray, w: np.ndarray, terms: int) -> int:
-    return int(np.abs(x).max(initial=0)) * int(np.abs(w).max(initial=0)) * terms
+    return _max_abs(x) * _max_abs(w) * terms
 
 
 def _pad_hw(x: np.ndarray, pad: int, value: int = 0) -> np.ndarray:

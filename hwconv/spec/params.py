@@ -116,19 +116,24 @@ def quantize_multiplier(real: float, *, where: str = "requant") -> tuple[int, in
         raise SpecError(f"{where}: requant multiplier {real!r} must be a positive finite number")
     mant, exp = math.frexp(real)  # real = mant * 2**exp, mant in [0.5, 1)
     shift = REQUANT_MULT_BITS - exp
-    mult = round(mant * (1 << REQUANT_MULT_BITS))
-    if mult > MULT_MAX:  # mantissa rounded up to 1.0
-        mult >>= 1
-        shift -= 1
-    while shift > SHIFT_MAX and mult > 0:  # tiny multipliers: give up precision, keep range
-        mult = (mult + 1) >> 1
-        shift -= 1
+    if shift > SHIFT_MAX:  # tiny multipliers: the shift saturates and precision is given up
+        shift = SHIFT_MAX
+        mult = round(math.ldexp(real, SHIFT_MAX))
+    else:
+        mult = round(mant * (1 << REQUANT_MULT_BITS))
+        if mult > MULT_MAX:  # mantissa rounded up to 1.0
+            if shift == 0:  # at the top of the range the nearest representable value is MULT_MAX
+                mult = MULT_MAX
+            else:
+                mult >>= 1
+                shift -= 1
+    if mult == 0:
+        raise SpecError(f"{where}: requant multiplier {real!r} is too small to represent "
+                        f"(below 2**-{SHIFT_MAX + 1})")
     # Trim trailing zero bits so exact (power-of-two) multipliers stay small.
-    while shift > 0 and mult and mult % 2 == 0:
+    while shift > 0 and mult % 2 == 0:
         mult >>= 1
         shift -= 1
     if shift < 0:
         raise SpecError(f"{where}: requant multiplier {real!r} is too large (max {MULT_MAX})")
-    if mult == 0:
-        raise SpecError(f"{where}: requant multiplier {real!r} is too small to represent")
     return int(mult), int(shift)
