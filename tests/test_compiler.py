@@ -121,3 +121,28 @@ def test_duplicate_layer_name_and_weight_range():
     b.conv("w", x, np.full((1, 1, 1, 3), 8), weight_bits=4)
     with pytest.raises(SpecError, match=r"layer 1 \(w\) weights: weight #0 = 8 outside the 4-bit range"):
         b.build()
+
+
+def test_interleaved_store_is_shufflenet_channel_shuffle():
+    """copy + conv into interleaved views == torch cat + channel_shuffle(groups=2)."""
+    import torch
+
+    rng = np.random.default_rng(7)
+    c, h = 12, 6
+    w = rng.integers(-7, 8, (h, 1, 1, h))
+    b = ProgramBuilder(CFG)
+    x = b.input("x", 5, 5, c)
+    out = b.buffer("out", 5, 5, c, signed=False)
+    b.copy("keep", b.view(x, 0, h), out=b.view(out, 0, h, group_channels=1, group_stride=2))
+    b.conv("branch", b.view(x, h, h), w, shift=4, out=b.view(out, 1, h, group_channels=1, group_stride=2))
+    b.output("out", out)
+    img = rng.integers(0, 256, (5, 5, c))
+    got = run_program(b.build(), {"x": img})["out"]
+
+    t = torch.from_numpy(img).permute(2, 0, 1)[None].double()
+    keep, work = t.chunk(2, dim=1)
+    branch = torch.nn.functional.conv2d(work, torch.from_numpy(w).permute(0, 3, 1, 2).double())
+    branch = torch.clamp(torch.floor((branch + 8) / 16), 0, 255)
+    cat = torch.cat([keep, branch], dim=1)
+    shuffled = cat.view(1, 2, h, 5, 5).transpose(1, 2).reshape(1, c, 5, 5)
+    assert np.array_equal(got, shuffled[0].permute(1, 2, 0).numpy().astype(np.int64))

@@ -8,7 +8,7 @@ Shape of the network (CoDeNet / CenterNet on ShuffleNetV2): stem conv 3x3 (8-bit
 maxpool, three ShuffleNet stages (a stride-2 unit, then basic units), a decoder of three
 [offset 1x1 conv -> deformable depthwise 3x3 -> pointwise 1x1 + ReLU -> nearest 2x] blocks, and the
 CenterNet heads (heatmap, wh, reg). Channel shuffle is folded into the memory layout: each unit
-writes its two halves into interleaved channel runs so every later split is a contiguous view.
+writes its two halves interleaved channel by channel, so every later split is a contiguous view.
 """
 
 from __future__ import annotations
@@ -102,12 +102,14 @@ class _Net:
         return self.conv(f"{name}.pw", y, cout, upsample=True)
 
     def shuffle_unit(self, name, x: Tensor, cout: int, stride: int) -> Tensor:
-        """One ShuffleNetV2 unit writing [a0, b0, a1, b1] quarter runs (shuffle folded into layout)."""
-        half, quarter = cout // 2, cout // 4
+        """One ShuffleNetV2 unit. channel_shuffle(cat([a, b]), 2) puts a[i] at channel 2i and b[i] at
+        2i+1, so the two halves are stored interleaved (group_channels=1, group_stride=2): the
+        buffer then *is* the shuffled tensor and the next unit's split halves are contiguous views."""
+        half = cout // 2
         h = (x.height - 1) // stride + 1
         out = self.b.buffer(f"{name}.cat", h, h, cout, signed=False)
-        left = self.b.view(out, 0, half, group_channels=quarter, group_stride=half)
-        right = self.b.view(out, quarter, half, group_channels=quarter, group_stride=half)
+        left = self.b.view(out, 0, half, group_channels=1, group_stride=2)
+        right = self.b.view(out, 1, half, group_channels=1, group_stride=2)
         if stride == 2:
             a = self.dw(f"{name}.b1.dw", x, stride=2)
             self.conv(f"{name}.b1.pw", a, half, out=left)
