@@ -110,7 +110,8 @@ def execute(cfg: EngineConfig, image: bytes, params: bytes, arena: np.ndarray, *
         try:
             d = LayerDescriptor.unpack(raw, where=f"layer {i}")
         except SpecError as exc:
-            return stop(ErrorCode.BAD_OPCODE, i, str(exc))
+            known = raw[0] in {int(o) for o in Opcode}
+            return stop(ErrorCode.BAD_DESCRIPTOR if known else ErrorCode.BAD_OPCODE, i, str(exc))
         code, msg = check_descriptor(d, cfg, arena_size=arena.size, params_size=len(params))
         if code:
             return stop(code, i, msg)
@@ -132,11 +133,17 @@ def run_program(program: Program, inputs: dict[str, np.ndarray], *,
     if missing:
         raise ValueError(f"missing program input(s): {sorted(missing)}")
     for name, value in inputs.items():
-        t = program.tensor(name)
+        try:
+            t = program.tensor(name)
+        except KeyError as exc:
+            raise ValueError(exc.args[0]) from None
         if t.role != "input":
             raise ValueError(f"tensor {name!r} is a program {t.role}, not an input")
         want = (t.ref.height, t.ref.width, t.ref.channels)
         value = np.asarray(value)
+        if not np.issubdtype(value.dtype, np.integer):
+            raise ValueError(f"input {name!r}: dtype {value.dtype}, the engine takes integers "
+                             "(quantise with the tensor's scale first)")
         if value.shape != want:
             raise ValueError(f"input {name!r}: shape {value.shape}, the program expects {want} (H, W, C)")
         lo, hi = (-128, 127) if t.signed else (0, 255)

@@ -22,8 +22,13 @@ ACT_BITS_CHOICES = (8,)
 AXI_DATA_WIDTH_CHOICES = (32, 64, 128, 256, 512)
 
 
+def _is_int(v) -> bool:
+    # bool is an int subclass and 4.0 == 4: both would pass `in` checks but hash differently.
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
 def _is_pow2(v: int) -> bool:
-    return v > 0 and v & (v - 1) == 0
+    return _is_int(v) and v > 0 and v & (v - 1) == 0
 
 
 @dataclass(frozen=True)
@@ -52,9 +57,16 @@ class EngineConfig:
         def bad(field: str, why: str) -> SpecError:
             return SpecError(f"EngineConfig.{field}={getattr(self, field)!r}: {why}")
 
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.name == "clock_mhz":
+                if isinstance(v, bool) or not isinstance(v, (int, float)):
+                    raise bad(f.name, "must be a number")
+            elif not _is_int(v):
+                raise bad(f.name, f"must be an integer, got {type(v).__name__}")
         for name in ("pe_in", "pe_out"):
             v = getattr(self, name)
-            if not isinstance(v, int) or not _is_pow2(v) or v > 128:
+            if not _is_pow2(v) or v > 128:
                 raise bad(name, "must be a power of two between 1 and 128")
         if self.weight_bits not in WEIGHT_BITS_CHOICES:
             raise bad("weight_bits", f"must be one of {WEIGHT_BITS_CHOICES}")

@@ -160,6 +160,13 @@ class TensorRef:
 
     def check(self, what: str) -> None:
         """Structural checks that do not need the engine config."""
+        for name, fmt in TENSOR_REF_FIELDS:
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool):
+                raise SpecError(f"{what}.{name} = {v!r}: must be an integer")
+            limit = 1 << (8 * struct.calcsize("<" + fmt))
+            if not 0 <= v < limit:
+                raise SpecError(f"{what}.{name} = {v}: must be in [0, {limit - 1}]")
         for name in ("height", "width", "channels"):
             if getattr(self, name) < 1:
                 raise SpecError(f"{what}.{name} = {getattr(self, name)}: must be >= 1")

@@ -14,6 +14,7 @@ another format version or another engine are each refused with a message saying 
 from __future__ import annotations
 
 import json
+import math
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -68,8 +69,21 @@ class TensorInfo:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TensorInfo":
-        return cls(name=str(d["name"]), role=str(d["role"]), ref=TensorRef(**d["ref"]),
-                   signed=bool(d["signed"]), scale=float(d["scale"]))
+        """Strict: metadata comes from a file, so every field is type-checked, nothing coerced."""
+        name, role, signed, scale = d["name"], d["role"], d["signed"], d["scale"]
+        if not isinstance(name, str) or not isinstance(role, str):
+            raise SpecError(f"tensor {name!r}: name and role must be strings")
+        if not isinstance(signed, bool):
+            raise SpecError(f"tensor {name!r}: signed must be true or false, got {signed!r}")
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) \
+                or scale <= 0:
+            raise SpecError(f"tensor {name!r}: scale must be a positive finite number, got {scale!r}")
+        ref = d["ref"]
+        if not isinstance(ref, dict):
+            raise SpecError(f"tensor {name!r}: ref must be an object")
+        tref = TensorRef(**ref)
+        tref.check(f"tensor {name!r}")
+        return cls(name=name, role=role, ref=tref, signed=signed, scale=float(scale))
 
 
 @dataclass
@@ -178,6 +192,7 @@ class Program:
         def fail(msg: str) -> ProgramFormatError:
             return ProgramFormatError(f"{source}: {msg}")
 
+        data = bytes(data)  # accept bytearray/memoryview
         if len(data) < FILE_HEADER_BYTES:
             raise fail(f"truncated: {len(data)} bytes, the header alone is {FILE_HEADER_BYTES}")
         if data[:8] != FILE_MAGIC:
@@ -191,8 +206,14 @@ class Program:
             raise fail(f"program format version {major}.{minor}; this hwconv reads "
                        f"{FORMAT_VERSION[0]}.0 to {FORMAT_VERSION[0]}.{FORMAT_VERSION[1]} "
                        "(re-export the model with this hwconv)")
-        end = max(h["image_offset"] + h["image_bytes"], h["params_offset"] + h["params_bytes"],
-                  h["meta_offset"] + h["meta_bytes"])
+        # Sections are contiguous and in order; anything else is a corrupted section table.
+        expected = {"image_offset": FILE_HEADER_BYTES,
+                    "params_offset": FILE_HEADER_BYTES + h["image_bytes"],
+                    "meta_offset": FILE_HEADER_BYTES + h["image_bytes"] + h["params_bytes"]}
+        for key, want in expected.items():
+            if h[key] != want:
+                raise fail(f"section table corrupted: {key} is {h[key]}, expected {want}")
+        end = h["meta_offset"] + h["meta_bytes"]
         if len(data) < end:
             raise fail(f"truncated: the header describes {end} bytes, the file has {len(data)}")
         if len(data) > end:
@@ -205,11 +226,17 @@ class Program:
         try:
             meta = json.loads(data[h["meta_offset"]:h["meta_offset"] + h["meta_bytes"]].decode())
             config = EngineConfig.from_dict(meta["engine"], source=f"{source} metadata")
-            names = [str(layer["name"]) for layer in meta["layers"]]
+            names = [layer["name"] for layer in meta["layers"]]
+            ops = [layer["op"] for layer in meta["layers"]]
+            if not all(isinstance(n, str) for n in names + ops):
+                raise SpecError("layer names and ops must be strings")
             tensors = [TensorInfo.from_dict(t) for t in meta["tensors"]]
-            extra = dict(meta.get("extra", {}))
-        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-            raise fail(f"metadata section is malformed: {exc}") from None
+            extra = meta.get("extra", {})
+            if not isinstance(extra, dict):
+                raise SpecError("extra must be an object")
+        except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError,
+                RecursionError) as exc:
+            raise fail(f"metadata section is malformed: {type(exc).__name__}: {exc}") from None
         if config.config_hash != h["config_hash"]:
             raise fail("metadata engine config does not match the header's config hash")
 
@@ -226,9 +253,14 @@ class Program:
             raw = image[PREAMBLE_BYTES + i * DESCRIPTOR_BYTES:PREAMBLE_BYTES + (i + 1) * DESCRIPTOR_BYTES]
             where = f"layer {i} ({names[i] if i < len(names) else '?'})"
             try:
-                layers.append(LayerDescriptor.unpack(raw, where=where))
+                layers.append(LayerDescriptor.unpack(raw, where=f"layer {i} ({names[i]})" if i < len(names) else where))
             except SpecError as exc:
                 raise fail(str(exc)) from None
+        if len(names) != n:
+            raise fail(f"metadata names {len(names)} layers, the device image has {n}")
+        for i, (d, op) in enumerate(zip(layers, ops)):
+            if d.opcode.name != op:
+                raise fail(f"layer {i} ({names[i]}): metadata says {op}, the descriptor is {d.opcode.name}")
         prog = cls(config=config, layers=layers, layer_names=names,
                    params=bytes(data[h["params_offset"]:h["params_offset"] + h["params_bytes"]]),
                    arena_bytes=h["arena_bytes"], tensors=tensors, extra=extra)
