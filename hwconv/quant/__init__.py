@@ -1,0 +1,1 @@
+"""Quantization pipeline: Brevitas layers, deformable-conv variants, detectors, data, training, export."""
