@@ -55,6 +55,43 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_info(args) -> int:
+    from .quant.info import model_stats
+    from .quant.models import build_detector
+
+    st = model_stats(build_detector(args.model), args.size)
+    pub = st["published"]
+    print(f"detector config {st['config']} at {st['input_size']}x{st['input_size']}, W4A8 (stem 8-bit)")
+    print(f"  MACs:    {st['gmac']:.3f} G" + (f"   (CoDeNet published: {pub['gmac']} G)" if "gmac" in pub else ""))
+    print(f"  weights: {st['weight_mbytes']:.3f} MB" + (f"   (CoDeNet published: {pub['mbytes']} MB)" if "mbytes" in pub else ""))
+    if "fps" in pub:
+        print(f"  CoDeNet on Ultra96: {pub['fps']} fps, VOC AP50 {pub['ap50']}")
+    top = sorted(st["per_layer_macs"], key=lambda t: -t[1])[:5]
+    print("  largest layers: " + ", ".join(f"{n} {m / 1e6:.0f}M" for n, m in top))
+    return 0
+
+
+def cmd_check(args) -> int:
+    """Does this model fit this engine? Export it (unsupported layers are refused by name)."""
+    from .inspect import format_program
+    from .spec import Program
+
+    cfg = _config(args)
+    if args.program:
+        prog = Program.load(args.program, expect=cfg)
+        source = args.program
+    else:
+        from .quant.export import export_program
+        from .quant.models import build_detector
+
+        model = build_detector(args.model, **({"sampling": args.sampling} if args.sampling else {}))
+        prog = export_program(model, cfg)  # untrained scales: enough to check the mapping
+        source = f"(detector config {args.model})"
+    print(format_program(prog, source))
+    print(f"OK: every layer maps to the engine {cfg.stem}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -79,6 +116,17 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("-o", "--out", default="out/demo", help="output folder (default: out/demo)")
     sp.add_argument("--model", default="a", choices=["tiny", "a", "b", "c"], help="network shape (default: a)")
     sp.add_argument("--engine", help="engine config (.toml or .json); default: Ultra96-V2 reference")
+
+    sp = add("info", cmd_info, "MACs and weight bytes of a detector config at W4A8, beside CoDeNet's figures")
+    sp.add_argument("model", choices=["tiny", "a", "b", "c", "d", "e"])
+    sp.add_argument("--size", type=int, help="input size (default: the config's)")
+
+    sp = add("check", cmd_check, "does a model (or program) fit an engine: layer table, MACs, ideal cycles")
+    src = sp.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", choices=["tiny", "a", "b", "c", "d", "e"])
+    src.add_argument("--program")
+    sp.add_argument("--sampling", choices=["integer", "bilinear"], help="override the deformable sampling")
+    sp.add_argument("--engine", help="engine config (.toml or .json)")
 
     sp = add("inspect", cmd_inspect, "print a program file's header, tensors and layer table")
     sp.add_argument("program")

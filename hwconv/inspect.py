@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .spec import DESCRIPTOR_FIELD_OFFSETS, REGISTERS, REQUANT_OPS, ErrorCode, Flag, Program
 from .spec.isa import TENSOR_REF_FIELD_OFFSETS
+from .compiler.cost import ideal_cycles, layer_macs
 from .spec.program import FORMAT_VERSION
 
 
@@ -19,6 +20,7 @@ def program_table(prog: Program) -> list[dict]:
             "kernel": f"{d.kernel}x{d.kernel}/s{d.stride}", "in": _shape(d.in0),
             "out": _shape(d.out) + (" (2x)" if d.flags & Flag.UPSAMPLE2X else ""),
             "wbits": d.weight_bits or "-", "clamp": f"[{d.clamp_lo},{d.clamp_hi}]" if d.opcode in REQUANT_OPS else "-",
+            "macs": layer_macs(d), "ideal_cycles": ideal_cycles(d, prog.config.pe_in, prog.config.pe_out),
         })
     return rows
 
@@ -38,6 +40,11 @@ def format_program(prog: Program, source: str = "") -> str:
     widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
     lines.append("  " + "  ".join(c.ljust(widths[c]) for c in cols))
     lines += ["  " + "  ".join(str(r[c]).ljust(widths[c]) for c in cols) for r in rows]
+    macs = sum(r["macs"] for r in rows)
+    cycles = sum(r["ideal_cycles"] for r in rows)
+    cfg = prog.config
+    lines.append(f"  total {macs / 1e9:.3f} GMAC; ideal {cycles} cycles = {cfg.clock_mhz * 1e6 / cycles:.0f} fps "
+                 f"at {cfg.clock_mhz:g} MHz on a {cfg.pe_in}x{cfg.pe_out} array (a lower bound: no stalls)")
     return "\n".join(lines)
 
 

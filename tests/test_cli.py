@@ -59,3 +59,16 @@ def test_bench_json(capsys):
     assert main(["bench", "--model", "tiny", "--repeat", "1", "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
     assert r["layers"] > 20 and r["frame_s_median"] > 0 and "CONV" in r["seconds_by_op"]
+
+
+def test_info_prints_counts_beside_published(capsys):
+    assert main(["info", "tiny"]) == 0
+    out = capsys.readouterr().out
+    assert "MACs:" in out and "weights:" in out
+
+
+def test_check_maps_model_or_names_the_unsupported_layer(capsys):
+    assert main(["check", "--model", "tiny"]) == 0
+    assert "every layer maps to the engine" in capsys.readouterr().out
+    assert main(["check", "--model", "tiny", "--sampling", "bilinear"]) == 2
+    assert "decoder0" in capsys.readouterr().err

@@ -1,0 +1,26 @@
+"""Work per layer: MACs and bytes moved, from the descriptor alone (the cycle model builds on it)."""
+
+from __future__ import annotations
+
+from ..spec.isa import LayerDescriptor, Opcode
+
+
+def layer_macs(d: LayerDescriptor) -> int:
+    ho, wo = d.compute_hw
+    if d.opcode == Opcode.CONV:
+        return ho * wo * d.out.channels * d.kernel * d.kernel * d.in0.channels
+    if d.opcode in (Opcode.DWCONV, Opcode.DEFORM_DW):
+        return ho * wo * d.out.channels * d.kernel * d.kernel
+    return 0
+
+
+def ideal_cycles(d: LayerDescriptor, pe_in: int, pe_out: int) -> int:
+    """Lower bound: MACs spread perfectly over the array (dense: pe_in x pe_out; depthwise:
+    one MAC per channel lane per tap, pe_out lanes x 9 taps as in CoDeNet's 16x9 array)."""
+    macs = layer_macs(d)
+    if d.opcode == Opcode.CONV:
+        return -(-macs // (pe_in * pe_out))
+    if d.opcode in (Opcode.DWCONV, Opcode.DEFORM_DW):
+        return -(-macs // (pe_out * 9))
+    ho, wo = d.compute_hw
+    return -(-(ho * wo * d.out.channels) // pe_out)
