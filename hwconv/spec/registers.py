@@ -1,7 +1,13 @@
 """AXI4-Lite register map of the engine: the one place that names an offset or a bit.
 
 32-bit registers, byte offsets. 64-bit addresses and counters are split into _LO/_HI words; a
-counter read latches its high word when the low word is read, so a 64-bit read is consistent.
+counter read latches its high word when the low word is read, so a 64-bit read is consistent
+(read _LO first: _HI alone returns the last latched value).
+
+A run ends with STATUS.done set and a done interrupt, whether it succeeded or stopped on an error
+(then STATUS.error is set too and ERROR/ERROR_LAYER say why), so an interrupt-driven driver never
+waits for a run that failed. CONTROL.soft_reset returns the engine core to idle; it does not clear
+the configuration registers (bases, sizes, IRQ_ENABLE).
 """
 
 from __future__ import annotations
@@ -58,7 +64,7 @@ REGISTERS: tuple[Register, ...] = (
     Register("CONFIG_HASH", 0x08, Access.RO, "EngineConfig.config_hash of this engine"),
     Register("CONTROL", 0x0C, Access.WO, "strobes: start a program, or soft-reset the engine",
              (("start", 0, 1), ("soft_reset", 1, 1))),
-    Register("STATUS", 0x10, Access.RO, "engine state",
+    Register("STATUS", 0x10, Access.RO, "engine state; done is set at the end of every run, error or not",
              (("busy", 0, 1), ("done", 1, 1), ("error", 2, 1))),
     Register("ERROR", 0x14, Access.RO, "ErrorCode of the last run (0 while busy or after success)"),
     Register("ERROR_LAYER", 0x18, Access.RO, "index of the layer that raised ERROR"),
