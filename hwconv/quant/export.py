@@ -1,9 +1,9 @@
 """Export a trained CenterNet (Brevitas fake-quant) to an engine program.
 
-Per layer: integer weights from the weight quantiser; BatchNorm folded into the requantisation
-(scale) and the int32 bias (shift); a channel whose folded scale is negative gets its weights
-negated (symmetric narrow-range weights make that exact); the requant multiplier
-s_in * s_w * gamma / sigma / s_out is rounded to the contract's 24-bit (mult, shift).
+Per layer, `models.fold_params` gives what the model itself computes in eval/folded mode: BN folded
+into the weights before they are quantised, and the folded bias rounded to an integer at scale
+s_in * s_w. Export takes those integers as they are and adds the requant multiplier
+s_in * s_w / s_out, rounded to the contract's 24-bit (mult, shift).
 Channel shuffle needs no weight reordering: the builder stores each ShuffleNet unit's halves
 interleaved, so every buffer holds the shuffled tensor in logical order (docs/architecture.md).
 """
@@ -17,36 +17,13 @@ import torch.nn as nn
 from ..compiler.builder import ProgramBuilder, Tensor
 from ..spec import EngineConfig, Program, SpecError, quantize_multiplier
 from ..spec.params import act_range
-from .models import CenterNet, ConvBNAct, DeformUp, Head, ShuffleUnit
+from .models import CenterNet, ConvBNAct, DeformUp, Head, ShuffleUnit, fold_params
 
 
 def act_scale(q: nn.Module) -> tuple[float, bool]:
     """(scale, signed) of a QuantReLU / QuantIdentity activation quantiser."""
     proxy = q.act_quant
     return float(proxy.scale()), bool(proxy.is_signed)
-
-
-def _int_weights(conv: nn.Module, where: str) -> tuple[np.ndarray, np.ndarray, int]:
-    qw = conv.quant_weight()
-    w = qw.int().detach().cpu().numpy().astype(np.int64)          # (O, I/groups, k, k)
-    s = qw.scale.detach().cpu().numpy().astype(np.float64).reshape(-1)
-    if s.size == 1:
-        s = np.full(w.shape[0], float(s[0]))
-    bits = int(qw.bit_width)
-    if bits not in (4, 8):
-        raise SpecError(f"{where}: {bits}-bit weights; the engine runs 4- or 8-bit weights")
-    return w, s, bits
-
-
-def _bn_affine(bn: nn.BatchNorm2d | None, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """BatchNorm in eval mode as y = a * x + b per channel."""
-    if bn is None:
-        return np.ones(n), np.zeros(n)
-    g = bn.weight.detach().double().cpu().numpy() if bn.affine else np.ones(n)
-    beta = bn.bias.detach().double().cpu().numpy() if bn.affine else np.zeros(n)
-    sigma = np.sqrt(bn.running_var.detach().double().cpu().numpy() + bn.eps)
-    a = g / sigma
-    return a, beta - bn.running_mean.detach().double().cpu().numpy() * a
 
 
 class Exporter:
@@ -57,26 +34,30 @@ class Exporter:
 
     # -- one requantising conv ---------------------------------------------------------------
     def conv(self, name: str, x: Tensor, conv: nn.Module, bn: nn.BatchNorm2d | None, out_scale: float,
-             out_signed: bool, *, clamp: tuple[int, int] | None = None, upsample: bool = False,
-             out: Tensor | None = None, dilation: Tensor | None = None) -> Tensor:
-        w, s_w, bits = _int_weights(conv, name)
-        cout = w.shape[0]
-        a, b = _bn_affine(bn, cout)
-        if getattr(conv, "bias", None) is not None:
-            b = b + a * conv.bias.detach().double().cpu().numpy()
-        eff = x.scale * s_w * a                      # float value of one accumulator LSB, per channel
-        flip = eff < 0
-        w[flip] = -w[flip]
-        eff = np.abs(eff)
-        if np.any(eff == 0):
-            raise SpecError(f"{name}: output channel {int(np.argmin(eff))} has a zero scale (dead BN channel)")
-        bias = np.round(b / eff).astype(np.int64)
+             out_signed: bool, *, s_in: torch.Tensor | None = None, clamp: tuple[int, int] | None = None,
+             upsample: bool = False, out: Tensor | None = None, dilation: Tensor | None = None) -> Tensor:
+        """One requantising conv. `s_in` is the scale tensor the model itself folds with (so the
+        integer bias is rounded from the same float32 numbers as in training)."""
+        if s_in is None:
+            s_in = torch.tensor(x.scale, dtype=torch.float32)
+        qw, _, bias_int, s_w = fold_params(conv, bn, s_in)
+        bits = int(qw.bit_width)
+        if bits not in (4, 8):
+            raise SpecError(f"{name}: {bits}-bit weights; the engine runs 4- or 8-bit weights")
+        w = qw.int().to(torch.int64).cpu().numpy()            # (O, I/groups, k, k)
+        bias = bias_int.detach().to(torch.int64).cpu().numpy()
+        eff = float(s_in) * s_w.detach().double().cpu().numpy()  # value of one accumulator LSB
+        if np.any(eff <= 0):
+            raise SpecError(f"{name}: output channel {int(np.argmin(eff))} has a zero weight scale")
         ms = [quantize_multiplier(float(e / out_scale), where=f"{name} channel {c}") for c, e in enumerate(eff)]
-        mult, shift = [m for m, _ in ms], [s for _, s in ms]
-        lo, hi = clamp if clamp is not None else (0 if not out_signed else act_range(8, True)[0], act_range(8, out_signed)[1])
+        mult, shift = [m for m, _ in ms], [sh for _, sh in ms]
+        lo, hi = clamp if clamp is not None else act_range(8, out_signed)
+        if clamp is None and not out_signed:
+            lo = 0
         common = dict(bias=bias, mult=mult, shift=shift, weight_bits=bits, out_signed=out_signed,
                       clamp=(lo, hi), scale=out_scale, upsample=upsample, out=out)
         k, groups, stride = conv.kernel_size[0], conv.groups, conv.stride[0]
+        cout = w.shape[0]
         if groups == 1:
             return self.b.conv(name, x, w.transpose(0, 2, 3, 1), stride=stride, pad=conv.padding[0], **common)
         if groups != conv.in_channels or groups != cout or k != 3:
@@ -87,9 +68,8 @@ class Exporter:
         return self.b.dwconv(name, x, w[:, 0], stride=stride, **common)
 
     def conv_bn_act(self, name: str, x: Tensor, m: ConvBNAct, **kw) -> Tensor:
-        conv, bn, act = m[0], m[1], m[2]
-        s, signed = act_scale(act)
-        return self.conv(name, x, conv, bn, s, signed, **kw)
+        s, signed = act_scale(m.act)
+        return self.conv(name, x, m[0], m[1], s, signed, s_in=m.input_scale(), **kw)
 
     # -- network parts -------------------------------------------------------------------------
     def shuffle_unit(self, name: str, x: Tensor, u: ShuffleUnit) -> Tensor:
@@ -133,13 +113,13 @@ class Exporter:
         s_mid, signed_mid = act_scale(d.dw_quant)
         t = self.conv(f"{name}.deform", x, d.dw_conv, None, s_mid, signed_mid, dilation=dil)
         s_out, signed = act_scale(blk.act)
-        return self.conv(f"{name}.pw", t, d.pw_conv, blk.bn, s_out, signed, upsample=True)
+        return self.conv(f"{name}.pw", t, d.pw_conv, blk.bn, s_out, signed, s_in=blk.input_scale(), upsample=True)
 
     def head(self, name: str, x: Tensor, h: Head) -> Tensor:
         s1, sg1 = act_scale(h[1])
-        t = self.conv(f"{name}.conv", x, h[0], None, s1, sg1)
+        t = self.conv(f"{name}.conv", x, h[0].conv, None, s1, sg1, s_in=h[0].input_scale())
         s2, sg2 = act_scale(h[3])
-        return self.conv(f"{name}.out", t, h[2], None, s2, sg2)
+        return self.conv(f"{name}.out", t, h[2].conv, None, s2, sg2, s_in=h[2].input_scale())
 
     def run(self) -> Program:
         m = self.model

@@ -9,6 +9,7 @@ carries that scale from the previous unit.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import torch
@@ -61,13 +62,87 @@ def _conv(cin, cout, k, stride=1, groups=1, bits=4, bias=False):
                        weight_quant=weight_quant(bits))
 
 
-class ConvBNAct(nn.Sequential):
+def _round_ste(x: torch.Tensor) -> torch.Tensor:
+    return x + (torch.round(x) - x).detach()
+
+
+def fold_params(conv: nn.Module, bn: nn.BatchNorm2d | None, s_in: torch.Tensor):
+    """The conv (+ BN, running statistics) exactly as the engine runs it.
+
+    BN is folded into the weights *before* they are quantised (so the 4-bit integers are the
+    deployed ones) and the folded bias is rounded to an integer at scale s_in * s_w, the contract's
+    int32 bias. Returns (quantised weight tensor, float bias, integer bias, per-channel s_w).
+    Training in this mode and exporting with it make the fake-quant model the integer program.
+    """
+    cout = conv.out_channels
+    a = torch.ones(cout, dtype=conv.weight.dtype, device=conv.weight.device)
+    b = torch.zeros_like(a)
+    if bn is not None:
+        a = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        b = bn.bias - bn.running_mean * a
+    if conv.bias is not None:
+        b = b + a * conv.bias
+    qw = conv.weight_quant(conv.weight * a.view(-1, 1, 1, 1))
+    s_w = qw.scale.reshape(-1)
+    step = s_in.detach() * s_w
+    bias_int = _round_ste(b / step)
+    return qw, bias_int * step, bias_int, s_w
+
+
+_FOLDING = [True]
+
+
+@contextlib.contextmanager
+def unfolded():
+    """Run conv -> BN unfolded even in eval mode (e.g. to hook every conv's forward)."""
+    _FOLDING[0] = False
+    try:
+        yield
+    finally:
+        _FOLDING[0] = True
+
+
+class _Folding:
+    """Mixin: a conv (+BN) that knows the quantiser feeding it, so it can run folded.
+
+    Eval mode, or `folded = True` in training (QAT after `freeze_bn`), runs `fold_params`; float
+    or early-QAT training runs the usual conv -> BN. The input quantiser is kept in a list so it is
+    not registered twice as a submodule.
+    """
+
+    folded = False
+
+    def set_input_quant(self, q: nn.Module) -> None:
+        self._in_quant = [q]
+
+    def input_scale(self) -> torch.Tensor:
+        return self._in_quant[0].act_quant.scale()
+
+    def _use_fold(self) -> bool:
+        return ((not self.training or self.folded) and _FOLDING[0]
+                and getattr(self, "_in_quant", None) is not None)
+
+    def folded_conv(self, x, conv, bn):
+        qw, bias, _, _ = fold_params(conv, bn, self.input_scale())
+        return F.conv2d(x, qw.value, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+
+class ConvBNAct(_Folding, nn.Sequential):
     """conv -> BN -> activation quantiser (QuantReLU, or signed QuantIdentity when relu=False)."""
 
     def __init__(self, cin, cout, k, stride=1, groups=1, bits=4, relu=True, out_quant: nn.Module | None = None):
         act = out_quant if out_quant is not None else (
             QuantReLU(act_quant=act_quant(signed=False)) if relu else QuantIdentity(act_quant=act_quant(signed=True)))
         super().__init__(_conv(cin, cout, k, stride, groups, bits), nn.BatchNorm2d(cout), act)
+
+    @property
+    def act(self) -> nn.Module:
+        return self[2]
+
+    def forward(self, x):
+        if self._use_fold():
+            return self[2](self.folded_conv(x, self[0], self[1]))
+        return self[2](self[1](self[0](x)))
 
 
 def channel_shuffle(x: torch.Tensor, groups: int = 2) -> torch.Tensor:
@@ -110,8 +185,9 @@ class Stage(nn.Sequential):
         super().__init__(*units)
 
 
-class DeformUp(nn.Module):
-    """Decoder block: deformable conv -> BN -> ReLU -> nearest 2x upsample (fused on the engine)."""
+class DeformUp(_Folding, nn.Module):
+    """Decoder block: deformable conv -> BN -> ReLU -> nearest 2x upsample (fused on the engine).
+    Folded, BN goes into the pointwise conv that follows the deformable depthwise conv."""
 
     def __init__(self, cin: int, cout: int, cfg: DetectorConfig):
         super().__init__()
@@ -119,9 +195,27 @@ class DeformUp(nn.Module):
                                       weight_bits=cfg.weight_bits, max_dilation=cfg.max_dilation)
         self.bn = nn.BatchNorm2d(cout)
         self.act = QuantReLU(act_quant=act_quant(signed=False))
+        if self.deform.pw_conv is not None:
+            self.set_input_quant(self.deform.dw_quant)
 
     def forward(self, x):
-        return F.interpolate(self.act(self.bn(self.deform(x))), scale_factor=2, mode="nearest")
+        if self._use_fold():
+            d = self.deform
+            y = self.act(self.folded_conv(d.dw_quant(d.deform(x)), d.pw_conv, self.bn))
+        else:
+            y = self.act(self.bn(self.deform(x)))
+        return F.interpolate(y, scale_factor=2, mode="nearest")
+
+
+class _HeadConv(_Folding, nn.Module):
+    """A head conv with a float bias during training, an integer bias (scale s_in*s_w) folded."""
+
+    def __init__(self, conv: nn.Module):
+        super().__init__()
+        self.conv = conv
+
+    def forward(self, x):
+        return self.folded_conv(x, self.conv, None) if self._use_fold() else self.conv(x)
 
 
 class Head(nn.Sequential):
@@ -130,8 +224,10 @@ class Head(nn.Sequential):
     def __init__(self, cin: int, mid: int, cout: int, bits: int, prior_bias: float = 0.0):
         last = _conv(mid, cout, 1, bits=bits, bias=True)
         nn.init.constant_(last.bias, prior_bias)
-        super().__init__(_conv(cin, mid, 3, bits=bits, bias=True), QuantReLU(act_quant=act_quant(signed=False)),
-                         last, QuantIdentity(act_quant=act_quant(signed=True)))
+        super().__init__(_HeadConv(_conv(cin, mid, 3, bits=bits, bias=True)),
+                         QuantReLU(act_quant=act_quant(signed=False)),
+                         _HeadConv(last), QuantIdentity(act_quant=act_quant(signed=True)))
+        self[2].set_input_quant(self[1])
 
 
 class CenterNet(nn.Module):
@@ -158,6 +254,27 @@ class CenterNet(nn.Module):
         self.hm = Head(c, cfg.head_conv, cfg.num_classes, cfg.weight_bits, prior_bias=-2.19)  # CenterNet prior
         self.wh = Head(c, cfg.head_conv, 2, cfg.weight_bits)
         self.reg = Head(c, cfg.head_conv, 2, cfg.weight_bits)
+        self._wire_input_quantisers()
+
+    def _wire_input_quantisers(self) -> None:
+        """Tell every folding conv which quantiser produces its input (its s_in)."""
+        self.stem.set_input_quant(self.input_quant)
+        prev = self.stem.act  # maxpool keeps the scale
+        for stage in self.stages:
+            for unit in stage:
+                if unit.branch1 is not None:
+                    unit.branch1[0].set_input_quant(prev)
+                    unit.branch1[1].set_input_quant(unit.branch1[0].act)
+                b = unit.branch2
+                b[0].set_input_quant(prev)
+                b[1].set_input_quant(b[0].act)
+                b[2].set_input_quant(b[1].act)
+                prev = b[2].act  # the stage's shared output quantiser
+        for blk in self.decoder:
+            blk.deform_input = [prev]
+            prev = blk.act
+        for head in (self.hm, self.wh, self.reg):
+            head[0].set_input_quant(prev)
 
     def forward(self, x):
         x = self.stem(self.input_quant(x))
@@ -176,3 +293,11 @@ def build_detector(name: str | DetectorConfig, **overrides) -> CenterNet:
         except KeyError:
             raise ValueError(f"unknown detector config {name!r}; known: {', '.join(CONFIGS)}") from None
     return CenterNet(cfg.with_(**overrides) if overrides else cfg)
+
+
+def fold_batchnorm(model: nn.Module, folded: bool = True) -> nn.Module:
+    """Train the rest of QAT exactly as deployed: BN frozen into the weights, integer biases."""
+    for m in model.modules():
+        if isinstance(m, _Folding):
+            m.folded = folded
+    return model
