@@ -92,6 +92,14 @@ def cmd_check(args) -> int:
     return 0
 
 
+def cmd_boards(args) -> int:
+    from .boards import format_board_table, list_boards, load_board
+
+    boards = [load_board(b) for b in args.board] if args.board else list_boards()
+    print(format_board_table(boards), end="")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
@@ -127,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--program")
     sp.add_argument("--sampling", choices=["integer", "bilinear"], help="override the deformable sampling")
     sp.add_argument("--engine", help="engine config (.toml or .json)")
+
+    sp = add("boards", cmd_boards, "list the board catalog (part, family, DSP/BRAM/LUT/FF, clock)")
+    sp.add_argument("board", nargs="*", help="board names or paths to your own board .toml files")
 
     sp = add("inspect", cmd_inspect, "print a program file's header, tensors and layer table")
     sp.add_argument("program")

@@ -72,3 +72,11 @@ def test_check_maps_model_or_names_the_unsupported_layer(capsys):
     assert "every layer maps to the engine" in capsys.readouterr().out
     assert main(["check", "--model", "tiny", "--sampling", "bilinear"]) == 2
     assert "decoder0" in capsys.readouterr().err
+
+
+def test_boards_lists_catalog(capsys):
+    assert main(["boards"]) == 0
+    out = capsys.readouterr().out
+    for name in ("pynq_z2", "ultra96v2", "zcu104", "kv260"):
+        assert name in out
+    assert main(["boards", "no_such_board"]) == 2
