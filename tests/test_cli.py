@@ -80,3 +80,20 @@ def test_boards_lists_catalog(capsys):
     for name in ("pynq_z2", "ultra96v2", "zcu104", "kv260"):
         assert name in out
     assert main(["boards", "no_such_board"]) == 2
+
+
+def test_quantize_then_export_end_to_end(tmp_path, capsys):
+    """The README's user path on a minimal budget: float + QAT, export, golden == fake-quant."""
+    assert main(["quantize", "--epochs", "1", "--qat-epochs", "1", "--train-images", "32", "--val-images", "8",
+                 "--batch-size", "16", "-o", str(tmp_path / "q")]) == 0
+    ckpt = tmp_path / "q" / "qat" / "last.pt"
+    assert ckpt.is_file() and (tmp_path / "q" / "quantize.json").is_file()
+    capsys.readouterr()
+    assert main(["export", str(ckpt), "-o", str(tmp_path / "e"), "--verify", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "tiny_w4a8_16x16.hwc" in out and "identical output integers" in out
+    report = json.loads((tmp_path / "e" / "export.json").read_text())
+    assert report["verify"]["identical"] >= 0.995
+    # A float checkpoint is refused with a clear message.
+    assert main(["export", str(tmp_path / "q" / "float" / "last.pt"), "-o", str(tmp_path / "e2")]) == 2
+    assert "quantisation mode 'float'" in capsys.readouterr().err

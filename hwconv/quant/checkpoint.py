@@ -25,8 +25,9 @@ import io
 import json
 import pickle
 import random
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -94,6 +95,26 @@ def get_quant_mode(model: nn.Module) -> str:
     if states == {True}:
         return "float"
     return "qat" if states <= {False} else "mixed"
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """model.eval() for inference, restoring the training flag after.
+
+    In float mode the BN-folding modules of models.py (those with `_use_fold`) stay unfolded:
+    folding quantises the folded weights and rounds the bias at the input quantiser's scale, which
+    does not exist with quantisation off. Their own `training` flag selects conv -> BN; BN and every
+    other submodule are in eval mode, so BN uses its running statistics."""
+    was_training = model.training
+    model.eval()
+    if get_quant_mode(model) == "float":
+        for m in model.modules():
+            if hasattr(m, "_use_fold"):
+                m.training = True  # this module only: its children stay in eval mode
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 def quant_state(model: nn.Module) -> dict[str, dict[str, Any]]:
@@ -252,7 +273,8 @@ def load_checkpoint(path: str | Path, model: nn.Module, *, optimizer: torch.opti
 
 
 def model_from_checkpoint(path: str | Path) -> tuple[CenterNet, dict[str, Any]]:
-    """Build the detector the checkpoint describes and load it (eval mode)."""
+    """Build the detector the checkpoint describes and load it (eval mode; run a float-mode model
+    under `eval_mode(model)`, which keeps BN unfolded)."""
     ckpt = read_checkpoint(path)
     try:
         cfg = config_from_dict(ckpt["config"])

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Subset
 
 from hwconv.fileio import atomic_write_bytes
 
+from .checkpoint import eval_mode
 from .data import DetectionDataset, collate, detections_to_coco, to_coco_json
 from .data.centernet import decode
 from .data.preview import to_uint8_hwc
@@ -57,17 +58,13 @@ def predict(model: nn.Module, dataset: DetectionDataset, *, batch_size: int, sco
     """Decoded detections of the first `max_images` images (all by default), in dataset order."""
     n = len(dataset) if max_images is None else min(max_images, len(dataset))
     loader = DataLoader(Subset(dataset, range(n)), batch_size=batch_size, shuffle=False, collate_fn=collate)
-    was_training = model.training
-    model.eval()
     device = _model_device(model)
     out: list[dict[str, torch.Tensor]] = []
-    try:
+    with eval_mode(model):
         for images, _ in loader:
             heads = model(images.to(device))
             out += decode(torch.sigmoid(heads["hm"].float()), heads["wh"].float(), heads["reg"].float(),
                           k=k, score_threshold=score_threshold)
-    finally:
-        model.train(was_training)
     return [{key: v.cpu() for key, v in d.items()} for d in out]
 
 

@@ -28,10 +28,13 @@ without a validation set) and log.json (options and per-epoch records, rewritten
 
 from __future__ import annotations
 
+import copy
+import itertools
 import json
 import math
 import os
 import random
+import statistics
 import time
 import warnings
 from contextlib import nullcontext
@@ -49,8 +52,8 @@ from torch.utils.data import DataLoader, DistributedSampler
 from hwconv.fileio import atomic_write_text
 
 from .checkpoint import (
-    CheckpointError, calibration_steps_left, config_to_dict, get_quant_mode, load_checkpoint, save_checkpoint, set_quant_mode,
-    set_rng_state, unwrap,
+    CheckpointError, calibration_steps_left, config_to_dict, get_quant_mode, load_checkpoint, save_checkpoint,
+    set_quant_mode, set_rng_state, unwrap,
 )
 from .data import DetectionDataset, collate
 from .data.base import Sample
@@ -58,7 +61,7 @@ from .data.centernet import encode_batch
 from .evaluate import evaluate
 from .losses import centernet_loss
 
-__all__ = ["InMemoryDataset", "lr_at", "seed_everything", "set_quant_mode", "train"]
+__all__ = ["InMemoryDataset", "lr_at", "measure_step_time", "seed_everything", "set_quant_mode", "train"]
 
 LOSS_PARTS = ("loss", "hm", "wh", "reg")
 
@@ -126,7 +129,9 @@ def _progress(enabled: bool) -> Any:
     if not enabled:
         return nullcontext(None)
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn,
+    )
 
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                     TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=Console(stderr=True))
@@ -187,13 +192,36 @@ def _run_epoch(step_fn: _Step, loader: DataLoader, sampler: DistributedSampler, 
     return dict(zip(LOSS_PARTS, means)) | {"lr": lr}
 
 
+def measure_step_time(model: nn.Module, dataset: DetectionDataset, *, batch_size: int, qat: bool, steps: int = 10,
+                      lr: float = 1e-3) -> float:
+    """Median seconds per training step over `steps` steps, timed on a deep copy (the model itself,
+    its quantiser statistics included, is untouched). Two warm-up steps are not counted: the first
+    steps of a fresh model are slower (allocator, oneDNN primitive caches)."""
+    probe = copy.deepcopy(unwrap(model))
+    set_quant_mode(probe, "qat" if qat else "float")
+    opt = torch.optim.Adam(probe.parameters(), lr=lr)
+    device = next(probe.parameters()).device
+    step = _Step(probe, opt, probe.cfg.num_classes, steps + 2, lr, 0, 1.0, None, device)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate)
+    batches = [b for _, b in zip(range(steps + 2), itertools.cycle(loader))]
+    probe.train()
+    times = []
+    for i, batch in enumerate(batches):
+        t0 = time.perf_counter()
+        step(i, *batch)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times[2:])
+
+
 # ------------------------------------------------------------------ bookkeeping
 
 def _is_better(record: dict[str, Any], best: dict[str, Any] | None) -> bool:
+    """Validated epochs beat unvalidated ones and compete on AP50; otherwise lower loss wins."""
     if best is None:
         return True
-    if record.get("val_AP50") is not None and best.get("val_AP50") is not None:
-        return record["val_AP50"] > best["val_AP50"]
+    mine, theirs = record.get("val_AP50"), best.get("val_AP50")
+    if mine is not None or theirs is not None:
+        return mine is not None and (theirs is None or mine > theirs)
     return record["loss"] < best["loss"]
 
 
@@ -210,9 +238,11 @@ def _check_resume(path: str | Path, ckpt: dict[str, Any], mode: str, options: di
                       stacklevel=3)
 
 
-def _write_log(out_dir: Path, options: dict[str, Any], history: list[dict], best: dict | None, model: nn.Module) -> None:
-    log = {"config": config_to_dict(unwrap(model).cfg), "options": options, "history": history, "best": best}
-    atomic_write_text(out_dir / "log.json", json.dumps(log, indent=1) + "\n")
+def _out_of_time(started: float, max_time_s: float, d: _Dist) -> bool:
+    flag = torch.tensor([float(time.perf_counter() - started > max_time_s)])
+    if d.enabled:
+        dist.broadcast(flag, src=0)  # rank 0's clock decides, so every rank stops together
+    return bool(flag.item())
 
 
 def _broadcast(record: dict[str, Any], d: _Dist) -> dict[str, Any]:
@@ -223,18 +253,77 @@ def _broadcast(record: dict[str, Any], d: _Dist) -> dict[str, Any]:
     return box[0]
 
 
+@dataclass
+class _Run:
+    """Per-call state of train(): what the end of an epoch evaluates, records and writes."""
+
+    net: nn.Module
+    optimizer: torch.optim.Optimizer
+    d: _Dist
+    out_dir: Path
+    options: dict[str, Any]
+    val_set: DetectionDataset | None
+    eval_batch_size: int
+    eval_every: int
+    eval_max_images: int | None
+    history: list[dict[str, Any]]
+    best: dict[str, Any] | None = None
+
+    @property
+    def last_path(self) -> Path:
+        return self.out_dir / "last.pt"
+
+    @property
+    def best_path(self) -> Path:
+        return self.out_dir / "best.pt"
+
+    def _validate(self, record: dict[str, Any], final: bool) -> dict[str, Any]:
+        due = final or record["epoch"] % self.eval_every == 0
+        if self.d.main and self.val_set is not None and due:
+            m = evaluate(self.net, self.val_set, batch_size=self.eval_batch_size, max_images=self.eval_max_images)
+            record |= {"val_AP": m["AP"], "val_AP50": m["AP50"], "val_images": m["n_images"]}
+        return _broadcast(record, self.d)
+
+    def _write(self, record: dict[str, Any], improved: bool) -> None:
+        extra = {"options": self.options, "history": self.history, "best": self.best}
+        for path in (self.last_path, self.best_path) if improved else (self.last_path,):
+            save_checkpoint(path, self.net, epoch=record["epoch"], optimizer=self.optimizer, metrics=record,
+                            extra=extra)
+        _write_log(self.out_dir, self.options, self.history, self.best, self.net)
+
+    def end_epoch(self, record: dict[str, Any], final: bool) -> None:
+        record = self._validate(record, final)
+        self.history.append(record)
+        improved = _is_better(record, self.best)
+        self.best = record if improved else self.best
+        if self.d.main:
+            self._write(record, improved)
+        if self.d.enabled:
+            dist.barrier()  # nobody races ahead of rank 0's files
+
+
+def _write_log(out_dir: Path, options: dict[str, Any], history: list[dict], best: dict | None,
+               model: nn.Module) -> None:
+    log = {"config": config_to_dict(unwrap(model).cfg), "options": options, "history": history, "best": best}
+    atomic_write_text(out_dir / "log.json", json.dumps(log, indent=1) + "\n")
+
+
 # ------------------------------------------------------------------ train
 
 def train(model: nn.Module, train_set: DetectionDataset, *, epochs: int, batch_size: int, lr: float,
           out_dir: str | Path, seed: int, val_set: DetectionDataset | None = None, resume: str | Path | None = None,
           qat: bool = False, progress: bool = True, warmup_steps: int | None = None, min_lr_ratio: float = 0.01,
           weight_decay: float = 0.0, grad_clip: float | None = 10.0, eval_batch_size: int = 32,
-          eval_every: int = 1, eval_max_images: int | None = None) -> dict[str, Any]:
+          eval_every: int = 1, eval_max_images: int | None = None, max_time_s: float | None = None
+          ) -> dict[str, Any]:
     """Train `model` (a CenterNet from build_detector) in place; see the module docstring.
 
-    `epochs` is the total count (a resumed run continues up to it). Returns {"history": per-epoch
-    records (loss parts, lr, time_s, val_AP/val_AP50 when evaluated), "best": the best record,
-    "last_checkpoint", "best_checkpoint", "log", "quant_mode", "world_size", "calibration_steps_left"}.
+    `epochs` is the total count (a resumed run continues up to it); `warmup_steps` defaults to
+    min(200, 5% of all steps). `max_time_s` is a safety net for budgeted runs: training stops after
+    the first epoch that ends past it (the schedule is then cut short; "stopped_early" says so).
+    Returns {"history": per-epoch records (loss parts, lr, time_s, val_AP/val_AP50 when evaluated),
+    "best": the best record, "last_checkpoint", "best_checkpoint", "log", "quant_mode",
+    "world_size", "calibration_steps_left", "stopped_early"}.
     """
     d = _setup_distributed()
     try:
@@ -242,17 +331,27 @@ def train(model: nn.Module, train_set: DetectionDataset, *, epochs: int, batch_s
                       seed=seed, val_set=val_set, resume=resume, qat=qat, progress=progress,
                       warmup_steps=warmup_steps, min_lr_ratio=min_lr_ratio, weight_decay=weight_decay,
                       grad_clip=grad_clip, eval_batch_size=eval_batch_size, eval_every=eval_every,
-                      eval_max_images=eval_max_images)
+                      eval_max_images=eval_max_images, max_time_s=max_time_s)
     finally:
         if d.owns_group:
             dist.destroy_process_group()
 
 
+def _loader(train_set: DetectionDataset, batch_size: int, seed: int, d: _Dist
+            ) -> tuple[DataLoader, DistributedSampler]:
+    # One code path for 1 and N processes: the sampler shards (N > 1) and shuffles by (seed, epoch).
+    sampler = DistributedSampler(train_set, num_replicas=d.world_size, rank=d.rank, shuffle=True, seed=seed)
+    loader = DataLoader(train_set, batch_size=batch_size, sampler=sampler, collate_fn=collate,
+                        drop_last=len(sampler) >= batch_size)  # equal batches, unless the set is tiny
+    return loader, sampler
+
+
 def _train(model: nn.Module, train_set: DetectionDataset, d: _Dist, *, epochs: int, batch_size: int, lr: float,
            out_dir: Path, seed: int, val_set: DetectionDataset | None, resume: str | Path | None, qat: bool,
            progress: bool, warmup_steps: int | None, min_lr_ratio: float, weight_decay: float,
-           grad_clip: float | None, eval_batch_size: int, eval_every: int, eval_max_images: int | None
-           ) -> dict[str, Any]:
+           grad_clip: float | None, eval_batch_size: int, eval_every: int, eval_max_images: int | None,
+           max_time_s: float | None) -> dict[str, Any]:
+    started = time.perf_counter()
     net = unwrap(model)
     if train_set.num_classes != net.cfg.num_classes:
         raise ValueError(f"the dataset has {train_set.num_classes} classes, the detector "
@@ -260,36 +359,30 @@ def _train(model: nn.Module, train_set: DetectionDataset, d: _Dist, *, epochs: i
     seed_everything(seed)
     mode = "qat" if qat else "float"
     set_quant_mode(net, mode)
-    device = next(net.parameters()).device
     optimizer = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=weight_decay)
-
-    sampler = DistributedSampler(train_set, num_replicas=d.world_size, rank=d.rank, shuffle=True, seed=seed)
-    loader = DataLoader(train_set, batch_size=batch_size, sampler=sampler, collate_fn=collate,
-                        drop_last=len(sampler) >= batch_size)  # equal batches, unless the set is tiny
+    loader, sampler = _loader(train_set, batch_size, seed, d)
     total_steps = epochs * len(loader)
     warmup = min(200, total_steps // 20) if warmup_steps is None else warmup_steps
     options = dict(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, qat=qat, warmup_steps=warmup,
                    min_lr_ratio=min_lr_ratio, weight_decay=weight_decay, grad_clip=grad_clip,
                    world_size=d.world_size, train_images=len(train_set))
-
-    history: list[dict[str, Any]] = []
-    best: dict[str, Any] | None = None
-    start_epoch = 0
+    run = _Run(net, optimizer, d, out_dir, options, val_set, eval_batch_size, eval_every, eval_max_images, [])
     if resume is not None:
         ckpt = load_checkpoint(resume, net, optimizer=optimizer)
         _check_resume(resume, ckpt, mode, options)
-        start_epoch, history, best = ckpt["epoch"], ckpt["extra"]["history"], ckpt["extra"]["best"]
+        run.history, run.best = ckpt["extra"]["history"], ckpt["extra"]["best"]
         set_rng_state(ckpt["rng"])
+    start_epoch = len(run.history)
 
     # Float mode leaves the activation scales out of the graph, so DDP must tolerate unused parameters.
     ddp = DistributedDataParallel(net, find_unused_parameters=not qat) if d.enabled else net
-    step_fn = _Step(ddp, optimizer, net.cfg.num_classes, total_steps, lr, warmup, min_lr_ratio, grad_clip, device)
-    last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
+    step_fn = _Step(ddp, optimizer, net.cfg.num_classes, total_steps, lr, warmup, min_lr_ratio, grad_clip,
+                    next(net.parameters()).device)
     if d.main:
         out_dir.mkdir(parents=True, exist_ok=True)
-
+    stopped_early = False
     with _progress(progress and d.main) as bar:
-        task = bar.add_task(f"{mode}", total=(epochs - start_epoch) * len(loader), info="") if bar else None
+        task = bar.add_task(mode, total=(epochs - start_epoch) * len(loader), info="") if bar else None
         for epoch in range(start_epoch, epochs):
             if bar is not None:
                 bar.update(task, description=f"{mode} epoch {epoch + 1}/{epochs}")
@@ -297,22 +390,12 @@ def _train(model: nn.Module, train_set: DetectionDataset, d: _Dist, *, epochs: i
             record = {"epoch": epoch + 1, "quant_mode": mode}
             record |= _run_epoch(step_fn, loader, sampler, epoch, epoch * len(loader), bar, task, d)
             record["time_s"] = round(time.perf_counter() - t0, 3)
-            if d.main and val_set is not None and ((epoch + 1) % eval_every == 0 or epoch + 1 == epochs):
-                metrics = evaluate(net, val_set, batch_size=eval_batch_size, max_images=eval_max_images)
-                record |= {"val_AP": metrics["AP"], "val_AP50": metrics["AP50"], "val_images": metrics["n_images"]}
-            record = _broadcast(record, d)
-            history.append(record)
-            improved = _is_better(record, best)
-            best = record if improved else best
-            if d.main:
-                extra = {"options": options, "history": history, "best": best}
-                save_checkpoint(last_path, net, epoch=epoch + 1, optimizer=optimizer, metrics=record, extra=extra)
-                if improved:
-                    save_checkpoint(best_path, net, epoch=epoch + 1, optimizer=optimizer, metrics=record, extra=extra)
-                _write_log(out_dir, options, history, best, net)
-            if d.enabled:
-                dist.barrier()  # nobody races ahead of rank 0's files
+            run.end_epoch(record, final=epoch + 1 == epochs)
+            if max_time_s is not None and epoch + 1 < epochs and _out_of_time(started, max_time_s, d):
+                stopped_early = True
+                break
 
-    return {"history": history, "best": best, "last_checkpoint": str(last_path), "best_checkpoint": str(best_path),
-            "log": str(out_dir / "log.json"), "quant_mode": get_quant_mode(net), "world_size": d.world_size,
-            "calibration_steps_left": calibration_steps_left(net)}
+    return {"history": run.history, "best": run.best, "last_checkpoint": str(run.last_path),
+            "best_checkpoint": str(run.best_path), "log": str(out_dir / "log.json"), "quant_mode": get_quant_mode(net),
+            "world_size": d.world_size, "calibration_steps_left": calibration_steps_left(net),
+            "stopped_early": stopped_early}

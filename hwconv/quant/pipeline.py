@@ -1,0 +1,74 @@
+"""`hwconv quantize` and `hwconv export`: the user-facing pipeline over train/evaluate/export."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from ..fileio import atomic_write_text
+from ..spec import EngineConfig
+from .data import load_dataset
+from .models import build_detector
+
+
+def _datasets(data: str, root: str | None, image_size: int, train_images: int | None, val_images: int | None):
+    kw_train: dict = {}
+    kw_val: dict = {}
+    if data in ("voc", "coco"):
+        if not root:
+            raise ValueError(f"--data {data} needs --data-root (the dataset folder)")
+        kw_train = kw_val = {"root": root}
+    elif data == "synthetic":
+        kw_train = {"image_size": image_size, **({"num_images": train_images} if train_images else {})}
+        kw_val = {"image_size": image_size, **({"num_images": val_images} if val_images else {})}
+    train_split, val_split = ("train", "test") if data == "deepforest" else ("train", "val")
+    return load_dataset(data, train_split, **kw_train), load_dataset(data, val_split, **kw_val)
+
+
+def quantize(model: str, out: Path, *, data: str = "synthetic", data_root: str | None = None,
+             epochs: int = 10, qat_epochs: int = 4, batch_size: int = 32, lr: float = 2e-3,
+             qat_lr: float = 5e-4, seed: int = 0, train_images: int | None = None,
+             val_images: int | None = None, overrides: dict | None = None, progress: bool = True) -> dict:
+    """Float training, then W4A8 QAT of the same network; returns and writes a report."""
+    from .train import InMemoryDataset, train
+
+    torch.manual_seed(seed)
+    net = build_detector(model, **(overrides or {}))
+    train_set, val_set = _datasets(data, data_root, net.cfg.input_size, train_images, val_images)
+    train_set, val_set = InMemoryDataset(train_set), InMemoryDataset(val_set)
+    fp = train(net, train_set, epochs=epochs, batch_size=batch_size, lr=lr, out_dir=out / "float", seed=seed,
+               val_set=val_set, qat=False, progress=progress)
+    q = train(net, train_set, epochs=qat_epochs, batch_size=batch_size, lr=qat_lr, out_dir=out / "qat",
+              seed=seed, val_set=val_set, qat=True, progress=progress)
+    last = lambda r, k: r["history"][-1].get(k)  # noqa: E731
+    report = {"model": net.cfg.name, "data": data, "float_AP50": last(fp, "val_AP50"), "float_AP": last(fp, "val_AP"),
+              "w4a8_AP50": last(q, "val_AP50"), "w4a8_AP": last(q, "val_AP"),
+              "checkpoint": str(q["last_checkpoint"]), "float_checkpoint": str(fp["last_checkpoint"])}
+    atomic_write_text(out / "quantize.json", json.dumps(report, indent=2) + "\n")
+    return report
+
+
+def export(checkpoint: str, out: Path, config: EngineConfig, *, verify_images: int = 0) -> dict:
+    """Checkpoint -> engine program (+ optional fake-quant vs golden check on synthetic images)."""
+    from .checkpoint import model_from_checkpoint
+    from .export import export_program
+    from .verify import compare_outputs
+
+    net, ckpt = model_from_checkpoint(checkpoint)
+    if ckpt.get("quant_mode") != "qat":
+        raise ValueError(f"{checkpoint}: quantisation mode {ckpt.get('quant_mode')!r}; export the W4A8 "
+                         "checkpoint written by the QAT phase of `hwconv quantize` (qat/last.pt)")
+    prog = export_program(net, config)
+    path = out / f"{net.cfg.name}_{config.name}.hwc"
+    prog.save(path)
+    config.save(out / "engine.toml")
+    report = {"program": str(path), "layers": len(prog.layers), "params_bytes": len(prog.params),
+              "arena_bytes": prog.arena_bytes}
+    if verify_images:
+        ds = load_dataset("synthetic", "val", image_size=net.cfg.input_size, num_images=verify_images)
+        images = torch.stack([ds[i][0] for i in range(verify_images)])
+        report["verify"] = compare_outputs(net, prog, images)
+    atomic_write_text(out / "export.json", json.dumps(report, indent=2, default=str) + "\n")
+    return report
