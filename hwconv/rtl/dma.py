@@ -1,0 +1,285 @@
+"""DMA engines: AXI4 bursts between DRAM and the engine's streams.
+
+Both engines take commands ``{addr, length}`` in bytes on a stream. ``addr`` must be aligned to
+the bus width and ``length`` a multiple of it: the low address and length bits are ignored (a
+caller with an unaligned tensor view moves the enclosing aligned beats, writing with strobes). A
+command of length 0 is accepted and moves and signals nothing (no ``last`` beat, no ``done``).
+Commands are split into INCR bursts of full-width beats, at most 256 beats long and never crossing
+a 4 KiB boundary. The next command is taken as soon as the previous one's last burst is
+requested, so short commands pipeline: data keeps flowing while the next command's bursts go out.
+
+Errors are states, never hangs: an SLVERR or DECERR response sets ``error``, which stays set until
+``clear``; the transfer still runs to its end (every burst issued, every beat delivered or
+consumed), so whoever waits for the data or for ``done`` is never left waiting. A read beat that
+came back with an error reads as zero.
+
+Counters, for the engine's STALL_CYCLES register (32 bits, wrapping, zeroed by ``clear``):
+``beats`` counts data beats moved on the bus; ``stall_cycles`` counts cycles the DMA had a
+transfer under way but the bus held it up (see each engine).
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFO, SyncFIFOBuffered
+from amaranth.lib.wiring import In, Out
+
+from ..spec.config import EngineConfig
+from .axi4 import (BURST_INCR, CACHE_NORMAL, MAX_BURST_BEATS, PAGE_BYTES, PROT_DATA, AXI4Signature)
+
+__all__ = ["COUNTER_BITS", "LENGTH_BITS", "BurstSplitter", "DMAReader", "DMAWriter",
+           "burst_layout", "command_layout", "read_beat_layout", "write_beat_layout"]
+
+LENGTH_BITS = 32  # bytes per command; ARENA_SIZE and PARAMS_SIZE are 32-bit registers too
+COUNTER_BITS = 32  # STALL_CYCLES is one 32-bit register
+_PAGE_SHIFT = PAGE_BYTES.bit_length() - 1
+
+
+def command_layout(addr_width: int) -> data.StructLayout:
+    return data.StructLayout({"addr": unsigned(addr_width), "length": unsigned(LENGTH_BITS)})
+
+
+def burst_layout(addr_width: int) -> data.StructLayout:
+    return data.StructLayout({"addr": unsigned(addr_width), "len": unsigned(8),
+                              "final": unsigned(1)})  # final: the command's last burst
+
+
+def read_beat_layout(data_width: int) -> data.StructLayout:
+    return data.StructLayout({"data": unsigned(data_width), "last": unsigned(1)})
+
+
+def write_beat_layout(data_width: int) -> data.StructLayout:
+    return data.StructLayout({"data": unsigned(data_width), "strb": unsigned(data_width // 8)})
+
+
+def _beat_shift(data_width: int) -> int:
+    return (data_width // 8).bit_length() - 1
+
+
+class BurstSplitter(wiring.Component):
+    """Commands in, AXI4 bursts out (AxADDR, AxLEN and whether it ends the command).
+
+    One burst per cycle; each is as long as the command, 256 beats and the rest of the 4 KiB page
+    allow. ``active``: a command is being split.
+    """
+
+    def __init__(self, addr_width: int, data_width: int):
+        self.addr_width, self.data_width = addr_width, data_width
+        super().__init__({
+            "cmd": In(stream.Signature(command_layout(addr_width))),
+            "burst": Out(stream.Signature(burst_layout(addr_width))),
+            "active": Out(1),
+        })
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        s = _beat_shift(self.data_width)
+        page_beats = PAGE_BYTES >> s
+        addr = Signal(self.addr_width)
+        left = Signal(LENGTH_BITS - s)  # beats of the command not yet in a burst
+        to_page = Signal(range(page_beats + 1))
+        cap = Signal(range(MAX_BURST_BEATS + 1))
+        n = Signal(range(MAX_BURST_BEATS + 1))  # beats in the burst on offer
+        m.d.comb += [
+            to_page.eq(page_beats - addr[s:_PAGE_SHIFT]),
+            cap.eq(Mux(to_page < MAX_BURST_BEATS, to_page, MAX_BURST_BEATS)),
+            n.eq(Mux(left < cap, left, cap)),
+            self.cmd.ready.eq(~self.active),
+            self.burst.valid.eq(self.active),
+            self.burst.p.addr.eq(addr),
+            self.burst.p.len.eq(n - 1),
+            self.burst.p.final.eq(left == n),
+        ]
+        with m.If(self.cmd.valid & self.cmd.ready):
+            length = self.cmd.p.length[s:]
+            m.d.sync += [
+                addr.eq(Cat(Const(0, s), self.cmd.p.addr[s:])),
+                left.eq(length),
+                self.active.eq(length != 0),
+            ]
+        with m.If(self.burst.valid & self.burst.ready):
+            m.d.sync += [addr.eq(addr + (n << s)), left.eq(left - n)]
+            with m.If(self.burst.p.final):
+                m.d.sync += self.active.eq(0)
+        return m
+
+
+def _drive_address(m: Module, bus, prefix: str, splitter: BurstSplitter, take, axi_id: int,
+                   size: int) -> None:
+    """The AR or AW channel: a register stage loaded from the splitter when `take`, so no bus
+    output depends combinationally on a bus input."""
+    def ch(name: str):
+        return getattr(bus, prefix + name)
+
+    with m.If(take):
+        m.d.sync += [ch("valid").eq(1), ch("addr").eq(splitter.burst.p.addr),
+                     ch("len").eq(splitter.burst.p.len)]
+    with m.Elif(ch("ready")):
+        m.d.sync += ch("valid").eq(0)
+    m.d.comb += [ch("id").eq(axi_id), ch("size").eq(size), ch("burst").eq(BURST_INCR),
+                 ch("lock").eq(0), ch("cache").eq(CACHE_NORMAL), ch("prot").eq(PROT_DATA),
+                 ch("qos").eq(0)]
+
+
+def _status(m: Module, clear, error, resp_error, beats, moved, stall_cycles, stalled) -> None:
+    """Sticky error (a new error wins over `clear` in the same cycle) and the two counters."""
+    with m.If(resp_error):
+        m.d.sync += error.eq(1)
+    with m.Elif(clear):
+        m.d.sync += error.eq(0)
+    with m.If(clear):
+        m.d.sync += [beats.eq(0), stall_cycles.eq(0)]
+    with m.Else():
+        m.d.sync += [beats.eq(beats + moved), stall_cycles.eq(stall_cycles + stalled)]
+
+
+class _DMABase(wiring.Component):
+    def __init__(self, config: EngineConfig, members: dict, *, max_outstanding: int, axi_id: int,
+                 id_width: int):
+        if max_outstanding < 1:
+            raise ValueError(f"max_outstanding must be at least 1, not {max_outstanding}")
+        if not 0 <= axi_id < 1 << id_width:
+            raise ValueError(f"AXI ID {axi_id} does not fit in {id_width} bits")
+        self.config, self.max_outstanding, self.axi_id = config, max_outstanding, axi_id
+        super().__init__(members | {
+            "busy": Out(1),
+            "error": Out(1),
+            "clear": In(1),
+            "beats": Out(COUNTER_BITS),
+            "stall_cycles": Out(COUNTER_BITS),
+        })
+
+
+class DMAReader(_DMABase):
+    """Reads DRAM into a stream of bus-width beats.
+
+    - ``cmd``: ``{addr, length}`` in bytes (see the module docstring for alignment).
+    - ``o``: ``{data, last}``, one beat per bus beat, in address order; ``last`` marks a command's
+      final beat. Backpressure on ``o`` fills a ``buffer_depth``-beat buffer, then holds RREADY low.
+    - ``bus``: AR and R of an AXI4 manager; up to ``max_outstanding`` bursts are requested ahead
+      of their data, which hides DRAM latency. All bursts use ID ``axi_id``, so they return in
+      order.
+    - ``busy``: a command is accepted and not all of its beats have left on ``o``.
+    - ``stall_cycles``: a burst was requested and the buffer had room, but no beat came.
+    """
+
+    def __init__(self, config: EngineConfig, *, max_outstanding: int = 4, buffer_depth: int = 32,
+                 axi_id: int = 0, id_width: int = 1):
+        self.buffer_depth = buffer_depth
+        dw = config.axi_data_width
+        super().__init__(config, {
+            "cmd": In(stream.Signature(command_layout(config.addr_width))),
+            "o": Out(stream.Signature(read_beat_layout(dw))),
+            "bus": Out(AXI4Signature(config.addr_width, dw, id_width, write=False)),
+        }, max_outstanding=max_outstanding, axi_id=axi_id, id_width=id_width)
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        bus, dw = self.bus, self.config.axi_data_width
+        m.submodules.split = split = BurstSplitter(self.config.addr_width, dw)
+        wiring.connect(m, wiring.flipped(self.cmd), split.cmd)
+        # One entry per burst requested and not yet fully returned: its depth is the limit on
+        # outstanding bursts, and it remembers which burst's RLAST ends a command.
+        m.submodules.inflight = inflight = SyncFIFO(width=1, depth=self.max_outstanding)
+        m.submodules.buffer = buffer = SyncFIFOBuffered(width=dw + 1, depth=self.buffer_depth)
+
+        issue = split.burst.valid & split.burst.ready
+        m.d.comb += [
+            split.burst.ready.eq((~bus.arvalid | bus.arready) & inflight.w_rdy),
+            inflight.w_en.eq(issue),
+            inflight.w_data.eq(split.burst.p.final),
+        ]
+        _drive_address(m, bus, "ar", split, issue, self.axi_id, bus.signature.size)
+
+        took = bus.rvalid & bus.rready
+        bad = bus.rresp[1]  # SLVERR or DECERR; EXOKAY is never asked for
+        m.d.comb += [
+            bus.rready.eq(buffer.w_rdy),
+            buffer.w_en.eq(bus.rvalid),
+            buffer.w_data.eq(Cat(Mux(bad, 0, bus.rdata), bus.rlast & inflight.r_data)),
+            inflight.r_en.eq(took & bus.rlast),
+            self.o.valid.eq(buffer.r_rdy),
+            self.o.payload.eq(buffer.r_data),
+            buffer.r_en.eq(self.o.ready),
+            self.busy.eq(split.active | bus.arvalid | inflight.r_rdy | (buffer.level != 0)),
+        ]
+        stalled = (bus.arvalid | inflight.r_rdy) & bus.rready & ~bus.rvalid
+        _status(m, self.clear, self.error, took & bad, self.beats, took, self.stall_cycles, stalled)
+        return m
+
+
+class DMAWriter(_DMABase):
+    """Writes a stream of bus-width beats with byte strobes to DRAM.
+
+    - ``cmd``: ``{addr, length}`` in bytes (see the module docstring for alignment).
+    - ``i``: ``{data, strb}``, one beat per bus beat, in address order; a byte whose ``strb`` bit
+      is 0 is left as it is in DRAM (so two producers can fill the even and odd bytes of an
+      interleaved ShuffleNet buffer). Beats wait until their command has been taken.
+    - ``bus``: AW, W and B of an AXI4 manager; up to ``max_outstanding`` bursts await their B
+      response. W beats may lead their AW (AXI4 allows it).
+    - ``done``: one-cycle pulse once the B response of a command's last burst is in, which is when
+      its data is in DRAM. Responses are in order (one ID), so commands complete in order.
+    - ``busy``: a command is accepted and not all of its B responses are in.
+    - ``stall_cycles``: a W beat waited for WREADY, or a beat on ``i`` waited because all
+      ``max_outstanding`` bursts were sent and awaiting their B responses.
+    """
+
+    def __init__(self, config: EngineConfig, *, max_outstanding: int = 4, axi_id: int = 0,
+                 id_width: int = 1):
+        dw = config.axi_data_width
+        super().__init__(config, {
+            "cmd": In(stream.Signature(command_layout(config.addr_width))),
+            "i": In(stream.Signature(write_beat_layout(dw))),
+            "bus": Out(AXI4Signature(config.addr_width, dw, id_width, read=False)),
+            "done": Out(1),
+        }, max_outstanding=max_outstanding, axi_id=axi_id, id_width=id_width)
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        bus, dw = self.bus, self.config.axi_data_width
+        m.submodules.split = split = BurstSplitter(self.config.addr_width, dw)
+        wiring.connect(m, wiring.flipped(self.cmd), split.cmd)
+        n = self.max_outstanding
+        m.submodules.w_bursts = w_bursts = SyncFIFO(width=8, depth=n)  # AWLEN, until WLAST
+        m.submodules.b_bursts = b_bursts = SyncFIFO(width=1, depth=n)  # final flag, until B
+
+        issue = split.burst.valid & split.burst.ready
+        m.d.comb += [
+            split.burst.ready.eq((~bus.awvalid | bus.awready) & w_bursts.w_rdy & b_bursts.w_rdy),
+            w_bursts.w_en.eq(issue), w_bursts.w_data.eq(split.burst.p.len),
+            b_bursts.w_en.eq(issue), b_bursts.w_data.eq(split.burst.p.final),
+        ]
+        _drive_address(m, bus, "aw", split, issue, self.axi_id, bus.signature.size)
+
+        # W: a register stage fed by `i` for the burst at the head of w_bursts.
+        beat = Signal(8)  # index of the next beat within that burst
+        last = beat == w_bursts.r_data
+        load = self.i.valid & self.i.ready
+        m.d.comb += [
+            self.i.ready.eq((~bus.wvalid | bus.wready) & w_bursts.r_rdy),
+            w_bursts.r_en.eq(load & last),
+        ]
+        with m.If(load):
+            m.d.sync += [bus.wvalid.eq(1), bus.wdata.eq(self.i.p.data),
+                         bus.wstrb.eq(self.i.p.strb), bus.wlast.eq(last),
+                         beat.eq(Mux(last, 0, beat + 1))]
+        with m.Elif(bus.wready):
+            m.d.sync += bus.wvalid.eq(0)
+
+        got = bus.bvalid & bus.bready
+        m.d.comb += [
+            bus.bready.eq(1),  # every burst we issued has room for its response
+            b_bursts.r_en.eq(got),
+            self.busy.eq(split.active | bus.awvalid | b_bursts.r_rdy),
+        ]
+        m.d.sync += self.done.eq(got & b_bursts.r_data)
+        moved = bus.wvalid & bus.wready
+        # Held up by the bus: a W beat waits for WREADY, or a beat is offered but every
+        # outstanding slot is taken by bursts whose data is sent and whose B has not come.
+        # (An AW waiting for AWREADY holds up nothing by itself: W may lead AW.)
+        stalled = ((bus.wvalid & ~bus.wready) |
+                   (self.i.valid & ~w_bursts.r_rdy & ~b_bursts.w_rdy))
+        _status(m, self.clear, self.error, got & bus.bresp[1], self.beats, moved,
+                self.stall_cycles, stalled)
+        return m
