@@ -118,6 +118,27 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_generate(args) -> int:
+    from .boards import load_board
+    from .rtl.generate import GenerateError, generate
+
+    board = load_board(args.board)
+    cfg = EngineConfig.load(args.engine) if args.engine else board.default_engine_config()
+    if args.pe:
+        try:
+            pe_in, pe_out = (int(v) for v in args.pe.lower().split("x"))
+        except ValueError:
+            raise SpecError(f"--pe {args.pe!r}: expected IxO, e.g. 16x16") from None
+        cfg = cfg.with_(pe_in=pe_in, pe_out=pe_out)
+    try:
+        report = generate(board, cfg, Path(args.out), synth=not args.no_synth, lint=not args.no_lint)
+    except GenerateError as exc:
+        print(f"hwconv generate: error: {exc}", file=sys.stderr)
+        return 2
+    print(report.summary(board))
+    return 0
+
+
 def cmd_boards(args) -> int:
     from .boards import format_board_table, list_boards, load_board
 
@@ -183,6 +204,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("-o", "--out", default="out/export")
     sp.add_argument("--engine", help="engine config (.toml or .json)")
     sp.add_argument("--verify", type=int, default=4, help="compare golden vs fake-quant on N images (0: skip)")
+
+    sp = add("generate", cmd_generate, "Verilog of the engine for a board + lint + yosys resource report")
+    sp.add_argument("--board", required=True, help="catalog name or path to a board .toml")
+    sp.add_argument("--pe", help="PE array as IxO (default: the engine config's)")
+    sp.add_argument("--engine", help="engine config (.toml or .json); default: the board's")
+    sp.add_argument("-o", "--out", default="out/generate")
+    sp.add_argument("--no-synth", action="store_true", help="skip the yosys resource report")
+    sp.add_argument("--no-lint", action="store_true", help="skip verilator --lint-only")
 
     sp = add("boards", cmd_boards, "list the board catalog (part, family, DSP/BRAM/LUT/FF, clock)")
     sp.add_argument("board", nargs="*", help="board names or paths to your own board .toml files")
