@@ -129,7 +129,7 @@ class _CrashAfter(InMemoryDataset):
 
 
 def test_resume_mid_calibration_equals_an_uninterrupted_run(train_set, tmp_path):
-    kw = dict(epochs=3, batch_size=16, lr=2e-3, seed=3, progress=False, qat=True)
+    kw = dict(epochs=3, batch_size=16, lr=2e-3, seed=3, progress=False, qat=True, fold_bn_epochs=1)
     full = _tiny(1)
     ref = train(full, train_set, out_dir=tmp_path / "full", **kw)
 
@@ -140,6 +140,9 @@ def test_resume_mid_calibration_equals_an_uninterrupted_run(train_set, tmp_path)
     out = train(resumed, train_set, out_dir=tmp_path / "cut", resume=tmp_path / "cut" / "last.pt", **kw)
 
     assert [h["loss"] for h in out["history"]] == [h["loss"] for h in ref["history"]]
+    assert [h["bn_folded"] for h in out["history"]] == [False, False, True]  # the last epoch ran folded
+    assert read_checkpoint(tmp_path / "cut" / "last.pt")["bn_folded"] and model_from_checkpoint(
+        tmp_path / "cut" / "last.pt")[0].stem.folded
     for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
 

@@ -25,7 +25,7 @@ import io
 import json
 import pickle
 import random
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -39,7 +39,7 @@ from brevitas.proxy.runtime_quant import ActQuantProxyFromInjectorBase
 from hwconv.fileio import atomic_write_bytes
 
 from .deform import QuantDeformConv
-from .models import CONFIGS, CenterNet, DetectorConfig, build_detector
+from .models import CONFIGS, CenterNet, DetectorConfig, build_detector, fold_batchnorm, unfolded
 
 FORMAT = "hwconv-checkpoint"
 VERSION = 1
@@ -101,20 +101,20 @@ def get_quant_mode(model: nn.Module) -> str:
 def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     """model.eval() for inference, restoring the training flag after.
 
-    In float mode the BN-folding modules of models.py (those with `_use_fold`) stay unfolded:
-    folding quantises the folded weights and rounds the bias at the input quantiser's scale, which
-    does not exist with quantisation off. Their own `training` flag selects conv -> BN; BN and every
-    other submodule are in eval mode, so BN uses its running statistics."""
+    Eval mode normally runs BN folded into the quantised weights (models.fold_params), which needs
+    the quantisers; a float-mode model therefore runs conv -> BN (running statistics) unfolded."""
     was_training = model.training
     model.eval()
-    if get_quant_mode(model) == "float":
-        for m in model.modules():
-            if hasattr(m, "_use_fold"):
-                m.training = True  # this module only: its children stay in eval mode
     try:
-        yield model
+        with unfolded() if get_quant_mode(model) == "float" else nullcontext():
+            yield model
     finally:
         model.train(was_training)
+
+
+def bn_folded(model: nn.Module) -> bool:
+    """Whether training runs with BN folded into the quantised weights (models.fold_batchnorm)."""
+    return any(getattr(m, "folded", False) for m in unwrap(model).modules())
 
 
 def quant_state(model: nn.Module) -> dict[str, dict[str, Any]]:
@@ -201,7 +201,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, *, epoch: int, optimizer
     ckpt = {
         "format": FORMAT, "version": VERSION,
         "config_name": net.cfg.name, "config": config_to_dict(net.cfg), "overrides": config_overrides(net.cfg),
-        "quant_mode": get_quant_mode(net),
+        "quant_mode": get_quant_mode(net), "bn_folded": bn_folded(net),
         "model": net.state_dict(), "quant_state": quant_state(net),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "epoch": int(epoch), "metrics": _plain(metrics), "extra": _plain(extra),
@@ -251,6 +251,7 @@ def _load_weights(path: Path, net: CenterNet, ckpt: dict[str, Any]) -> None:
     restore_quant_state(net, ckpt["quant_state"])
     if ckpt["quant_mode"] in QUANT_MODES:  # "mixed": individual switches are not recorded
         set_quant_mode(net, ckpt["quant_mode"])
+    fold_batchnorm(net, bool(ckpt.get("bn_folded", False)))
 
 
 def load_checkpoint(path: str | Path, model: nn.Module, *, optimizer: torch.optim.Optimizer | None = None

@@ -7,8 +7,12 @@ training forwards initialise each activation scale from runtime statistics befor
 The usual recipe:
 
     model = build_detector("tiny")
-    train(model, data, epochs=30, ..., out_dir="run/float")             # float
-    train(model, data, epochs=10, lr=lower, ..., out_dir="run/qat", qat=True)  # W4A8 fine-tuning
+    train(model, data, epochs=30, ..., out_dir="run/float")                  # float
+    train(model, data, epochs=3, lr=lower, ..., out_dir="run/qat", qat=True,
+          fold_bn_epochs=1)                    # W4A8; the last epoch with BN folded, as deployed
+
+Evaluation in float mode runs BN unfolded (`checkpoint.eval_mode`); in QAT mode eval runs the
+model's folded path, i.e. the integers the engine computes.
 
 Optimiser: Adam; learning rate: linear warm-up, then cosine decay per step to `min_lr_ratio * lr`,
 a pure function of the step (nothing to restore on resume). Determinism: the sample order of epoch
@@ -52,7 +56,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from hwconv.fileio import atomic_write_text
 
 from .checkpoint import (
-    CheckpointError, calibration_steps_left, config_to_dict, get_quant_mode, load_checkpoint, save_checkpoint,
+    CheckpointError, bn_folded, calibration_steps_left, config_to_dict, get_quant_mode, load_checkpoint, save_checkpoint,
     set_quant_mode, set_rng_state, unwrap,
 )
 from .data import DetectionDataset, collate
@@ -60,6 +64,7 @@ from .data.base import Sample
 from .data.centernet import encode_batch
 from .evaluate import evaluate
 from .losses import centernet_loss
+from .models import fold_batchnorm
 
 __all__ = ["InMemoryDataset", "lr_at", "measure_step_time", "seed_everything", "set_quant_mode", "train"]
 
@@ -314,13 +319,15 @@ def train(model: nn.Module, train_set: DetectionDataset, *, epochs: int, batch_s
           out_dir: str | Path, seed: int, val_set: DetectionDataset | None = None, resume: str | Path | None = None,
           qat: bool = False, progress: bool = True, warmup_steps: int | None = None, min_lr_ratio: float = 0.01,
           weight_decay: float = 0.0, grad_clip: float | None = 10.0, eval_batch_size: int = 32,
-          eval_every: int = 1, eval_max_images: int | None = None, max_time_s: float | None = None
-          ) -> dict[str, Any]:
+          eval_every: int = 1, eval_max_images: int | None = None, max_time_s: float | None = None,
+          fold_bn_epochs: int = 0) -> dict[str, Any]:
     """Train `model` (a CenterNet from build_detector) in place; see the module docstring.
 
     `epochs` is the total count (a resumed run continues up to it); `warmup_steps` defaults to
     min(200, 5% of all steps). `max_time_s` is a safety net for budgeted runs: training stops after
     the first epoch that ends past it (the schedule is then cut short; "stopped_early" says so).
+    `fold_bn_epochs` (QAT only): the last N epochs train with BN folded into the quantised weights
+    and integer biases (models.fold_batchnorm), i.e. exactly what is deployed; BN statistics freeze.
     Returns {"history": per-epoch records (loss parts, lr, time_s, val_AP/val_AP50 when evaluated),
     "best": the best record, "last_checkpoint", "best_checkpoint", "log", "quant_mode",
     "world_size", "calibration_steps_left", "stopped_early"}.
@@ -331,7 +338,7 @@ def train(model: nn.Module, train_set: DetectionDataset, *, epochs: int, batch_s
                       seed=seed, val_set=val_set, resume=resume, qat=qat, progress=progress,
                       warmup_steps=warmup_steps, min_lr_ratio=min_lr_ratio, weight_decay=weight_decay,
                       grad_clip=grad_clip, eval_batch_size=eval_batch_size, eval_every=eval_every,
-                      eval_max_images=eval_max_images, max_time_s=max_time_s)
+                      eval_max_images=eval_max_images, max_time_s=max_time_s, fold_bn_epochs=fold_bn_epochs)
     finally:
         if d.owns_group:
             dist.destroy_process_group()
@@ -350,22 +357,25 @@ def _train(model: nn.Module, train_set: DetectionDataset, d: _Dist, *, epochs: i
            out_dir: Path, seed: int, val_set: DetectionDataset | None, resume: str | Path | None, qat: bool,
            progress: bool, warmup_steps: int | None, min_lr_ratio: float, weight_decay: float,
            grad_clip: float | None, eval_batch_size: int, eval_every: int, eval_max_images: int | None,
-           max_time_s: float | None) -> dict[str, Any]:
+           max_time_s: float | None, fold_bn_epochs: int) -> dict[str, Any]:
     started = time.perf_counter()
     net = unwrap(model)
     if train_set.num_classes != net.cfg.num_classes:
         raise ValueError(f"the dataset has {train_set.num_classes} classes, the detector "
                          f"{net.cfg.name!r} predicts {net.cfg.num_classes}: build it with num_classes=...")
+    if fold_bn_epochs and not qat:
+        raise ValueError("fold_bn_epochs needs qat=True: folding quantises the BN-scaled weights")
     seed_everything(seed)
     mode = "qat" if qat else "float"
     set_quant_mode(net, mode)
+    fold_batchnorm(net, False)  # folding starts at epoch `epochs - fold_bn_epochs`, below
     optimizer = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=weight_decay)
     loader, sampler = _loader(train_set, batch_size, seed, d)
     total_steps = epochs * len(loader)
     warmup = min(200, total_steps // 20) if warmup_steps is None else warmup_steps
     options = dict(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, qat=qat, warmup_steps=warmup,
                    min_lr_ratio=min_lr_ratio, weight_decay=weight_decay, grad_clip=grad_clip,
-                   world_size=d.world_size, train_images=len(train_set))
+                   world_size=d.world_size, train_images=len(train_set), fold_bn_epochs=fold_bn_epochs)
     run = _Run(net, optimizer, d, out_dir, options, val_set, eval_batch_size, eval_every, eval_max_images, [])
     if resume is not None:
         ckpt = load_checkpoint(resume, net, optimizer=optimizer)
@@ -386,8 +396,9 @@ def _train(model: nn.Module, train_set: DetectionDataset, d: _Dist, *, epochs: i
         for epoch in range(start_epoch, epochs):
             if bar is not None:
                 bar.update(task, description=f"{mode} epoch {epoch + 1}/{epochs}")
+            fold_batchnorm(net, epoch >= epochs - fold_bn_epochs)
             t0 = time.perf_counter()
-            record = {"epoch": epoch + 1, "quant_mode": mode}
+            record = {"epoch": epoch + 1, "quant_mode": mode, "bn_folded": bn_folded(net)}
             record |= _run_epoch(step_fn, loader, sampler, epoch, epoch * len(loader), bar, task, d)
             record["time_s"] = round(time.perf_counter() - t0, 3)
             run.end_epoch(record, final=epoch + 1 == epochs)
