@@ -7,7 +7,9 @@ the self-test below piece by piece.
 
 Ports (Vivado/Vitis-style names, so interface inference and PYNQ find them):
 ``ap_clk``, ``ap_rst_n`` (active-low, synchronous), the AXI4-Lite ``s_axi_control_*`` port of
-`ControlRegisters`, and ``irq`` (level: IRQ_STATUS.done & IRQ_ENABLE.done).
+`ControlRegisters`, the AXI4 manager ``m_axi_gmem_*`` (DRAM; the shell issues no transactions,
+its ready outputs are held high so a subordinate never waits on it) and ``irq`` (level:
+IRQ_STATUS.done & IRQ_ENABLE.done).
 
 Self-test, started by CONTROL.start: `SELFTEST_BEATS` vectors of `pe_out` accumulators from a
 32-bit LFSR go through the `Requantizer`, a checksum folds its outputs, then STATUS.done and
@@ -32,6 +34,7 @@ from amaranth.lib.wiring import In, Out
 
 from ..spec.config import EngineConfig
 from ..spec.params import REQUANT_MULT_BITS, REQUANT_SHIFT_BITS
+from .axi4 import AXI4Signature
 from .axi_lite import AXI4LiteSignature
 from .csr import CSR_ADDR_WIDTH, REG_BITS, ControlRegisters
 from .requant import Requantizer
@@ -52,6 +55,7 @@ class EngineTop(wiring.Component):
             "ap_clk": In(1),
             "ap_rst_n": In(1),
             "s_axi_control": In(AXI4LiteSignature(CSR_ADDR_WIDTH, REG_BITS)),
+            "m_axi_gmem": Out(AXI4Signature(config.addr_width, config.axi_data_width)),
             "irq": Out(1),
         })
 
@@ -67,7 +71,7 @@ class EngineTop(wiring.Component):
         m.submodules.csr = csr = ControlRegisters(cfg)
         m.submodules.requant = rq = Requantizer(cfg)
         wiring.connect(m, wiring.flipped(self.s_axi_control), csr.bus)
-        m.d.comb += self.irq.eq(csr.irq)
+        m.d.comb += [self.irq.eq(csr.irq), self.m_axi_gmem.bready.eq(1), self.m_axi_gmem.rready.eq(1)]
 
         busy = Signal()
         done = Signal()
