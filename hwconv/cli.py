@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -153,6 +154,12 @@ def cmd_demo(args) -> int:
     return run_demo(Path(args.out), _config(args), model=args.model)
 
 
+# Modules that add commands of their own: each defines register(add), where add(name, fn, help)
+# returns the new subparser (as for the commands above).
+COMMAND_MODULES: tuple[str, ...] = (
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hwconv", description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--version", action="version", version=f"hwconv {__import__('hwconv').__version__}")
@@ -227,6 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--repeat", type=int, default=5)
     sp.add_argument("--engine", help="engine config (.toml or .json)")
     sp.add_argument("--json", action="store_true")
+
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).register(add)
     return p
 
 
