@@ -158,6 +158,15 @@ def generate(board: Board, config: EngineConfig, out_dir: str | Path, *, synth: 
                           lint_warnings, warnings)
 
 
+def engine_verilog(config: EngineConfig, top: str) -> str:
+    """The whole engine for `config` as one Verilog file whose top module is `top`.
+
+    The same text `generate` writes (ports named as in the module docstring); simulation
+    benches build it without the lint and synthesis steps.
+    """
+    return _convert(config, top)
+
+
 # -- steps -----------------------------------------------------------------------------------------
 def _convert(config: EngineConfig, top: str) -> str:
     engine = EngineTop(config)
