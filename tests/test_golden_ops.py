@@ -568,7 +568,7 @@ def test_engine_8bit_conv_beyond_float32_range_end_to_end():
     w = np.full((1, 3, 3, 1024), -128, dtype=np.int64)
     w[0, 0, 0, :5] = 3
     acc = int((x[None].astype(np.int64) * w).sum())  # -150179021, odd and far beyond 2**24
-    b = ProgramBuilder(EngineConfig())
+    b = ProgramBuilder(EngineConfig(weight_buffer_bytes=256 * 1024))
     y = b.conv("c", b.input("x", 3, 3, 1024), w, bias=-acc, mult=1, shift=4, pad=0, weight_bits=8,
                out_signed=True)
     b.output("y", y)

@@ -36,7 +36,9 @@ BAD_VALUES = {
     "max_dilation": [-1, 16, 2.5],
     "max_width": [7, 4097, 256.0],
     "max_channels": [0, 65536],
-    "weight_buffer_bytes": [0, 1023, 4096.0],
+    "weight_buffer_bytes": [0, 1023, 4096.0, 3000, 1024],
+    "line_buffer_bytes": [512, 3000, 2.0**16],
+    "row_buffer_bytes": [0, 5000],
     "max_layers": [0, 4097],
     "axi_data_width": [16, 96, 1024],
     "addr_width": [16, 36, 128],
@@ -47,7 +49,7 @@ BAD_VALUES = {
 OTHER_VALUES = {
     "pe_in": 8, "pe_out": 32, "weight_bits": 8, "acc_bits": 24, "max_dilation": 3, "max_width": 512,
     "max_channels": 1024, "weight_buffer_bytes": 32 * 1024, "max_layers": 128, "axi_data_width": 64,
-    "addr_width": 40, "clock_mhz": 200.0,
+    "addr_width": 40, "clock_mhz": 200.0, "line_buffer_bytes": 32 * 1024, "row_buffer_bytes": 8 * 1024,
 }
 
 
@@ -65,7 +67,7 @@ def test_config_bad_field_named(field, value):
 @pytest.mark.parametrize("field,value", [
     ("pe_in", 1), ("pe_in", 128), ("pe_out", 2), ("acc_bits", 16), ("acc_bits", 32), ("max_dilation", 0),
     ("max_dilation", 15), ("max_width", 8), ("max_width", 4096), ("max_channels", 1), ("max_channels", 65535),
-    ("weight_buffer_bytes", 1024), ("max_layers", 1), ("max_layers", 4096), ("axi_data_width", 32),
+    ("weight_buffer_bytes", 4096), ("line_buffer_bytes", 1024), ("row_buffer_bytes", 1024), ("max_layers", 1), ("max_layers", 4096), ("axi_data_width", 32),
     ("axi_data_width", 512), ("addr_width", 64), ("clock_mhz", 1), ("clock_mhz", 1000.0),
 ])
 def test_config_boundary_values_accepted(field, value):
@@ -132,7 +134,7 @@ def test_equal_configs_have_equal_hash_or_are_refused(changes, same_as):
 @pytest.mark.parametrize("suffix", [".toml", ".json"])
 @pytest.mark.parametrize("cfg", [CFG, EngineConfig(pe_in=8, pe_out=32, weight_bits=8, acc_bits=24, max_dilation=3,
                                                    axi_data_width=64, addr_width=40, clock_mhz=187.5,
-                                                   max_layers=17, weight_buffer_bytes=3000)])
+                                                   max_layers=17, weight_buffer_bytes=8192)])
 def test_config_save_load_round_trip(tmp_path, suffix, cfg):
     path = tmp_path / f"engine{suffix}"
     cfg.save(path)

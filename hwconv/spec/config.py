@@ -43,7 +43,9 @@ class EngineConfig:
     max_dilation: int = 7       # largest per-pixel dilation of the deformable sampler
     max_width: int = 256        # widest feature map row the line buffer holds (pixels)
     max_channels: int = 2048    # largest channel count of any tensor
-    weight_buffer_bytes: int = 64 * 1024
+    weight_buffer_bytes: int = 128 * 1024  # one layer's weights, stored 8 bits each on chip
+    line_buffer_bytes: int = 64 * 1024     # input rows on chip (validate.line_buffer_rows)
+    row_buffer_bytes: int = 16 * 1024      # output rows being assembled (two, for upsampling)
     max_layers: int = 256       # layers per program (per-layer cycle counters are sized by it)
     axi_data_width: int = 128   # AXI4 master data bus (HP ports: 64 on Zynq-7000, 128 on ZU+)
     addr_width: int = 32        # AXI address width
@@ -80,8 +82,18 @@ class EngineConfig:
             raise bad("max_width", "must be an integer in [8, 4096]")
         if not isinstance(self.max_channels, int) or not 1 <= self.max_channels <= 65535:
             raise bad("max_channels", "must be an integer in [1, 65535]")
-        if not isinstance(self.weight_buffer_bytes, int) or self.weight_buffer_bytes < 1024:
-            raise bad("weight_buffer_bytes", "must be an integer >= 1024")
+        # On-chip buffers: powers of two, so their depth in words is exact for any PE shape.
+        for name in ("weight_buffer_bytes", "line_buffer_bytes", "row_buffer_bytes"):
+            v = getattr(self, name)
+            if not _is_pow2(v) or not 1024 <= v <= 1 << 24:
+                raise bad(name, "must be a power of two between 1024 and 2**24")
+        if self.weight_buffer_bytes < self.pe_in * self.pe_out * 16:
+            raise bad("weight_buffer_bytes", f"must hold at least 16 words of pe_in x pe_out = "
+                      f"{self.pe_in * self.pe_out} weights")
+        if self.line_buffer_bytes < self.pe_in * 16:
+            raise bad("line_buffer_bytes", f"must hold at least 16 words of pe_in = {self.pe_in} bytes")
+        if self.row_buffer_bytes < 4 * self.axi_data_width // 8:
+            raise bad("row_buffer_bytes", "must hold at least 4 bus beats")
         if not isinstance(self.max_layers, int) or not 1 <= self.max_layers <= 4096:
             raise bad("max_layers", "must be an integer in [1, 4096]")
         if self.axi_data_width not in AXI_DATA_WIDTH_CHOICES:
@@ -96,6 +108,20 @@ class EngineConfig:
     def line_buffer_rows(self) -> int:
         """Rows the deformable sampler must hold: a 3x3 window dilated by up to max_dilation."""
         return 2 * self.max_dilation + 1
+
+    @property
+    def weight_depth(self) -> int:
+        """Words of pe_in weights each of the pe_out weight banks holds."""
+        return self.weight_buffer_bytes // (self.pe_in * self.pe_out)
+
+    @property
+    def line_buffer_depth(self) -> int:
+        """Words of pe_in activations the line buffer holds."""
+        return self.line_buffer_bytes // self.pe_in
+
+    @property
+    def bus_bytes(self) -> int:
+        return self.axi_data_width // 8
 
     @property
     def name(self) -> str:

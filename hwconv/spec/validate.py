@@ -39,6 +39,49 @@ def used_inputs(d: LayerDescriptor) -> tuple[str, ...]:
     return ("in0", "in1") if d.opcode in (Opcode.ADD, Opcode.DEFORM_DW) else ("in0",)
 
 
+def _pow2_ceil(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def blocks(n: int, size: int) -> int:
+    return -(-n // size)
+
+
+def line_buffer_rows(d: LayerDescriptor, cfg: EngineConfig) -> int:
+    """Input rows the engine keeps on chip for `d`: a power of two, so row y lives in slot
+    y % rows. A k x k window needs k rows, the deformable window 2 * max_dilation + 1; ADD holds
+    one row of each operand."""
+    if d.opcode == Opcode.ADD:
+        return 2
+    if d.opcode == Opcode.DEFORM_DW:
+        return _pow2_ceil(2 * cfg.max_dilation + 1)
+    return _pow2_ceil(d.kernel)
+
+
+def line_buffer_words(d: LayerDescriptor, cfg: EngineConfig) -> int:
+    """Words of pe_in bytes the layer's rows take: rows x width x channel blocks."""
+    return line_buffer_rows(d, cfg) * d.in0.width * blocks(d.in0.channels, cfg.pe_in)
+
+
+def weight_words(d: LayerDescriptor, cfg: EngineConfig) -> int:
+    """Words each weight bank holds for `d`: CONV stores [out block][tap][in block] words of
+    pe_in weights, the depthwise ops [block][tap] words with one weight each."""
+    taps = d.kernel * d.kernel
+    if d.opcode == Opcode.CONV:
+        return blocks(d.out.channels, cfg.pe_out) * taps * blocks(d.in0.channels, cfg.pe_in)
+    if d.opcode in (Opcode.DWCONV, Opcode.DEFORM_DW):
+        return blocks(d.out.channels, cfg.pe_out) * taps
+    return 0
+
+
+def row_buffer_need(d: LayerDescriptor, cfg: EngineConfig) -> int:
+    """Bytes of one output row as stored (its span plus the bus-alignment offset)."""
+    o = d.out
+    last_c = o.channels - 1
+    reach = (last_c // o.group_channels) * o.group_stride + last_c % o.group_channels + 1
+    return (o.width - 1) * o.pixel_stride + reach + cfg.bus_bytes - 1
+
+
 def check_descriptor(d: LayerDescriptor, cfg: EngineConfig, *, arena_size: int,
                      params_size: int) -> tuple[ErrorCode, str]:
     """(ErrorCode.NONE, "") if the engine can run `d`, else the code and a message naming the field."""
@@ -98,6 +141,20 @@ def check_descriptor(d: LayerDescriptor, cfg: EngineConfig, *, arena_size: int,
         lo, hi = act_range(cfg.act_bits, bool(d.flags & Flag.OUT_SIGNED))
         if not lo <= d.clamp_lo <= d.clamp_hi <= hi:
             return bad, f"clamp [{d.clamp_lo}, {d.clamp_hi}] must lie within the output range [{lo}, {hi}]"
+
+    # What the engine's on-chip buffers hold (EngineConfig: line/weight/row buffer bytes).
+    need = line_buffer_words(d, cfg)
+    if need > cfg.line_buffer_depth:
+        return bad, (f"{op.name}: {line_buffer_rows(d, cfg)} rows of in0 ({i0.width} x {i0.channels}) need "
+                     f"{need * cfg.pe_in} bytes of line buffer, the engine has {cfg.line_buffer_bytes}")
+    need = weight_words(d, cfg)
+    if need > cfg.weight_depth:
+        return bad, (f"{op.name}: weights need {need} words per bank, the engine's weight buffer holds "
+                     f"{cfg.weight_depth} (weight_buffer_bytes={cfg.weight_buffer_bytes})")
+    need = row_buffer_need(d, cfg)
+    if need > cfg.row_buffer_bytes // 2:
+        return bad, (f"{op.name}: an output row spans {need} bytes, the engine's row buffer holds "
+                     f"{cfg.row_buffer_bytes // 2} per row")
 
     for name in refs:
         ref = getattr(d, name)
