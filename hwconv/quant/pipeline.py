@@ -10,6 +10,7 @@ import torch
 from ..fileio import atomic_write_text
 from ..spec import EngineConfig
 from .data import load_dataset
+from .data.preview import to_uint8_hwc
 from .models import build_detector
 
 
@@ -40,14 +41,33 @@ def quantize(model: str, out: Path, *, data: str = "synthetic", data_root: str |
     train_set, val_set = InMemoryDataset(train_set), InMemoryDataset(val_set)
     fp = train(net, train_set, epochs=epochs, batch_size=batch_size, lr=lr, out_dir=out / "float", seed=seed,
                val_set=val_set, qat=False, progress=progress)
+    # The last QAT epoch trains with BN folded into the quantised weights: exactly what export deploys.
     q = train(net, train_set, epochs=qat_epochs, batch_size=batch_size, lr=qat_lr, out_dir=out / "qat",
-              seed=seed, val_set=val_set, qat=True, progress=progress)
+              seed=seed, val_set=val_set, qat=True, progress=progress, fold_bn_epochs=min(1, qat_epochs))
     last = lambda r, k: r["history"][-1].get(k)  # noqa: E731
     report = {"model": net.cfg.name, "data": data, "float_AP50": last(fp, "val_AP50"), "float_AP": last(fp, "val_AP"),
               "w4a8_AP50": last(q, "val_AP50"), "w4a8_AP": last(q, "val_AP"),
-              "checkpoint": str(q["last_checkpoint"]), "float_checkpoint": str(fp["last_checkpoint"])}
+              "checkpoint": str(q["last_checkpoint"]), "float_checkpoint": str(fp["last_checkpoint"]),
+              "detections_png": str(write_detections_png(net, val_set, out / "detections.png"))}
     atomic_write_text(out / "quantize.json", json.dumps(report, indent=2) + "\n")
     return report
+
+
+def write_detections_png(model: torch.nn.Module, dataset, path: Path, *, images: int = 4,
+                         score_threshold: float = 0.3, zoom: int = 2) -> Path:
+    """The first `images` images of `dataset` with `model`'s detections drawn, side by side (PNG)."""
+    from .draw import draw_detections, montage, save_png, upscale
+    from .evaluate import predict
+
+    n = min(images, len(dataset))
+    if n == 0:
+        raise ValueError(f"{path}: no validation images to draw detections on")
+    tiles = []
+    for i, det in enumerate(predict(model, dataset, batch_size=n, max_images=n, score_threshold=score_threshold)):
+        picture = upscale(to_uint8_hwc(dataset[i][0]), zoom)
+        tiles.append(draw_detections(picture, det["boxes"] * zoom, det["scores"], det["labels"],
+                                     dataset.class_names or None))
+    return save_png(path, montage(tiles, columns=n))
 
 
 def export(checkpoint: str, out: Path, config: EngineConfig, *, verify_images: int = 0) -> dict:
