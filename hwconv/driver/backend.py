@@ -36,7 +36,11 @@ cocotb's bridge/resume.)
 ``close() -> None``
     Release everything (buffers, the overlay or the simulator). Idempotent.
 
-Optional, for tests (check with ``hasattr``):
+Optional (check with ``getattr``/``hasattr``):
+
+``counter_source: str``
+    What CYCLES and the per-layer counters measure: "hardware" (the default), or e.g. "model:
+    ideal cycles" for a backend whose counters are estimates; reports print it beside the figures.
 
 ``hang_bus(enabled: bool) -> None``
     Make device memory stop answering the engine's AXI manager port (no ready/valid, as a wedged
@@ -96,6 +100,7 @@ class Backend(abc.ABC):
     """Register-level access to one engine; see the module docstring for the contract."""
 
     name: str = "backend"
+    counter_source: str = "hardware"
     config: EngineConfig
     clock_hz: float
 

@@ -1,0 +1,62 @@
+"""CenterNet decoding of a detector program's integer outputs, numpy only (it runs on the board).
+
+The same rule as hwconv.quant.data.centernet.decode (the torch version used in training and
+evaluation): heatmap probabilities = sigmoid of the dequantised hm logits, keep cells equal to
+their 3x3 maximum, take the top k, rebuild boxes from wh and reg in output cells times the
+stride. Ties in the heatmap (common with 8-bit logits) are taken in cell order.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..spec.program import Program
+
+HEADS = ("hm", "wh", "reg")
+
+
+def _maxpool3(x: np.ndarray) -> np.ndarray:
+    """3x3, stride 1, padding 1 max over the last two axes (padding never wins)."""
+    p = np.pad(x, [(0, 0)] * (x.ndim - 2) + [(1, 1), (1, 1)], constant_values=-np.inf)
+    h, w = x.shape[-2:]
+    out = np.full(x.shape, -np.inf)
+    for dy in range(3):
+        for dx in range(3):
+            np.maximum(out, p[..., dy:dy + h, dx:dx + w], out=out)
+    return out
+
+
+def decode(heatmap: np.ndarray, wh: np.ndarray, reg: np.ndarray | None, *, stride: float,
+           k: int = 100, score_threshold: float = 0.1) -> dict[str, np.ndarray]:
+    """heatmap (C, H, W) probabilities, wh and reg (2, H, W) in output cells -> boxes (n, 4) xyxy
+    input pixels, scores (n,), labels (n,), best first."""
+    c, h, w = heatmap.shape
+    peaks = np.where(_maxpool3(heatmap) == heatmap, heatmap, 0.0).reshape(-1)
+    k = min(k, peaks.size)
+    order = np.argsort(-peaks, kind="stable")[:k]
+    scores = peaks[order]
+    labels = order // (h * w)
+    cells = order % (h * w)
+    ys, xs = (cells // w).astype(np.float64), (cells % w).astype(np.float64)
+    size = wh.reshape(2, -1)[:, cells]
+    if reg is not None:
+        off = reg.reshape(2, -1)[:, cells]
+        xs, ys = xs + off[0], ys + off[1]
+    boxes = np.stack([xs - size[0] / 2, ys - size[1] / 2, xs + size[0] / 2, ys + size[1] / 2], axis=-1) * stride
+    keep = scores >= score_threshold
+    return {"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep].astype(np.int64)}
+
+
+def decode_outputs(program: Program, outputs: dict[str, np.ndarray], *, k: int = 100,
+                   score_threshold: float = 0.1) -> dict[str, np.ndarray]:
+    """Detections in the program's input pixels from its integer outputs hm, wh, reg (H, W, C)."""
+    missing = [h for h in HEADS if h not in outputs]
+    if missing:
+        raise ValueError(f"program outputs {sorted(outputs)} lack the CenterNet head(s) {missing}")
+    real = {h: outputs[h].astype(np.float64).transpose(2, 0, 1) * program.tensor(h).scale for h in HEADS}
+    inp = program.inputs[0].ref
+    out_h = real["hm"].shape[1]
+    if inp.height % out_h:
+        raise ValueError(f"input height {inp.height} is not a multiple of the heatmap height {out_h}")
+    heat = 1.0 / (1.0 + np.exp(-real["hm"]))
+    return decode(heat, real["wh"], real["reg"], stride=inp.height / out_h, k=k, score_threshold=score_threshold)

@@ -1,0 +1,334 @@
+"""EngineDriver: load a program, run it, read the counters, detect; the same code on every backend.
+
+On a PYNQ board the class is a `pynq.DefaultIP` bound by ENGINE_VLNV, so
+``pynq.Overlay("hwconv_<board>_<stem>.bit").hwconv_engine_0`` is an EngineDriver (import this
+module first so the binding is registered). Anywhere else it wraps a Backend:
+``EngineDriver(GoldenBackend(config))``. pynq is imported only if installed.
+
+A run, from one start (hwconv.spec.registers): the driver writes the inputs into the arena
+buffer, flushes, clears IRQ_STATUS, writes CONTROL.start and polls STATUS.done (waiting on the
+interrupt between polls) until its deadline; a run that is not done by then raises
+EngineTimeout and leaves the engine for `soft_reset()`. STATUS.error raises EngineRunError with
+the ErrorCode name, the layer index and name. Then it invalidates the arena and reads the
+outputs and the counters.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..golden.memory import read_tensor, write_tensor
+from ..spec.program import FORMAT_VERSION, Program
+from ..spec.registers import ENGINE_ID, ENGINE_VLNV, ErrorCode, offset, reg
+from .backend import Backend, BackendError, Buffer
+
+try:  # on a board (or wherever pynq is installed) the driver binds to the engine IP by VLNV
+    from pynq import DefaultIP as _IPBase
+except ImportError:  # pynq is optional: every other backend works without it
+    _IPBase = object
+
+
+def _bit(reg_name: str, field_name: str) -> int:
+    lsb, width = reg(reg_name).field(field_name)
+    return ((1 << width) - 1) << lsb
+
+
+START, SOFT_RESET = _bit("CONTROL", "start"), _bit("CONTROL", "soft_reset")
+BUSY, DONE, ERROR_BIT = _bit("STATUS", "busy"), _bit("STATUS", "done"), _bit("STATUS", "error")
+IRQ_DONE = _bit("IRQ_STATUS", "done")
+POLL_S = 0.01  # longest wait between two STATUS reads
+
+
+class EngineRunError(RuntimeError):
+    """The engine stopped a run with an error code (STATUS.error)."""
+
+    def __init__(self, code: ErrorCode, layer: int, layer_name: str | None, layers_done: int):
+        where = f"layer {layer}" + (f" ({layer_name})" if layer_name else "")
+        super().__init__(f"engine stopped with {code.name} at {where} after {layers_done} layer(s)")
+        self.code, self.layer, self.layer_name, self.layers_done = code, layer, layer_name, layers_done
+
+
+class EngineTimeout(RuntimeError):
+    """STATUS.done did not rise before the deadline: the engine is hung or the timeout too short."""
+
+
+class EngineNotFound(RuntimeError):
+    """The register window does not answer like a hwconv engine (ID, VERSION, CONFIG_HASH)."""
+
+
+@dataclass
+class RunStats:
+    cycles: int
+    clock_hz: float
+    layer_cycles: list[int] = field(default_factory=list)
+    layer_macs: list[int] = field(default_factory=list)
+    stall_cycles: int = 0
+    layers_done: int = 0
+    wall_s: float = 0.0                  # start strobe to done seen by the host
+    counter_source: str = "hardware"
+
+    @property
+    def engine_s(self) -> float:
+        return self.cycles / self.clock_hz
+
+    @property
+    def fps(self) -> float | None:
+        """Frames per second at the backend clock, from CYCLES (None when no cycles counted)."""
+        return self.clock_hz / self.cycles if self.cycles else None
+
+    def to_dict(self) -> dict:
+        return {"cycles": self.cycles, "clock_mhz": self.clock_hz / 1e6, "engine_ms": 1e3 * self.engine_s,
+                "fps": self.fps, "stall_cycles": self.stall_cycles, "layers_done": self.layers_done,
+                "wall_ms": 1e3 * self.wall_s, "layer_cycles": self.layer_cycles, "layer_macs": self.layer_macs,
+                "counter_source": self.counter_source}
+
+
+class EngineDriver(_IPBase):
+    bindto = [ENGINE_VLNV]
+
+    def __init__(self, backend: Backend | dict):
+        if isinstance(backend, Backend):
+            self.backend = backend
+        else:  # PYNQ built us from an overlay's IP description
+            super().__init__(backend)
+            from .pynq_backend import PynqBackend
+
+            self.backend = PynqBackend.for_ip(self)
+        self.program: Program | None = None
+        self._buffers: dict[str, Buffer] = {}
+
+    # -- registers ------------------------------------------------------------------------------
+    def read(self, name_or_offset) -> int:  # noqa: D401 - also DefaultIP.read(offset)
+        """A register by spec name (or byte offset, as DefaultIP.read)."""
+        off = offset(name_or_offset) if isinstance(name_or_offset, str) else name_or_offset
+        return self.backend.read_reg(off)
+
+    def write(self, name_or_offset, value: int) -> None:
+        off = offset(name_or_offset) if isinstance(name_or_offset, str) else name_or_offset
+        self.backend.write_reg(off, value)
+
+    def read64(self, name: str) -> int:
+        """A 64-bit counter: _LO first (it latches _HI), then _HI."""
+        lo = self.read(f"{name}_LO")
+        return self.read(f"{name}_HI") << 32 | lo
+
+    def _write64(self, name: str, value: int) -> None:
+        self.write(f"{name}_LO", value & 0xFFFF_FFFF)
+        self.write(f"{name}_HI", value >> 32)
+
+    def identify(self) -> dict:
+        """ID, VERSION and CONFIG_HASH, checked: an EngineNotFound names what does not match."""
+        ident = self.read("ID")
+        if ident != ENGINE_ID:
+            raise EngineNotFound(f"{self.backend.name}: ID register reads 0x{ident:08x}, a hwconv engine "
+                                 f"reads 0x{ENGINE_ID:08x} (wrong bitstream or address?)")
+        version = self.read("VERSION")
+        major, minor = version >> 16, version & 0xFFFF
+        if major != FORMAT_VERSION[0]:
+            raise EngineNotFound(f"{self.backend.name}: engine runs program format {major}.{minor}, this "
+                                 f"driver writes {FORMAT_VERSION[0]}.{FORMAT_VERSION[1]}")
+        return {"id": ident, "version": (major, minor), "config_hash": self.read("CONFIG_HASH")}
+
+    def status(self) -> dict:
+        s = self.read("STATUS")
+        return {"busy": bool(s & BUSY), "done": bool(s & DONE), "error": bool(s & ERROR_BIT),
+                "error_code": ErrorCode(self.read("ERROR")).name if s & ERROR_BIT else None,
+                "layers_done": self.read("LAYERS_DONE")}
+
+    def soft_reset(self, timeout_s: float = 1.0) -> None:
+        """CONTROL.soft_reset: back to idle (configuration registers are kept)."""
+        self.write("CONTROL", SOFT_RESET)
+        deadline = time.monotonic() + timeout_s
+        while self.read("STATUS") & BUSY:
+            if time.monotonic() > deadline:
+                raise EngineTimeout(f"{self.backend.name}: still busy {timeout_s} s after a soft reset")
+            self.backend.wait_irq(POLL_S)
+
+    # -- program --------------------------------------------------------------------------------
+    def load(self, program: Program | str | Path) -> None:
+        """Allocate device buffers for the image, params and arena, copy them, write the bases."""
+        if not isinstance(program, Program):
+            program = Program.load(program)
+        ident = self.identify()
+        if ident["config_hash"] != program.config.config_hash:
+            raise EngineNotFound(
+                f"{self.backend.name}: the engine's CONFIG_HASH is 0x{ident['config_hash']:08x}, the program "
+                f"was built for {program.config.name} (0x{program.config.config_hash:08x}); export the "
+                "program for this engine's config or load the bitstream built for it")
+        known = getattr(self.backend, "config", None)
+        if known is not None and known.config_hash != program.config.config_hash:
+            raise EngineNotFound(f"{self.backend.name}: backend config {known.name} (0x{known.config_hash:08x}) "
+                                 f"differs from the program's (0x{program.config.config_hash:08x})")
+        self.soft_reset()
+        self._free()
+        image, params = program.device_image(), program.params
+        self._buffers = {"image": self.backend.alloc(len(image)),
+                         "params": self.backend.alloc(max(1, len(params))),
+                         "arena": self.backend.alloc(program.arena_bytes)}
+        self._buffers["image"].array[:] = np.frombuffer(image, np.uint8)
+        self._buffers["params"].array[:len(params)] = np.frombuffer(params, np.uint8)
+        for b in self._buffers.values():
+            b.flush()
+        limit = 1 << program.config.addr_width
+        for name, buf in (("DESC_BASE", "image"), ("PARAMS_BASE", "params"), ("ARENA_BASE", "arena")):
+            addr = self._buffers[buf].device_address
+            if addr + self._buffers[buf].nbytes > limit:
+                raise BackendError(f"{buf} buffer at 0x{addr:x} is beyond the engine's "
+                                   f"{program.config.addr_width}-bit address space")
+            self._write64(name, addr)
+        self.write("PARAMS_SIZE", len(params))
+        self.write("ARENA_SIZE", program.arena_bytes)
+        self.write("IRQ_ENABLE", _bit("IRQ_ENABLE", "done"))
+        self.program = program
+
+    def _free(self) -> None:
+        for b in self._buffers.values():
+            b.free()
+        self._buffers = {}
+
+    def _check_inputs(self, inputs) -> dict[str, np.ndarray]:
+        prog = self._need_program()
+        if not isinstance(inputs, dict):
+            if len(prog.inputs) != 1:
+                raise ValueError(f"the program has inputs {[t.name for t in prog.inputs]}: pass a dict")
+            inputs = {prog.inputs[0].name: inputs}
+        names = {t.name for t in prog.inputs}
+        if set(inputs) != names:
+            raise ValueError(f"inputs {sorted(inputs)} given, the program takes {sorted(names)}")
+        out = {}
+        for t in prog.inputs:
+            v = np.asarray(inputs[t.name])
+            want = (t.ref.height, t.ref.width, t.ref.channels)
+            if not np.issubdtype(v.dtype, np.integer):
+                raise ValueError(f"input {t.name!r}: dtype {v.dtype}; quantise with scale {t.scale} first")
+            if v.shape != want:
+                raise ValueError(f"input {t.name!r}: shape {v.shape}, the program expects {want} (H, W, C)")
+            lo, hi = (-128, 127) if t.signed else (0, 255)
+            if v.size and (v.min() < lo or v.max() > hi):
+                raise ValueError(f"input {t.name!r}: values outside [{lo}, {hi}]")
+            out[t.name] = v
+        return out
+
+    def _need_program(self) -> Program:
+        if self.program is None:
+            raise RuntimeError("no program loaded: call load(program) first")
+        return self.program
+
+    # -- runs -----------------------------------------------------------------------------------
+    def run(self, inputs, timeout_s: float = 10.0, *, layer_counters: bool = True
+            ) -> tuple[dict[str, np.ndarray], RunStats]:
+        """Run the loaded program on integer inputs ({name: (H, W, C)}, or one array when the
+        program has one input). Returns ({output name: integers (H, W, C)}, RunStats)."""
+        prog = self._need_program()
+        values = self._check_inputs(inputs)
+        arena = self._buffers["arena"]
+        for t in prog.inputs:
+            write_tensor(arena.array, t.ref, values[t.name])
+        arena.flush()
+        self.write("IRQ_STATUS", IRQ_DONE)
+        t0 = time.perf_counter()
+        self.write("CONTROL", START)
+        status = self._wait_done(timeout_s)
+        wall = time.perf_counter() - t0
+        self.write("IRQ_STATUS", IRQ_DONE)
+        layers_done = self.read("LAYERS_DONE")
+        if status & ERROR_BIT:
+            code, layer = ErrorCode(self.read("ERROR")), self.read("ERROR_LAYER")
+            name = prog.layer_names[layer] if layer < len(prog.layer_names) else None
+            raise EngineRunError(code, layer, name, layers_done)
+        arena.invalidate()
+        outputs = {t.name: read_tensor(arena.array, t.ref, t.signed) for t in prog.outputs}
+        stats = RunStats(cycles=self.read64("CYCLES"), clock_hz=self.backend.clock_hz,
+                         stall_cycles=self.read("STALL_CYCLES"), layers_done=layers_done, wall_s=wall,
+                         counter_source=getattr(self.backend, "counter_source", "hardware"))
+        if layer_counters:
+            for i in range(layers_done):
+                self.write("PERF_SELECT", i)
+                stats.layer_cycles.append(self.read("PERF_LAYER_CYCLES"))
+                stats.layer_macs.append(self.read64("PERF_LAYER_MACS"))
+        return outputs, stats
+
+    def _wait_done(self, timeout_s: float) -> int:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            status = self.read("STATUS")
+            if status & DONE:
+                return status
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise EngineTimeout(
+                    f"{self.backend.name}: engine not done after {timeout_s} s (STATUS 0x{status:x}, "
+                    f"{self.read('LAYERS_DONE')} layer(s) done); soft_reset() returns it to idle")
+            self.backend.wait_irq(min(remaining, POLL_S))
+
+    def throughput_test(self, n: int = 10, inputs=None, timeout_s: float = 10.0) -> dict:
+        """Run n frames back to back; figures from the engine's counters and from the host clock."""
+        if n < 1:
+            raise ValueError(f"throughput_test: n must be >= 1, got {n}")
+        prog = self._need_program()
+        if inputs is None:
+            rng = np.random.default_rng(0)
+            inputs = {t.name: rng.integers(*((-128, 128) if t.signed else (0, 256)),
+                                           size=(t.ref.height, t.ref.width, t.ref.channels))
+                      for t in prog.inputs}
+        cycles, t0 = [], time.perf_counter()
+        for _ in range(n):
+            _, st = self.run(inputs, timeout_s, layer_counters=False)
+            cycles.append(st.cycles)
+        host_s = (time.perf_counter() - t0) / n
+        per_frame = float(np.mean(cycles))
+        clock = self.backend.clock_hz
+        macs = sum(_macs(d) for d in prog.layers)
+        engine_s = per_frame / clock if per_frame else None
+        return {"frames": n, "clock_mhz": clock / 1e6, "cycles_per_frame": per_frame,
+                "latency_ms": None if engine_s is None else 1e3 * engine_s,
+                "fps": None if engine_s is None else 1.0 / engine_s,
+                "host_latency_ms": 1e3 * host_s, "host_fps": 1.0 / host_s,
+                "gmac_per_frame": macs / 1e9,
+                "gmac_per_s": None if engine_s is None else macs / 1e9 / engine_s,
+                "counter_source": st.counter_source}
+
+    # -- detection ------------------------------------------------------------------------------
+    def detect(self, image: np.ndarray, *, score_threshold: float = 0.3, k: int = 100,
+               timeout_s: float = 10.0) -> dict:
+        """(H, W, 3) uint8 image -> {"boxes" (n, 4) xyxy image pixels, "scores", "labels",
+        "class_names" (from the program, or None), "stats": RunStats}."""
+        from .decode import decode_outputs
+        from .preprocess import as_rgb_uint8, letterbox, quantize_image
+
+        prog = self._need_program()
+        if len(prog.inputs) != 1 or prog.inputs[0].ref.channels != 3:
+            raise ValueError("detect() needs a program with one 3-channel image input")
+        t = prog.inputs[0]
+        rgb = as_rgb_uint8(image)
+        picture, (sx, sy) = letterbox(rgb, t.ref.height, t.ref.width)
+        outputs, stats = self.run({t.name: quantize_image(picture, t)}, timeout_s, layer_counters=False)
+        det = decode_outputs(prog, outputs, k=k, score_threshold=score_threshold)
+        h, w = rgb.shape[:2]
+        boxes = det["boxes"] / np.array([sx, sy, sx, sy])
+        boxes = np.clip(boxes, 0, [w, h, w, h])
+        names = prog.extra.get("class_names")
+        names = names if isinstance(names, list) and all(isinstance(c, str) for c in names) else None
+        return {"boxes": boxes, "scores": det["scores"], "labels": det["labels"], "class_names": names,
+                "stats": stats}
+
+    def close(self) -> None:
+        self._free()
+        self.program = None
+        self.backend.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _macs(d) -> int:
+    from ..compiler.cost import layer_macs
+
+    return layer_macs(d)
