@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 VENV=${VENV:-.venv}
 PY=${PYTHON:-python3}
-APT_PACKAGES=(iverilog liblz4-dev make)
+APT_PACKAGES=(iverilog liblz4-dev make openssh-server)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
