@@ -1,0 +1,204 @@
+"""DescriptorChecker: the engine's copy of `hwconv.spec.validate.check_descriptor`.
+
+Before a layer runs, the engine checks its descriptor with the same rules as the golden model and
+reports the same ErrorCode, so a bad program stops cleanly on the layer the golden model names.
+It also hands the layer's derived geometry (each tensor's channel reach and byte span) to the
+sequencer, which needs them for addressing.
+
+It takes ~60 cycles per layer: the one division the rules need, (channels - 1) // group_channels
+for each tensor, runs on a shared 16-step restoring divider rather than three array dividers.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Module, Mux, Signal, signed, unsigned
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+from ..spec.config import EngineConfig
+from ..spec.isa import KERNELS, REQUANT_OPS, STRIDES, WEIGHTED_OPS, Flag, Opcode
+from ..spec.params import REQUANT_RECORD_BYTES
+from ..spec.registers import ErrorCode
+from ..spec.validate import _pow2_ceil
+from .layouts import descriptor_layout
+
+__all__ = ["DescriptorChecker", "REFS"]
+
+REFS = ("in0", "in1", "out")
+SPAN_BITS = 48
+
+
+class DescriptorChecker(wiring.Component):
+    """``start`` (one cycle, with ``desc`` valid and held) -> ``done`` with ``code``; ``reach``
+    and ``span`` of each tensor (bytes from a pixel's first to one past its last channel, and
+    from ``addr`` to one past the tensor's last byte)."""
+
+    def __init__(self, config: EngineConfig):
+        self.config = config
+        members = {
+            "desc": In(descriptor_layout()),
+            "arena_size": In(32),
+            "params_size": In(32),
+            "start": In(1),
+            "done": Out(1),
+            "code": Out(8),
+        }
+        for r in REFS:
+            members[f"{r}_reach"] = Out(17)
+            members[f"{r}_span"] = Out(SPAN_BITS)
+        super().__init__(members)
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        cfg = self.config
+        d = self.desc
+        op = d.opcode
+        refs = {r: getattr(d, r) for r in REFS}
+
+        def any_of(conds):
+            out = 0
+            for c in conds:
+                out = out | c
+            return out
+
+        def is_op(*ops):
+            return any_of(op == o for o in ops)
+
+        # -- sequential part: (C - 1) // gc and % gc for each tensor ---------------------------
+        which = Signal(range(len(REFS) + 1))
+        step = Signal(range(17))
+        num = Signal(16)
+        rem = Signal(17)
+        quo = Signal(16)
+        running = Signal()
+        quots = {r: Signal(16, name=f"{r}_q") for r in REFS}
+        rems = {r: Signal(16, name=f"{r}_r") for r in REFS}
+        ready = Signal()
+
+        divisor = Signal(16)
+        dividend = Signal(16)
+        for i, r in enumerate(REFS):
+            with m.If(which == i):
+                m.d.comb += [divisor.eq(refs[r].group_channels), dividend.eq(refs[r].channels - 1)]
+
+        with m.If(self.start):
+            m.d.sync += [which.eq(0), step.eq(0), running.eq(1), ready.eq(0), rem.eq(0),
+                         num.eq(d.in0.channels - 1)]
+        with m.Elif(running):
+            with m.If(step == 0):
+                m.d.sync += [num.eq(dividend), rem.eq(0), quo.eq(0), step.eq(1)]
+            with m.Elif(step <= 16):
+                trial = Signal(17)
+                m.d.comb += trial.eq((rem << 1) | num[15])
+                with m.If((divisor != 0) & (trial >= divisor)):
+                    m.d.sync += [rem.eq(trial - divisor), quo.eq((quo << 1) | 1)]
+                with m.Else():
+                    m.d.sync += [rem.eq(trial), quo.eq(quo << 1)]
+                m.d.sync += [num.eq(num << 1), step.eq(step + 1)]
+                with m.If(step == 16):
+                    for i, r in enumerate(REFS):
+                        with m.If(which == i):
+                            m.d.sync += [quots[r].eq(Mux(trial >= divisor, (quo << 1) | 1, quo << 1)),
+                                         rems[r].eq(Mux(trial >= divisor, trial - divisor, trial))]
+                    m.d.sync += [which.eq(which + 1), step.eq(0)]
+                    with m.If(which == len(REFS) - 1):
+                        m.d.sync += [running.eq(0), ready.eq(1)]
+
+        # Registered geometry, one cycle after the divisions (spans need a multiply).
+        reach = {r: Signal(17, name=f"{r}_reach_c") for r in REFS}
+        span = {r: Signal(SPAN_BITS, name=f"{r}_span_r") for r in REFS}
+        geo_ready = Signal()
+        m.d.sync += geo_ready.eq(ready & ~self.start)
+        for r in REFS:
+            t = refs[r]
+            m.d.comb += reach[r].eq(quots[r] * t.group_stride + rems[r] + 1)
+            m.d.sync += span[r].eq((t.height * t.width - 1) * t.pixel_stride + reach[r])
+            m.d.comb += [getattr(self, f"{r}_reach").eq(reach[r]), getattr(self, f"{r}_span").eq(span[r])]
+
+        # -- the rules, in validate.check_descriptor's order of codes ---------------------------
+        known_flags = int(sum(Flag))
+        kernel_ok = any_of(is_op(o) & any_of(d.kernel == k for k in ks) for o, ks in KERNELS.items())
+        stride_ok = any_of(is_op(o) & any_of(d.stride == s for s in ss) for o, ss in STRIDES.items())
+        max_pad = Mux(is_op(Opcode.MAXPOOL), d.kernel - 1, d.kernel >> 1)
+        pad_ok = Mux(is_op(Opcode.DEFORM_DW), d.pad == 1, d.pad <= max_pad)
+        wbits_ok = ~is_op(*WEIGHTED_OPS) | (d.weight_bits == 4) | (d.weight_bits == 8)
+        uses_in1 = is_op(Opcode.ADD, Opcode.DEFORM_DW)
+        used = {"out": 1, "in0": 1, "in1": uses_in1}
+
+        ref_bad = []
+        for r in REFS:
+            t = refs[r]
+            bad = ((t.height == 0) | (t.width == 0) | (t.channels == 0) | (t.group_channels == 0)
+                   | (t.group_channels > t.channels) | (t.group_stride < t.group_channels)
+                   | (reach[r] > t.pixel_stride) | (t.channels > cfg.max_channels))
+            if r != "out":
+                bad = bad | (t.width > cfg.max_width)
+            ref_bad.append(used[r] & bad)
+
+        up = (d.flags & Flag.UPSAMPLE2X) != 0
+        o, i0, i1 = d.out, d.in0, d.in1
+        ho = Mux(up, o.height >> 1, o.height)
+        wo = Mux(up, o.width >> 1, o.width)
+        up_bad = up & (o.height[0] | o.width[0])
+
+        def conv_size(size):
+            num_ = Signal(signed(20))
+            m.d.comb += num_.eq(size + 2 * d.pad - d.kernel)
+            q = Mux(d.stride == 4, num_ >> 2, Mux(d.stride == 2, num_ >> 1, num_))
+            return q + 1
+
+        windowed = is_op(Opcode.CONV, Opcode.DWCONV, Opcode.MAXPOOL)
+        want_h = Mux(windowed, conv_size(i0.height), i0.height)
+        want_w = Mux(windowed, conv_size(i0.width), i0.width)
+        shape_bad = (want_h != ho) | (want_w != wo)
+        chan_bad = ~is_op(Opcode.CONV) & (o.channels != i0.channels)
+        deform_bad = is_op(Opcode.DEFORM_DW) & (
+            (i1.channels != 1) | (i1.height != i0.height) | (i1.width != i0.width)
+            | ((d.flags & Flag.IN1_SIGNED) != 0))
+        add_bad = is_op(Opcode.ADD) & ((i1.channels != i0.channels) | (i1.height != i0.height)
+                                        | (i1.width != i0.width))
+        sign_bad = is_op(Opcode.MAXPOOL, Opcode.COPY) & (
+            ((d.flags & Flag.IN0_SIGNED) != 0) != ((d.flags & Flag.OUT_SIGNED) != 0))
+        out_signed = (d.flags & Flag.OUT_SIGNED) != 0
+        lo = Mux(out_signed, -(1 << (cfg.act_bits - 1)), 0)
+        hi = Mux(out_signed, (1 << (cfg.act_bits - 1)) - 1, (1 << cfg.act_bits) - 1)
+        clamp_bad = is_op(*REQUANT_OPS) & ((d.clamp_lo < lo) | (d.clamp_lo > d.clamp_hi) | (d.clamp_hi > hi))
+
+        # On-chip buffer fit (validate.line_buffer_words / weight_words / row_buffer_need).
+        cb_in = (i0.channels + cfg.pe_in - 1) >> (cfg.pe_in.bit_length() - 1)
+        cb_out = (o.channels + cfg.pe_out - 1) >> (cfg.pe_out.bit_length() - 1)
+        rows = Mux(is_op(Opcode.ADD), 2,
+                   Mux(is_op(Opcode.DEFORM_DW), _pow2_ceil(2 * cfg.max_dilation + 1),
+                       Mux(d.kernel > 2, 4, Mux(d.kernel > 1, 2, 1))))
+        line_words = Signal(32)
+        weight_words = Signal(32)
+        m.d.comb += [
+            line_words.eq(rows * i0.width * cb_in),
+            weight_words.eq(Mux(is_op(Opcode.CONV), cb_out * d.kernel * d.kernel * cb_in,
+                                Mux(is_op(Opcode.DWCONV, Opcode.DEFORM_DW), cb_out * d.kernel * d.kernel, 0))),
+        ]
+        row_need = (o.width - 1) * o.pixel_stride + reach["out"] + cfg.bus_bytes - 1
+        fit_bad = ((line_words > cfg.line_buffer_depth) | (weight_words > cfg.weight_depth)
+                   | (row_need > cfg.row_buffer_bytes // 2))
+
+        bad = (~kernel_ok | ~stride_ok | ~pad_ok | ~wbits_ok | ((d.flags & ~known_flags) != 0)
+               | any_of(ref_bad) | up_bad | (wo > cfg.max_width) | shape_bad | chan_bad | deform_bad
+               | add_bad | sign_bad | clamp_bad | fit_bad)
+
+        arena_bad = any_of(used[r] & ((refs[r].addr + span[r]) > self.arena_size) for r in REFS)
+        n_weights = Signal(40)
+        m.d.comb += n_weights.eq(Mux(is_op(Opcode.CONV), o.channels * d.kernel * d.kernel * i0.channels,
+                                     o.channels * d.kernel * d.kernel))
+        packed = Mux(d.weight_bits == 8, n_weights, (n_weights + 1) >> 1)
+        weights_bad = is_op(*WEIGHTED_OPS) & ((d.weights_offset + packed) > self.params_size)
+        records_bad = is_op(*REQUANT_OPS) & (
+            (d.params_offset + o.channels * REQUANT_RECORD_BYTES) > self.params_size)
+
+        m.d.comb += [
+            self.done.eq(geo_ready),
+            self.code.eq(Mux(bad, ErrorCode.BAD_DESCRIPTOR,
+                             Mux(arena_bad, ErrorCode.ARENA_OUT_OF_BOUNDS,
+                                 Mux(weights_bad | records_bad, ErrorCode.PARAMS_OUT_OF_BOUNDS,
+                                     ErrorCode.NONE)))),
+        ]
+        return m

@@ -1,0 +1,702 @@
+"""EngineCore: runs a whole program (preamble + layer descriptors) from DRAM from one start.
+
+Per layer, in order (docs/architecture.md, "The engine"):
+
+1. fetch the 128-byte descriptor and check it (`DescriptorChecker`, the golden model's rules and
+   error codes);
+2. load the per-channel requant records into the params banks and the weights into the weight
+   banks (bank o holds output channels o, o + P, ...; CONV words are [block][tap][in block] of P
+   weights, depthwise words [block][tap] with one weight);
+3. for each output row: bring the input rows it needs into the line buffer (row y in slot
+   y % rows; rows already there stay), the deformable op's dilation row into its own buffer and
+   ADD's second operand row into slot 1; then issue one (pixel, out block, tap, in block) per
+   cycle to the P x P MAC array, whose finished blocks go through the requantiser into the store
+   unit, which places each byte at its (possibly grouped, upsampled) address in a row buffer
+   with byte strobes; the row buffer is then written back in full bursts, the strobes keeping
+   every byte outside the tensor (other channels of a concat) as it was.
+
+Every op is the same loop: CONV sums P x P products per cycle; DWCONV/DEFORM_DW multiply lane o
+by its own channel's weight (the deformable tap reads (y + (ky-1)d, x + (kx-1)d) with d the
+pixel's dilation, clamped to max_dilation); ADD is two taps weighted by add_mult0/1; COPY one tap
+of weight 1; MAXPOOL keeps the running max. POOL and COPY pass the requantiser with identity
+parameters (mult 1, shift 0, the type's range as clamp). Padding taps read 0 (the type's minimum
+for MAXPOOL).
+
+Channel-wise ops use a block of P channels as both line buffer word and output lanes, so the
+array is square (pe_in == pe_out).
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from ..spec.config import EngineConfig
+from ..spec.isa import DESCRIPTOR_BYTES, PREAMBLE_BYTES, PREAMBLE_MAGIC, Flag, Opcode
+from ..spec.params import REQUANT_RECORD_BYTES
+from ..spec.program import FORMAT_VERSION
+from ..spec.registers import ErrorCode
+from ..spec.validate import _pow2_ceil
+from .axi4 import AXI4Signature, connect_part
+from .byte_reader import ByteReader
+from .checker import DescriptorChecker
+from .dma import DMAWriter
+from .layouts import descriptor_layout, preamble_layout, requant_record_layout
+from .requant import Requantizer
+
+__all__ = ["EngineCore"]
+
+
+def _log2(n: int) -> int:
+    return n.bit_length() - 1
+
+
+class EngineCore(wiring.Component):
+    """The engine without its register file; `top.EngineTop` wires it to `ControlRegisters`."""
+
+    def __init__(self, config: EngineConfig):
+        if config.pe_in != config.pe_out:
+            raise ValueError(f"the engine needs a square MAC array (channel-wise ops use one block "
+                             f"of P channels in and out): pe_in={config.pe_in}, pe_out={config.pe_out}")
+        self.config = config
+        aw = config.addr_width
+        super().__init__({
+            "bus": Out(AXI4Signature(aw, config.axi_data_width)),
+            "start": In(1),
+            "soft_reset": In(1),
+            "desc_base": In(aw),
+            "params_base": In(aw),
+            "params_size": In(32),
+            "arena_base": In(aw),
+            "arena_size": In(32),
+            "perf_select": In(32),
+            "busy": Out(1),
+            "done": Out(1),
+            "done_pulse": Out(1),
+            "error": Out(8),
+            "error_layer": Out(32),
+            "layers_done": Out(32),
+            "cycles": Out(64),
+            "stall_cycles": Out(32),
+            "perf_layer_cycles": Out(32),
+            "perf_layer_macs": Out(64),
+        })
+
+    # ------------------------------------------------------------------------------------------
+    def elaborate(self, platform) -> Module:  # noqa: C901 - one sequencer, read top to bottom
+        m = Module()
+        cfg = self.config
+        P = cfg.pe_in
+        LP = _log2(P)
+        BB = cfg.bus_bytes
+        LB = _log2(BB)
+        aw = cfg.addr_width
+        RB_HALF = cfg.row_buffer_bytes // 2
+        deform_rows = _pow2_ceil(2 * cfg.max_dilation + 1)
+
+        m.submodules.reader = reader = ByteReader(cfg)
+        m.submodules.writer = writer = DMAWriter(cfg)
+        m.submodules.checker = checker = DescriptorChecker(cfg)
+        m.submodules.rq = rq = Requantizer(cfg)
+        m.submodules.out_fifo = out_fifo = SyncFIFOBuffered(width=P * 8, depth=8)
+        connect_part(m, self.bus, reader.bus)
+        connect_part(m, self.bus, writer.bus)
+
+        # -- on-chip memories ------------------------------------------------------------------
+        m.submodules.linebuf = linebuf = Memory(shape=unsigned(P * 8), depth=cfg.line_buffer_depth, init=[])
+        lb_w = linebuf.write_port()
+        lb_r = linebuf.read_port()
+        wbanks, wb_w, wb_r, pbanks, pb_w, pb_r = [], [], [], [], [], []
+        rec_layout = requant_record_layout()
+        for o in range(P):
+            wm = Memory(shape=unsigned(P * 8), depth=cfg.weight_depth, init=[])
+            pm = Memory(shape=rec_layout, depth=-(-cfg.max_channels // P), init=[])
+            m.submodules[f"weights{o}"] = wm
+            m.submodules[f"params{o}"] = pm
+            wb_w.append(wm.write_port())
+            wb_r.append(wm.read_port())
+            pb_w.append(pm.write_port())
+            pb_r.append(pm.read_port())
+        m.submodules.dil = dilmem = Memory(shape=unsigned(8), depth=cfg.max_width, init=[])
+        dil_w = dilmem.write_port()
+        dil_r = dilmem.read_port(domain="comb")
+        rb_words = cfg.row_buffer_bytes // BB
+        m.submodules.rowbuf = rowbuf = Memory(shape=unsigned(BB * 8), depth=rb_words, init=[])
+        m.submodules.rowstrb = rowstrb = Memory(shape=unsigned(BB), depth=rb_words, init=[])
+        rbd_w = rowbuf.write_port(granularity=8)
+        rbd_r = rowbuf.read_port()
+        rbs_w = rowstrb.write_port(granularity=1)
+        rbs_r = rowstrb.read_port()
+        m.submodules.perf_cycles = perf_cyc = Memory(shape=unsigned(32), depth=cfg.max_layers, init=[])
+        m.submodules.perf_macs = perf_mac = Memory(shape=unsigned(64), depth=cfg.max_layers, init=[])
+        pc_w, pc_r = perf_cyc.write_port(), perf_cyc.read_port()
+        pm_w, pm_r = perf_mac.write_port(), perf_mac.read_port()
+        m.d.comb += [pc_r.addr.eq(self.perf_select), pm_r.addr.eq(self.perf_select),
+                     self.perf_layer_cycles.eq(pc_r.data), self.perf_layer_macs.eq(pm_r.data)]
+
+        # -- run state -------------------------------------------------------------------------
+        raw = Signal(DESCRIPTOR_BYTES * 8)
+        desc = Signal(descriptor_layout())
+        pre = preamble_layout()(raw)
+        n_layers = Signal(32)
+        layer = Signal(32)
+        busy, done, abort = Signal(), Signal(), Signal()
+        error = Signal(8)
+        cycles = Signal(64)
+        layer_cycles = Signal(32)
+        layer_macs = Signal(64)
+        m.d.comb += [self.busy.eq(busy), self.done.eq(done), self.error.eq(error),
+                     self.error_layer.eq(layer), self.cycles.eq(cycles),
+                     self.stall_cycles.eq(reader.stall_cycles + writer.stall_cycles)]
+        with m.If(busy):
+            m.d.sync += [cycles.eq(cycles + 1), layer_cycles.eq(layer_cycles + 1)]
+        with m.If(self.soft_reset & busy):
+            m.d.sync += abort.eq(1)
+
+        m.d.comb += [checker.desc.eq(desc), checker.arena_size.eq(self.arena_size),
+                     checker.params_size.eq(self.params_size)]
+
+        # -- layer geometry (desc is held for the whole layer) ---------------------------------
+        op = desc.opcode
+        is_conv = op == Opcode.CONV
+        is_dw = (op == Opcode.DWCONV) | (op == Opcode.DEFORM_DW)
+        is_deform = op == Opcode.DEFORM_DW
+        is_pool = op == Opcode.MAXPOOL
+        is_add = op == Opcode.ADD
+        is_copy = op == Opcode.COPY
+        upsample = (desc.flags & Flag.UPSAMPLE2X) != 0
+        in0_signed = (desc.flags & Flag.IN0_SIGNED) != 0
+        in1_signed = (desc.flags & Flag.IN1_SIGNED) != 0
+        out_signed = (desc.flags & Flag.OUT_SIGNED) != 0
+        i0, i1, o = desc.in0, desc.in1, desc.out
+        k = desc.kernel
+        taps = Signal(5)
+        cb_in = Signal(16)   # line buffer words per input pixel
+        ob_n = Signal(16)    # output channel blocks
+        cbi_n = Signal(16)   # input blocks summed per tap (CONV: cb_in, others 1)
+        ho = Signal(16)
+        wo = Signal(16)
+        rows_mask = Signal(4)
+        m.d.comb += [
+            taps.eq(Mux(is_add, 2, Mux(is_copy, 1, k * k))),
+            cb_in.eq((i0.channels + P - 1) >> LP),
+            ob_n.eq((o.channels + P - 1) >> LP),
+            cbi_n.eq(Mux(is_conv, cb_in, 1)),
+            ho.eq(Mux(upsample, o.height >> 1, o.height)),
+            wo.eq(Mux(upsample, o.width >> 1, o.width)),
+            rows_mask.eq(Mux(is_add, 1, Mux(is_deform, deform_rows - 1,
+                                             Mux(k > 2, 3, Mux(k > 1, 1, 0))))),
+        ]
+
+        # -- the sequencer ---------------------------------------------------------------------
+        oy = Signal(16)
+        next_row = Signal(17)         # next in0 row to bring into the line buffer
+        aux_pending = Signal()        # ADD: in0 + in1 rows of oy; DEFORM: the dilation row
+        add_in0_pending = Signal()
+        load_tensor = Signal()        # 0: in0, 1: in1
+        load_slot = Signal(4)
+        load_dil = Signal()
+        clear_addr = Signal(range(rb_words + 1))
+
+        # byte reader commands
+        rd_addr = Signal(aw)
+        rd_len = Signal(32)
+        m.d.comb += [reader.cmd.p.addr.eq(rd_addr), reader.cmd.p.length.eq(rd_len),
+                     reader.clear.eq(self.start & ~busy), writer.clear.eq(self.start & ~busy)]
+
+        # the unpacker's geometry: the tensor being loaded
+        ld = Array([i0, i1])[load_tensor]
+        row_len0 = Signal(32)
+        row_len1 = Signal(32)
+        m.d.comb += [row_len0.eq((i0.width - 1) * i0.pixel_stride + checker.in0_reach),
+                     row_len1.eq((i1.width - 1) * i1.pixel_stride + checker.in1_reach)]
+
+        # compute / store state shared with the datapath below
+        issuing = Signal()
+        issue_done = Signal()
+        store_row_done = Signal()
+        pipe_busy = Signal()
+        store_start = Signal()
+        flush_start = Signal()
+        flush_done = Signal()
+
+        in_rec, in_weights, in_rows = Signal(), Signal(), Signal()
+        start_run = self.start & ~busy
+        with m.FSM():
+            with m.State("IDLE"):
+                with m.If(start_run):
+                    m.d.sync += [busy.eq(1), done.eq(0), error.eq(0), layer.eq(0), abort.eq(0),
+                                 cycles.eq(0), clear_addr.eq(0)]
+                    m.next = "CLEAR"
+            with m.State("CLEAR"):  # strobes of a run cut short by a reset must not leak
+                m.d.sync += clear_addr.eq(clear_addr + 1)
+                m.d.comb += [rbs_w.addr.eq(clear_addr), rbs_w.data.eq(0), rbs_w.en.eq(-1)]
+                with m.If(clear_addr == rb_words - 1):
+                    m.next = "PRE_CMD"
+            with m.State("PRE_CMD"):
+                m.d.comb += [reader.cmd.valid.eq(1), rd_addr.eq(self.desc_base), rd_len.eq(PREAMBLE_BYTES)]
+                with m.If(reader.cmd.ready):
+                    m.next = "PRE_RECV"
+            with m.State("PRE_RECV"):
+                m.d.comb += reader.o.ready.eq(1)
+                with m.If(reader.o.valid):
+                    m.d.sync += raw.eq(Cat(raw[8:], reader.o.p.byte))
+                    with m.If(reader.o.p.last):
+                        m.next = "PRE_CHECK"
+            with m.State("PRE_CHECK"):
+                m.d.sync += n_layers.eq(pre.n_layers)
+                with m.If(reader.error):
+                    m.d.sync += error.eq(ErrorCode.AXI_ERROR)
+                    m.next = "FINISH"
+                with m.Elif(pre.magic != PREAMBLE_MAGIC):
+                    m.d.sync += error.eq(ErrorCode.BAD_MAGIC)
+                    m.next = "FINISH"
+                with m.Elif(pre.version_major != FORMAT_VERSION[0]):
+                    m.d.sync += error.eq(ErrorCode.VERSION_MISMATCH)
+                    m.next = "FINISH"
+                with m.Elif(pre.config_hash != cfg.config_hash):
+                    m.d.sync += error.eq(ErrorCode.CONFIG_MISMATCH)
+                    m.next = "FINISH"
+                with m.Elif((pre.n_layers == 0) | (pre.n_layers > cfg.max_layers)):
+                    m.d.sync += error.eq(ErrorCode.TOO_MANY_LAYERS)
+                    m.next = "FINISH"
+                with m.Else():
+                    m.next = "DESC_CMD"
+            with m.State("DESC_CMD"):
+                m.d.sync += [layer_cycles.eq(0), layer_macs.eq(0)]
+                m.d.comb += [rd_addr.eq(self.desc_base + PREAMBLE_BYTES + (layer << _log2(DESCRIPTOR_BYTES))),
+                             rd_len.eq(DESCRIPTOR_BYTES), reader.cmd.valid.eq(~abort)]
+                with m.If(abort):
+                    m.next = "ABORTED"
+                with m.Elif(reader.cmd.ready):
+                    m.next = "DESC_RECV"
+            with m.State("DESC_RECV"):
+                m.d.comb += reader.o.ready.eq(1)
+                with m.If(reader.o.valid):
+                    m.d.sync += raw.eq(Cat(raw[8:], reader.o.p.byte))
+                    with m.If(reader.o.p.last):
+                        m.next = "DECODE"
+            with m.State("DECODE"):
+                m.d.sync += desc.eq(raw)
+                known = 0
+                for code in Opcode:
+                    known = known | (raw[:8] == code)
+                with m.If(reader.error):
+                    m.d.sync += error.eq(ErrorCode.AXI_ERROR)
+                    m.next = "FINISH"
+                with m.Elif(~known):
+                    m.d.sync += error.eq(ErrorCode.BAD_OPCODE)
+                    m.next = "FINISH"
+                with m.Else():
+                    m.next = "CHECK"
+            with m.State("CHECK"):
+                m.d.comb += checker.start.eq(1)
+                m.next = "CHECK_WAIT"
+            with m.State("CHECK_WAIT"):
+                with m.If(checker.done):
+                    with m.If(checker.code != ErrorCode.NONE):
+                        m.d.sync += error.eq(checker.code)
+                        m.next = "FINISH"
+                    with m.Elif(is_conv | is_dw | is_add):
+                        m.next = "REC_CMD"
+                    with m.Else():
+                        m.next = "LAYER_SETUP"
+            # requant records -> params banks
+            with m.State("REC_CMD"):
+                m.d.comb += [rd_addr.eq(self.params_base + desc.params_offset),
+                             rd_len.eq(o.channels * REQUANT_RECORD_BYTES), reader.cmd.valid.eq(1)]
+                with m.If(reader.cmd.ready):
+                    m.next = "REC_RECV"
+            with m.State("REC_RECV"):
+                m.d.comb += [reader.o.ready.eq(1), in_rec.eq(1)]
+                with m.If(reader.o.valid & reader.o.p.last):
+                    with m.If(is_add):
+                        m.next = "LAYER_SETUP"
+                    with m.Else():
+                        m.next = "W_CMD"
+            # weights -> weight banks
+            with m.State("W_CMD"):
+                n_w = Signal(40)
+                m.d.comb += [
+                    n_w.eq(o.channels * taps * Mux(is_conv, i0.channels, 1)),
+                    rd_addr.eq(self.params_base + desc.weights_offset),
+                    rd_len.eq(Mux(desc.weight_bits == 8, n_w, (n_w + 1) >> 1)),
+                    reader.cmd.valid.eq(1),
+                ]
+                with m.If(reader.cmd.ready):
+                    m.next = "W_RECV"
+            with m.State("W_RECV"):
+                m.d.comb += in_weights.eq(1)  # reader.o.ready: the weight unpacker below
+                with m.If(reader.o.valid & reader.o.ready & reader.o.p.last):
+                    m.next = "LAYER_SETUP"
+            with m.State("LAYER_SETUP"):
+                m.d.sync += [oy.eq(0), next_row.eq(0), aux_pending.eq(is_add | is_deform),
+                             add_in0_pending.eq(is_add)]
+                m.next = "ROW_BEGIN"
+            # rows of input for output row oy
+            with m.State("ROW_BEGIN"):
+                hi = Signal(signed(20))
+                m.d.comb += hi.eq(Mux(is_deform, oy + cfg.max_dilation,
+                                      Mux(is_copy, oy, (oy * desc.stride) - desc.pad + k - 1)))
+                with m.If(abort):
+                    m.next = "ABORTED"
+                with m.Elif(is_add & add_in0_pending):
+                    m.d.sync += [load_tensor.eq(0), load_slot.eq(0), load_dil.eq(0), add_in0_pending.eq(0)]
+                    m.next = "LOAD_CMD"
+                with m.Elif(~is_add & (next_row < i0.height) & (next_row <= hi)):
+                    m.d.sync += [load_tensor.eq(0), load_slot.eq(next_row[:4] & rows_mask), load_dil.eq(0),
+                                 next_row.eq(next_row + 1)]
+                    m.next = "LOAD_CMD"
+                with m.Elif(aux_pending):
+                    m.d.sync += [load_tensor.eq(1), load_slot.eq(1), load_dil.eq(is_deform), aux_pending.eq(0)]
+                    m.next = "LOAD_CMD"
+                with m.Else():
+                    m.d.comb += store_start.eq(1)
+                    m.next = "COMPUTE"
+            with m.State("LOAD_CMD"):
+                row = Mux(is_add | load_tensor, oy, next_row - 1)
+                m.d.comb += [
+                    rd_addr.eq(self.arena_base + ld.addr + row * ld.width * ld.pixel_stride),
+                    rd_len.eq(Mux(load_tensor, row_len1, row_len0)),
+                    reader.cmd.valid.eq(1),
+                ]
+                with m.If(reader.cmd.ready):
+                    m.next = "LOAD_RECV"
+            with m.State("LOAD_RECV"):
+                m.d.comb += in_rows.eq(1)  # reader.o.ready: the row unpacker below
+                with m.If(reader.o.valid & reader.o.ready & reader.o.p.last):
+                    m.next = "ROW_BEGIN"
+            with m.State("COMPUTE"):
+                m.d.comb += issuing.eq(1)
+                with m.If(issue_done):
+                    m.next = "DRAIN"
+            with m.State("DRAIN"):
+                with m.If(~pipe_busy & store_row_done):
+                    m.d.comb += flush_start.eq(1)
+                    m.next = "FLUSH"
+            with m.State("FLUSH"):
+                with m.If(flush_done):
+                    m.d.sync += [oy.eq(oy + 1), aux_pending.eq(is_add | is_deform), add_in0_pending.eq(is_add)]
+                    with m.If(oy + 1 == ho):
+                        m.next = "LAYER_END"
+                    with m.Else():
+                        m.next = "ROW_BEGIN"
+            with m.State("LAYER_END"):
+                m.d.comb += [pc_w.addr.eq(layer), pc_w.data.eq(layer_cycles), pc_w.en.eq(1),
+                             pm_w.addr.eq(layer), pm_w.data.eq(layer_macs), pm_w.en.eq(1)]
+                with m.If(reader.error | writer.error):
+                    m.d.sync += error.eq(ErrorCode.AXI_ERROR)
+                    m.next = "FINISH"
+                with m.Else():
+                    m.d.sync += layer.eq(layer + 1)
+                    with m.If(layer + 1 == n_layers):
+                        m.next = "FINISH"
+                    with m.Else():
+                        m.next = "DESC_CMD"
+            with m.State("FINISH"):
+                m.d.sync += [busy.eq(0), done.eq(1)]
+                m.d.comb += self.done_pulse.eq(1)
+                m.next = "IDLE"
+            with m.State("ABORTED"):
+                m.d.sync += [busy.eq(0), abort.eq(0)]
+                m.next = "IDLE"
+        m.d.comb += self.layers_done.eq(layer)
+
+
+        new_layer = Signal()
+        m.d.comb += new_layer.eq(busy & (layer_cycles == 0))
+
+        # -- requant records -> params banks (REC_RECV) ---------------------------------------
+        rec = Signal(64)
+        rec_i = Signal(3)
+        rec_c = Signal(16)
+        rec_full = Cat(rec[8:], reader.o.p.byte)
+        rec_take = in_rec & reader.o.valid
+        with m.If(new_layer):
+            m.d.sync += [rec_i.eq(0), rec_c.eq(0)]
+        with m.Elif(rec_take):
+            m.d.sync += [rec.eq(rec_full), rec_i.eq(rec_i + 1)]
+            with m.If(rec_i == 7):
+                m.d.sync += rec_c.eq(rec_c + 1)
+        for b in range(P):
+            m.d.comb += [pb_w[b].addr.eq(rec_c >> LP), pb_w[b].data.eq(rec_full),
+                         pb_w[b].en.eq(rec_take & (rec_i == 7) & (rec_c[:LP] == b))]
+
+        # -- weights -> weight banks (W_RECV) ---------------------------------------------------
+        w_o, w_t, w_ci, w_cb = Signal(16), Signal(5), Signal(16), Signal(16)
+        w_lane = Signal(range(P))
+        w_high = Signal()
+        w_stage = Signal(P * 8)
+        cin_eff = Mux(is_conv, i0.channels, 1)
+        cbw = Mux(is_conv, cb_in, 1)
+        byte = reader.o.p.byte
+        nib = Mux(w_high, byte[4:8], byte[0:4])
+        w_val = Mux(desc.weight_bits == 8, byte, Cat(nib, nib[3].replicate(4)))
+        w_last_in_chan = w_ci == cin_eff - 1
+        w_last = (w_o == o.channels - 1) & (w_t == taps - 1) & w_last_in_chan
+        w_take = in_weights & reader.o.valid
+        with m.If(in_weights):
+            m.d.comb += reader.o.ready.eq((desc.weight_bits == 8) | w_high | w_last)
+        with m.If(in_rows):
+            m.d.comb += reader.o.ready.eq(1)
+        w_word = Cat(*[Mux(w_lane == j, w_val, w_stage[8 * j:8 * j + 8]) for j in range(P)])
+        w_commit = (w_lane == P - 1) | w_last_in_chan
+        with m.If(new_layer):
+            m.d.sync += [w_o.eq(0), w_t.eq(0), w_ci.eq(0), w_cb.eq(0), w_lane.eq(0), w_high.eq(0), w_stage.eq(0)]
+        with m.Elif(w_take):
+            m.d.sync += w_high.eq((desc.weight_bits == 4) & ~w_high & ~w_last)
+            with m.If(w_commit):
+                m.d.sync += [w_stage.eq(0), w_lane.eq(0), w_cb.eq(w_cb + 1)]
+            with m.Else():
+                m.d.sync += [w_stage.eq(w_word), w_lane.eq(w_lane + 1)]
+            with m.If(w_last_in_chan):
+                m.d.sync += [w_ci.eq(0), w_cb.eq(0)]
+                with m.If(w_t == taps - 1):
+                    m.d.sync += [w_t.eq(0), w_o.eq(w_o + 1)]
+                with m.Else():
+                    m.d.sync += w_t.eq(w_t + 1)
+            with m.Else():
+                m.d.sync += w_ci.eq(w_ci + 1)
+        for b in range(P):
+            m.d.comb += [wb_w[b].addr.eq(((w_o >> LP) * taps + w_t) * cbw + w_cb), wb_w[b].data.eq(w_word),
+                         wb_w[b].en.eq(w_take & w_commit & (w_o[:LP] == b))]
+
+        # -- input rows -> line buffer / dilation buffer (LOAD_RECV) ----------------------------
+        u_x, u_p, u_r, u_c, u_cb = Signal(16), Signal(16), Signal(16), Signal(16), Signal(16)
+        u_lane = Signal(range(P))
+        u_stage = Signal(P * 8)
+        u_take = in_rows & reader.o.valid
+        u_chan = (u_r < ld.group_channels) & (u_c < ld.channels)
+        u_word = Cat(*[Mux(u_lane == j, byte, u_stage[8 * j:8 * j + 8]) for j in range(P)])
+        u_commit = (u_lane == P - 1) | (u_c == ld.channels - 1)
+        with m.If(~in_rows):
+            m.d.sync += [u_x.eq(0), u_p.eq(0), u_r.eq(0), u_c.eq(0), u_cb.eq(0), u_lane.eq(0), u_stage.eq(0)]
+        with m.Elif(u_take):
+            with m.If(u_chan):
+                m.d.sync += u_c.eq(u_c + 1)
+                with m.If(u_commit):
+                    m.d.sync += [u_stage.eq(0), u_lane.eq(0), u_cb.eq(u_cb + 1)]
+                with m.Else():
+                    m.d.sync += [u_stage.eq(u_word), u_lane.eq(u_lane + 1)]
+            with m.If(u_p == ld.pixel_stride - 1):
+                m.d.sync += [u_p.eq(0), u_r.eq(0), u_c.eq(0), u_cb.eq(0), u_lane.eq(0), u_stage.eq(0),
+                             u_x.eq(u_x + 1)]
+            with m.Else():
+                m.d.sync += [u_p.eq(u_p + 1), u_r.eq(Mux(u_r == ld.group_stride - 1, 0, u_r + 1))]
+        m.d.comb += [
+            lb_w.addr.eq((load_slot * i0.width + u_x) * cb_in + u_cb), lb_w.data.eq(u_word),
+            lb_w.en.eq(u_take & u_chan & u_commit & ~load_dil),
+            dil_w.addr.eq(u_x), dil_w.data.eq(byte), dil_w.en.eq(u_take & u_chan & load_dil),
+        ]
+
+        # -- compute: issue one (pixel, out block, tap, in block) per cycle -------------------
+        c_ox, c_ob, c_t, c_cb = Signal(16), Signal(16), Signal(5), Signal(16)
+        c_ky, c_kx = Signal(2), Signal(2)
+        issued_all = Signal()
+        s1_valid, s1_first, s1_last, s1_inb, s1_tap1 = Signal(), Signal(), Signal(), Signal(), Signal()
+        adv = Signal()
+        m.d.comb += adv.eq(~(s1_valid & s1_last) | rq.i.ready)
+        issue = Signal()
+        m.d.comb += [issue.eq(issuing & adv & ~issued_all), issue_done.eq(issued_all)]
+
+        m.d.comb += dil_r.addr.eq(c_ox)
+        dil = Mux(dil_r.data > cfg.max_dilation, cfg.max_dilation, dil_r.data)
+        d_eff = Mux(is_deform, dil, 1)
+        iy, ix = Signal(signed(20)), Signal(signed(20))
+        m.d.comb += [
+            iy.eq(Mux(is_deform, oy - dil + c_ky * dil, oy * desc.stride - desc.pad + c_ky)),
+            ix.eq(Mux(is_deform, c_ox - dil + c_kx * dil, c_ox * desc.stride - desc.pad + c_kx)),
+        ]
+        del d_eff
+        inb = (iy >= 0) & (iy < i0.height) & (ix >= 0) & (ix < i0.width)
+        slot = Mux(is_add, c_t[0], iy[:4] & rows_mask)
+        m.d.comb += [lb_r.addr.eq((slot * i0.width + ix[:16]) * cb_in + Mux(is_conv, c_cb, c_ob)),
+                     lb_r.en.eq(adv)]
+        for b in range(P):
+            m.d.comb += [wb_r[b].addr.eq((c_ob * taps + c_t) * cbw + c_cb), wb_r[b].en.eq(adv),
+                         pb_r[b].addr.eq(c_ob), pb_r[b].en.eq(adv)]
+        last_tap = c_t == taps - 1
+        last_cb = c_cb == cbi_n - 1
+        n_in = Signal(16)
+        n_out = Signal(16)
+        m.d.comb += [
+            n_in.eq(Mux(i0.channels - (c_cb << LP) >= P, P, i0.channels - (c_cb << LP))),
+            n_out.eq(Mux(o.channels - (c_ob << LP) >= P, P, o.channels - (c_ob << LP))),
+        ]
+        with m.If(store_start):
+            m.d.sync += [c_ox.eq(0), c_ob.eq(0), c_t.eq(0), c_cb.eq(0), c_ky.eq(0), c_kx.eq(0), issued_all.eq(0)]
+        with m.Elif(issue):
+            m.d.sync += layer_macs.eq(layer_macs + Mux(is_conv, n_in * n_out, Mux(is_dw, n_out, 0)))
+            with m.If(~last_cb):
+                m.d.sync += c_cb.eq(c_cb + 1)
+            with m.Else():
+                m.d.sync += c_cb.eq(0)
+                with m.If(~last_tap):
+                    m.d.sync += c_t.eq(c_t + 1)
+                    with m.If(c_kx == k - 1):
+                        m.d.sync += [c_kx.eq(0), c_ky.eq(c_ky + 1)]
+                    with m.Else():
+                        m.d.sync += c_kx.eq(c_kx + 1)
+                with m.Else():
+                    m.d.sync += [c_t.eq(0), c_kx.eq(0), c_ky.eq(0)]
+                    with m.If(c_ob != ob_n - 1):
+                        m.d.sync += c_ob.eq(c_ob + 1)
+                    with m.Else():
+                        m.d.sync += c_ob.eq(0)
+                        with m.If(c_ox == wo - 1):
+                            m.d.sync += issued_all.eq(1)
+                        with m.Else():
+                            m.d.sync += c_ox.eq(c_ox + 1)
+        with m.If(adv):
+            m.d.sync += [s1_valid.eq(issue), s1_first.eq((c_t == 0) & (c_cb == 0)), s1_last.eq(last_tap & last_cb),
+                         s1_inb.eq(inb), s1_tap1.eq(c_t[0])]
+
+        # -- stage 1: the MAC array -------------------------------------------------------------
+        sgn = Mux(is_add & s1_tap1, in1_signed, in0_signed)
+        xv = []
+        for j in range(P):
+            xb = lb_r.data[8 * j:8 * j + 8]
+            x = Signal(signed(10), name=f"x{j}")
+            m.d.comb += x.eq(Mux(s1_inb, Mux(sgn, xb.as_signed(), xb.as_unsigned()),
+                                 Mux(is_pool & sgn, -(1 << (cfg.act_bits - 1)), 0)))
+            xv.append(x)
+        add_mult = Mux(s1_tap1, desc.add_mult1, desc.add_mult0)
+        acc_next = []
+        for b in range(P):
+            wv = [wb_r[b].data[8 * j:8 * j + 8].as_signed() for j in range(P)]
+            dot = Signal(signed(cfg.acc_bits), name=f"dot{b}")
+            terms = [wv[j] * xv[j] for j in range(P)]
+            while len(terms) > 1:  # balanced adder tree
+                terms = [terms[i] + terms[i + 1] if i + 1 < len(terms) else terms[i]
+                         for i in range(0, len(terms), 2)]
+            m.d.comb += dot.eq(terms[0])
+            contrib = Signal(signed(cfg.acc_bits), name=f"contrib{b}")
+            m.d.comb += contrib.eq(Mux(is_conv, dot, Mux(is_dw, wv[0] * xv[b],
+                                                          Mux(is_add, add_mult * xv[b], xv[b]))))
+            acc = Signal(signed(cfg.acc_bits), name=f"acc{b}")
+            nxt = Signal(signed(cfg.acc_bits), name=f"acc_next{b}")
+            m.d.comb += nxt.eq(Mux(is_pool, Mux(s1_first | (xv[b] > acc), xv[b], acc),
+                                   Mux(s1_first, 0, acc) + contrib))
+            with m.If(adv & s1_valid):
+                m.d.sync += acc.eq(nxt)
+            acc_next.append(nxt)
+
+        identity = is_pool | is_copy
+        m.d.comb += [
+            rq.i.valid.eq(s1_valid & s1_last),
+            rq.clamp_lo.eq(Mux(identity, Mux(out_signed, -(1 << (cfg.act_bits - 1)), 0), desc.clamp_lo)),
+            rq.clamp_hi.eq(Mux(identity, Mux(out_signed, (1 << (cfg.act_bits - 1)) - 1, (1 << cfg.act_bits) - 1),
+                               desc.clamp_hi)),
+        ]
+        for b in range(P):
+            lane = rq.i.payload[b]
+            rec_b = pb_r[b].data
+            m.d.comb += [lane.acc.eq(acc_next[b]),
+                         lane.bias.eq(Mux(identity, 0, rec_b.bias)),
+                         lane.mult.eq(Mux(identity, 1, rec_b.mult)),
+                         lane.shift.eq(Mux(identity, 0, rec_b.shift))]
+        m.d.comb += [out_fifo.w_en.eq(rq.o.valid), out_fifo.w_data.eq(Cat(*rq.o.payload)),
+                     rq.o.ready.eq(out_fifo.w_rdy)]
+
+        # -- store: place each output byte in the row buffer -------------------------------------
+        row_stride_out = Signal(32)
+        row_a = Signal(aw)
+        row_span = Signal(32)
+        m.d.comb += [row_stride_out.eq(o.width * o.pixel_stride),
+                     row_a.eq(self.arena_base + o.addr + Mux(upsample, oy << 1, oy) * row_stride_out),
+                     row_span.eq((o.width - 1) * o.pixel_stride + checker.out_reach)]
+        align_a = Signal(LB)
+        align_b = Signal(LB)
+        with m.If(store_start):
+            m.d.sync += [align_a.eq(row_a[:LB]), align_b.eq((row_a + row_stride_out)[:LB])]
+        st_ox, st_ob, st_pix, st_grp, st_r = Signal(16), Signal(16), Signal(32), Signal(32), Signal(16)
+        st_j = Signal(range(P))
+        st_u = Signal(2)
+        st_done = Signal()
+        st_c = (st_ob << LP) + st_j
+        st_valid_c = st_c < o.channels
+        st_byte = out_fifo.r_data.word_select(st_j, 8)
+        st_active = out_fifo.r_rdy & ~st_done & busy
+        idx = Signal(32)
+        m.d.comb += idx.eq(Mux(st_u[1], RB_HALF + align_b, align_a) + st_pix
+                           + Mux(st_u[0], o.pixel_stride, 0) + st_grp + st_r)
+        do_write = st_active & st_valid_c
+        with m.If(do_write):
+            m.d.comb += [rbd_w.addr.eq(idx >> LB), rbd_w.data.eq(st_byte.replicate(BB)),
+                         rbd_w.en.eq(1 << idx[:LB]),
+                         rbs_w.addr.eq(idx >> LB), rbs_w.data.eq(-1), rbs_w.en.eq(1 << idx[:LB])]
+        next_chan = st_active & (~st_valid_c | ~upsample | (st_u == 3))
+        with m.If(store_start):
+            m.d.sync += [st_ox.eq(0), st_ob.eq(0), st_pix.eq(0), st_grp.eq(0), st_r.eq(0), st_j.eq(0),
+                         st_u.eq(0), st_done.eq(0)]
+        with m.Elif(st_active):
+            with m.If(~next_chan):
+                m.d.sync += st_u.eq(st_u + 1)
+            with m.Else():
+                m.d.sync += st_u.eq(0)
+                with m.If(st_r == o.group_channels - 1):
+                    m.d.sync += [st_r.eq(0), st_grp.eq(st_grp + o.group_stride)]
+                with m.Else():
+                    m.d.sync += st_r.eq(st_r + 1)
+                with m.If(st_j == P - 1):
+                    m.d.comb += out_fifo.r_en.eq(1)
+                    m.d.sync += st_j.eq(0)
+                    with m.If(st_ob == ob_n - 1):
+                        m.d.sync += [st_ob.eq(0), st_ox.eq(st_ox + 1), st_grp.eq(0), st_r.eq(0),
+                                     st_pix.eq(st_pix + Mux(upsample, o.pixel_stride << 1, o.pixel_stride))]
+                        with m.If(st_ox == wo - 1):
+                            m.d.sync += st_done.eq(1)
+                    with m.Else():
+                        m.d.sync += st_ob.eq(st_ob + 1)
+                with m.Else():
+                    m.d.sync += st_j.eq(st_j + 1)
+        m.d.comb += [store_row_done.eq(st_done), pipe_busy.eq(s1_valid)]
+
+        # -- flush: row buffer -> DRAM in bursts, strobes keep what is not ours ------------------
+        fl_half = Signal()
+        fl_word = Signal(range(rb_words + 1))
+        fl_dones = Signal(2)
+        fl_align = Mux(fl_half, align_b, align_a)
+        fl_addr = Signal(aw)
+        fl_beats = Signal(32)
+        m.d.comb += [fl_addr.eq(Mux(fl_half, row_a + row_stride_out, row_a)),
+                     fl_beats.eq((fl_align + row_span + BB - 1) >> LB)]
+        base_word = Mux(fl_half, RB_HALF // BB, 0)
+        with m.If(writer.done):
+            m.d.sync += fl_dones.eq(fl_dones + 1)
+        with m.FSM(name="flush"):
+            with m.State("IDLE"):
+                with m.If(flush_start):
+                    m.d.sync += [fl_half.eq(0), fl_word.eq(0), fl_dones.eq(0)]
+                    m.next = "CMD"
+            with m.State("CMD"):
+                m.d.comb += [writer.cmd.valid.eq(1), writer.cmd.p.addr.eq(fl_addr >> LB << LB),
+                             writer.cmd.p.length.eq(fl_beats << LB)]
+                with m.If(writer.cmd.ready):
+                    m.d.sync += fl_word.eq(0)
+                    m.next = "READ"
+            with m.State("READ"):
+                m.d.comb += [rbd_r.addr.eq(base_word + fl_word), rbs_r.addr.eq(base_word + fl_word),
+                             rbd_r.en.eq(1), rbs_r.en.eq(1)]
+                m.next = "BEAT"
+            with m.State("BEAT"):
+                m.d.comb += [writer.i.valid.eq(1), writer.i.p.data.eq(rbd_r.data), writer.i.p.strb.eq(rbs_r.data)]
+                with m.If(writer.i.ready):
+                    m.d.comb += [rbs_w.addr.eq(base_word + fl_word), rbs_w.data.eq(0), rbs_w.en.eq(-1)]
+                    m.d.sync += fl_word.eq(fl_word + 1)
+                    with m.If(fl_word == fl_beats - 1):
+                        with m.If(upsample & ~fl_half):
+                            m.d.sync += fl_half.eq(1)
+                            m.next = "CMD"
+                        with m.Else():
+                            m.next = "WAIT"
+                    with m.Else():
+                        m.next = "READ"
+            with m.State("WAIT"):
+                with m.If(fl_dones == Mux(upsample, 2, 1)):
+                    m.d.comb += flush_done.eq(1)
+                    m.next = "IDLE"
+        return m
