@@ -45,6 +45,7 @@ from ..spec.config import EngineConfig
 from ..spec.program import Program
 from ..spec.registers import REGISTER_BYTES, ErrorCode, reg
 from .layout import MemoryMap, ProgramLayout, Region, place_program, ram_bytes_for
+from .runner import engine_runs_programs  # noqa: F401  (re-exported for cocotb tests)
 
 __all__ = ["AccessViolation", "Counters", "EngineBench", "EngineHang", "LayerCounters",
            "RunStatus", "engine_runs_programs", "random_pauses"]
@@ -409,11 +410,3 @@ class EngineBench:
             layer_cycles = await self.read_reg("PERF_LAYER_CYCLES")
             layers.append(LayerCounters(layer_cycles, await self.read_reg64("PERF_LAYER_MACS")))
         return Counters(cycles, stall, done, tuple(layers))
-
-
-def engine_runs_programs() -> bool:
-    """Whether the RTL top runs whole programs yet (EngineTop.RUNS_PROGRAMS)."""
-    from ..rtl.top import EngineTop
-
-    return getattr(EngineTop, "RUNS_PROGRAMS", False) is True
-
