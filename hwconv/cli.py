@@ -157,6 +157,7 @@ def cmd_demo(args) -> int:
 # Modules that add commands of their own: each defines register(add), where add(name, fn, help)
 # returns the new subparser (as for the commands above).
 COMMAND_MODULES: tuple[str, ...] = (
+    "hwconv.build.cli",
 )
 
 
