@@ -504,13 +504,12 @@ class EngineCore(wiring.Component):
 
         m.d.comb += dil_r.addr.eq(c_ox)
         dil = Mux(dil_r.data > cfg.max_dilation, cfg.max_dilation, dil_r.data)
-        d_eff = Mux(is_deform, dil, 1)
         iy, ix = Signal(signed(20)), Signal(signed(20))
         m.d.comb += [
-            iy.eq(Mux(is_deform, oy - dil + c_ky * dil, oy * desc.stride - desc.pad + c_ky)),
-            ix.eq(Mux(is_deform, c_ox - dil + c_kx * dil, c_ox * desc.stride - desc.pad + c_kx)),
+            # ADD's two taps are its two operands at the same pixel, not a window.
+            iy.eq(Mux(is_deform, oy - dil + c_ky * dil, Mux(is_add, oy, oy * desc.stride - desc.pad + c_ky))),
+            ix.eq(Mux(is_deform, c_ox - dil + c_kx * dil, Mux(is_add, c_ox, c_ox * desc.stride - desc.pad + c_kx))),
         ]
-        del d_eff
         inb = (iy >= 0) & (iy < i0.height) & (ix >= 0) & (ix < i0.width)
         slot = Mux(is_add, c_t[0], iy[:4] & rows_mask)
         m.d.comb += [lb_r.addr.eq((slot * i0.width + ix[:16]) * cb_in + Mux(is_conv, c_cb, c_ob)),
@@ -667,6 +666,8 @@ class EngineCore(wiring.Component):
         base_word = Mux(fl_half, RB_HALF // BB, 0)
         with m.If(writer.done):
             m.d.sync += fl_dones.eq(fl_dones + 1)
+        # Read ports are enabled by default: hold the beat while the writer is not ready.
+        m.d.comb += [rbd_r.en.eq(0), rbs_r.en.eq(0)]
         with m.FSM(name="flush"):
             with m.State("IDLE"):
                 with m.If(flush_start):
