@@ -158,6 +158,7 @@ def cmd_demo(args) -> int:
 # returns the new subparser (as for the commands above).
 COMMAND_MODULES: tuple[str, ...] = (
     "hwconv.build.cli",
+    "hwconv.driver.cli",
 )
 
 

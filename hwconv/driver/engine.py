@@ -160,7 +160,9 @@ class EngineDriver(_IPBase):
                 f"was built for {program.config.name} (0x{program.config.config_hash:08x}); export the "
                 "program for this engine's config or load the bitstream built for it")
         known = getattr(self.backend, "config", None)
-        if known is not None and known.config_hash != program.config.config_hash:
+        if known is None:  # a PYNQ backend without a config file: the hash check above vouches for it
+            self.backend.config = known = program.config
+        if known.config_hash != program.config.config_hash:
             raise EngineNotFound(f"{self.backend.name}: backend config {known.name} (0x{known.config_hash:08x}) "
                                  f"differs from the program's (0x{program.config.config_hash:08x})")
         self.soft_reset()

@@ -12,8 +12,9 @@ class binds to that VLNV. Registers go through the IP's MMIO, buffers are `pynq.
 (1 ms sleeps): a frame takes milliseconds, and polling needs no interrupt controller in the
 block design. The clock is the PL clock 0 as the PS reports it (pynq.Clocks.fclk0_mhz).
 
-The engine config is the one given, else `engine.toml` beside the bitstream (the deploy folder
-has one), else the loaded program's, once CONFIG_HASH has confirmed it.
+The engine config is the one given, else engine.json/engine.toml beside the bitstream or in the
+folder above it (a deploy folder has engine.json), else the loaded program's, once CONFIG_HASH
+has confirmed it.
 """
 
 from __future__ import annotations
@@ -132,7 +133,9 @@ def open_engine(bitfile: str | Path, *, config: EngineConfig | None = None, down
         raise BackendError(f"{name}: PYNQ bound {type(ip).__name__}, not EngineDriver (VLNV {ENGINE_VLNV})")
     backend = ip.backend
     backend.overlay = overlay
-    if config is None and (bitfile.parent / "engine.toml").is_file():
-        config = EngineConfig.load(bitfile.parent / "engine.toml")
+    for name in ("engine.json", "engine.toml"):  # beside the bitstream, or in the deploy folder above it
+        for folder in (bitfile.parent, bitfile.parent.parent):
+            if config is None and (folder / name).is_file():
+                config = EngineConfig.load(folder / name)
     backend.config = config
     return ip
