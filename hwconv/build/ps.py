@@ -37,7 +37,7 @@ class PsSide:
 
 
 def ps_side(board: Board, config: EngineConfig) -> PsSide:
-    clock_name, index = board.engine_clock
+    _, index = board.engine_clock
     if board.ps == "zynq7":
         return _zynq7(board, config, index)
     if board.ps == "zynq_ultra_ps_e":
