@@ -148,10 +148,9 @@ class SimBackend(Backend):
                 return False
 
     async def _irq_within(self, cycles: int) -> bool:
-        irq = self.bench.dut.irq
-        if not int(irq.value):
-            await First(RisingEdge(irq), ClockCycles(self.bench.dut.ap_clk, cycles))
-        return bool(int(irq.value))
+        if not self.bench.irq():
+            await First(RisingEdge(self.bench.dut.irq), ClockCycles(self.bench.dut.ap_clk, cycles))
+        return self.bench.irq()
 
     # -- test hooks ------------------------------------------------------------------------------
     def hang_bus(self, enabled: bool) -> None:

@@ -358,8 +358,22 @@ class EngineBench:
         await self.write_reg("IRQ_ENABLE", (1 << reg("IRQ_ENABLE").field("done")[0]) if irq else 0)
         await self.write_reg("CONTROL", 1 << reg("CONTROL").field("start")[0])
 
-    async def soft_reset(self) -> None:
+    async def soft_reset(self, timeout_cycles: int = 10_000) -> RunStatus:
+        """CONTROL.soft_reset, then wait until STATUS.busy clears (an engine may first drain
+        its outstanding bursts); EngineHang if it stays busy."""
         await self.write_reg("CONTROL", 1 << reg("CONTROL").field("soft_reset")[0])
+        waited = 0
+        while (st := await self.status()).busy:
+            if waited >= timeout_cycles:
+                raise EngineHang(f"engine still busy {timeout_cycles} cycles after "
+                                 f"CONTROL.soft_reset: {st.describe()}")
+            await ClockCycles(self.dut.ap_clk, _POLL_CYCLES)
+            waited += _POLL_CYCLES
+        return st
+
+    def irq(self) -> bool:
+        """The interrupt line now (a clear failure if it is X/Z in a 4-state simulator)."""
+        return _bit(self.dut.irq, "irq")
 
     async def wait_done(self, timeout_cycles: int = DEFAULT_TIMEOUT_CYCLES) -> RunStatus:
         """Wait for the end of the run `start` began, then return STATUS/ERROR.
@@ -372,7 +386,7 @@ class EngineBench:
         clk = self.dut.ap_clk
         finished = True
         if self._irq_enabled:
-            if not int(self.dut.irq.value):
+            if not self.irq():
                 t = await First(RisingEdge(self.dut.irq), ClockCycles(clk, timeout_cycles))
                 finished = not isinstance(t, ClockCycles)
         else:
@@ -410,3 +424,11 @@ class EngineBench:
             layer_cycles = await self.read_reg("PERF_LAYER_CYCLES")
             layers.append(LayerCounters(layer_cycles, await self.read_reg64("PERF_LAYER_MACS")))
         return Counters(cycles, stall, done, tuple(layers))
+
+
+def _bit(signal, name: str) -> bool:
+    value = signal.value
+    if not value.is_resolvable:
+        raise AssertionError(f"{name} is {value} (unknown): an uninitialised or undriven signal "
+                             f"reaches it (4-state simulators show this; Verilator reads 0)")
+    return bool(int(value))
