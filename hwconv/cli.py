@@ -159,6 +159,7 @@ def cmd_demo(args) -> int:
 COMMAND_MODULES: tuple[str, ...] = (
     "hwconv.build.cli",
     "hwconv.driver.cli",
+    "hwconv.sim.cli",
 )
 
 

@@ -1,5 +1,5 @@
-"""`generate`: Verilog + lint + resource report per board, atomic output, fit checks; EngineTop's
-self-test against the golden requantiser; yosys stat parsing."""
+"""`generate`: Verilog + lint + resource report per board, atomic output, fit checks; EngineTop
+running a program through its registers; yosys stat parsing."""
 
 from __future__ import annotations
 
@@ -13,13 +13,12 @@ import pytest
 from amaranth.sim import Simulator
 
 from hwconv.boards.catalog import list_boards, load_board
-from hwconv.golden.ops import requantize
 from hwconv.rtl import generate as gen
 from hwconv.rtl import resources
 from hwconv.rtl.csr import ControlRegisters
 from hwconv.rtl.generate import FitError, GenerateError, LintError, generate
 from hwconv.rtl.resources import ResourceUsage, SynthError, SynthResult
-from hwconv.rtl.top import CHECKSUM_BITS, SELFTEST_BEATS, EngineTop
+from hwconv.rtl.top import EngineTop
 from hwconv.spec import EngineConfig, SpecError
 from hwconv.spec.registers import offset
 from hwconv.toolchain import find_yosys, verilator_env
@@ -86,6 +85,13 @@ def test_axi_wider_than_hp_port_is_refused(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+def test_non_square_array_is_refused_with_the_fix(tmp_path):
+    board = load_board("ultra96v2")
+    with pytest.raises(FitError, match=r"--pe 8x16: the engine's MAC array is square.*use 16x16"):
+        generate(board, board.default_engine_config().with_(pe_in=8), tmp_path / "o")
+    assert not any(tmp_path.iterdir())
+
+
 def test_wide_addresses_refused_on_zynq7000(tmp_path):
     board = load_board("pynq_z2")
     with pytest.raises(SpecError, match="addr_width=40"):
@@ -132,7 +138,7 @@ def test_failure_during_synth_leaves_output_untouched(tmp_path, monkeypatch):
         raise SynthError("yosys failed (exit 1): ERROR: something")
     monkeypatch.setattr(resources, "synthesize", broken)
     with pytest.raises(GenerateError, match="ERROR: something"):
-        generate(board, board.default_engine_config().with_(pe_out=8), out, lint=False)
+        generate(board, board.default_engine_config().with_(pe_in=8, pe_out=8), out, lint=False)
     assert _snapshot(tmp_path) == before
 
 
@@ -143,7 +149,7 @@ def test_regenerating_replaces_rtl_and_reports_only(tmp_path, monkeypatch):
     first = generate(board, board.default_engine_config(), out, lint=False)
     assert (out / "reports" / "resources.json").is_file()
     (out / "notes.txt").write_text("mine")
-    second = generate(board, board.default_engine_config().with_(pe_out=8), out, synth=False,
+    second = generate(board, board.default_engine_config().with_(pe_in=8, pe_out=8), out, synth=False,
                       lint=False)
     assert not first.verilog.exists() and second.verilog.is_file()
     assert not (out / "reports" / "resources.json").exists()  # no stale report survives
@@ -241,7 +247,7 @@ def test_synth_timeout_is_reported(tmp_path):
 def test_real_synth_of_a_small_component(tmp_path):
     """The whole flow on a 1-lane engine: real yosys for xcup, numbers in both reports (~10 s)."""
     board = load_board("ultra96v2")
-    config = board.default_engine_config().with_(pe_out=1)
+    config = board.default_engine_config().with_(pe_in=1, pe_out=1)
     report = generate(board, config, tmp_path / "out", lint=False)
     usage = report.synth.usage
     # The requantiser's (acc + bias) * mult is 33 x 24 bits: more than one DSP48E2 multiplier.
@@ -277,41 +283,37 @@ def test_real_synth_full_shell(tmp_path, name):
           + resources.format_table(usage, board))
 
 
-# -- EngineTop self-test, simulated --------------------------------------------------------------
-def _lfsr_step(x: int) -> int:
-    return (x >> 1) ^ (0x80200003 if x & 1 else 0)
+# -- EngineTop: a program through the register file, simulated ----------------------------------
+def test_engine_top_runs_a_program_through_its_registers():
+    """The host's view: AXI4-Lite writes of the bases, CONTROL.start, the done interrupt, STATUS,
+    counters; DRAM an AXI RAM model on m_axi_gmem; the arena afterwards equals the golden one."""
+    import sys
+    sys.path.insert(0, str(Path(__file__).parent))
+    from engine_harness import golden_arena, initial_arena
+    from rtl_models import AxiRamModel
 
+    from hwconv.compiler import ProgramBuilder
+    from hwconv.compiler.cost import layer_macs
 
-def _rotl(x: int, n: int, bits: int) -> int:
-    n %= bits
-    return ((x << n) | (x >> (bits - n))) & ((1 << bits) - 1) if n else x
+    cfg = EngineConfig(pe_in=4, pe_out=4, axi_data_width=64, max_width=32, max_channels=64, max_layers=16,
+                       line_buffer_bytes=4096, weight_buffer_bytes=4096, row_buffer_bytes=2048, max_dilation=3)
+    rng = np.random.default_rng(5)
+    b = ProgramBuilder(cfg)
+    x = b.input("x", 5, 4, 6)
+    y = b.conv("c", x, rng.integers(-8, 8, size=(5, 3, 3, 6)), mult=3, shift=6)
+    b.output("y", b.maxpool("p", y, kernel=2, stride=2, pad=0))
+    program = b.build()
+    arena = initial_arena(program, {"x": rng.integers(0, 256, size=(5, 4, 6))})
+    gold, _ = golden_arena(program, program.device_image(), arena)
+    image, params = program.device_image(), program.params
+    desc_base, params_base, arena_base = 0x1000, 0x2000, 0x3000
 
-
-def _expected_checksum(cfg: EngineConfig, seed: int, bias: int, mult: int, shift: int,
-                       lo: int, hi: int) -> int:
-    lfsr, checksum = seed | 1, 0
-    for _ in range(SELFTEST_BEATS):
-        acc = []
-        for lane in range(cfg.pe_out):
-            a = _rotl(lfsr, 3 * lane, 32) & ((1 << cfg.acc_bits) - 1)
-            acc.append(a - (1 << cfg.acc_bits) if a >> (cfg.acc_bits - 1) else a)
-        out = requantize(np.array(acc, dtype=np.int64), bias, mult, shift, lo, hi) & 0xFF
-        word = sum(int(v) << (8 * i) for i, v in enumerate(out))
-        folded = 0
-        while word:
-            folded ^= word & ((1 << CHECKSUM_BITS) - 1)
-            word >>= CHECKSUM_BITS
-        checksum = _rotl(checksum, 1, CHECKSUM_BITS) ^ folded
-        lfsr = _lfsr_step(lfsr)
-    return checksum
-
-
-def test_engine_top_self_test_matches_golden():
-    cfg = EngineConfig(pe_out=4)
     top = EngineTop(cfg)
     bus = top.s_axi_control
-    seed, bias, mult, shift, lo, hi = 0x12345678, -4096, 0xABCDEF, 48, -100, 90
-    want = _expected_checksum(cfg, seed, bias, mult, shift, lo, hi)
+    ram = AxiRamModel(top.m_axi_gmem, 0x4000 + arena.size, stall=0.2, latency=(1, 4))
+    ram.load(desc_base, image)
+    ram.load(params_base, params)
+    ram.load(arena_base, arena)
     got = {}
 
     async def clock(ctx):
@@ -358,31 +360,37 @@ def test_engine_top_self_test_matches_golden():
         for _ in range(2):
             await ctx.tick()
         ctx.set(top.ap_rst_n, 1)
-        await write(ctx, offset("DESC_BASE_LO"), seed)
-        await write(ctx, offset("ARENA_SIZE"), bias)
-        await write(ctx, offset("PARAMS_SIZE"), mult | shift << 24)
-        await write(ctx, offset("PERF_SELECT"), (lo & 0xFFFF) | (hi & 0xFFFF) << 16)
-        await write(ctx, offset("IRQ_ENABLE"), 1)
-        await write(ctx, offset("CONTROL"), 1)
-        for _ in range(100):
+        for name, value in (("DESC_BASE_LO", desc_base), ("PARAMS_BASE_LO", params_base),
+                            ("PARAMS_SIZE", len(params)), ("ARENA_BASE_LO", arena_base),
+                            ("ARENA_SIZE", arena.size), ("IRQ_ENABLE", 1), ("CONTROL", 1)):
+            await write(ctx, offset(name), value)
+        got["busy"] = await read(ctx, offset("STATUS"))
+        for _ in range(20_000):
             if ctx.get(top.irq):
                 break
             await ctx.tick()
         got["irq"] = ctx.get(top.irq)
         got["status"] = await read(ctx, offset("STATUS"))
-        got["beats"] = await read(ctx, offset("LAYERS_DONE"))
+        got["layers"] = await read(ctx, offset("LAYERS_DONE"))
         got["cycles"] = await read(ctx, offset("CYCLES_LO"))
-        lo_word = await read(ctx, offset("PERF_LAYER_MACS_LO"))
-        got["checksum"] = lo_word | await read(ctx, offset("PERF_LAYER_MACS_HI")) << 32
+        got["per_layer"] = []
+        for i in range(2):
+            await write(ctx, offset("PERF_SELECT"), i)
+            cycles = await read(ctx, offset("PERF_LAYER_CYCLES"))
+            macs = await read(ctx, offset("PERF_LAYER_MACS_LO")) | await read(ctx, offset("PERF_LAYER_MACS_HI")) << 32
+            got["per_layer"].append((cycles, macs))
         await write(ctx, offset("IRQ_STATUS"), 1)
         got["irq_after_clear"] = ctx.get(top.irq)
 
     sim = Simulator(top)
     sim.add_testbench(clock, background=True)
+    ram.add_to(sim)
     sim.add_testbench(bench)
     sim.run()
+    assert got["busy"] & 1
     assert got["irq"] == 1 and got["irq_after_clear"] == 0
     assert got["status"] == 0b010  # done, not busy, no error
-    assert got["beats"] == SELFTEST_BEATS
-    assert SELFTEST_BEATS + 4 <= got["cycles"] < 40  # 8 beats through a 4-stage pipeline
-    assert got["checksum"] == want != 0
+    assert got["layers"] == 2
+    assert [macs for _, macs in got["per_layer"]] == [layer_macs(d) for d in program.layers]
+    assert 0 < sum(c for c, _ in got["per_layer"]) <= got["cycles"]
+    assert np.array_equal(np.frombuffer(ram.dump(arena_base, arena.size), np.uint8), gold)

@@ -460,8 +460,10 @@ class EngineCore(wiring.Component):
                     m.d.sync += w_t.eq(w_t + 1)
             with m.Else():
                 m.d.sync += w_ci.eq(w_ci + 1)
+        w_addr = Signal(range(cfg.weight_depth))  # one address for all banks: one multiplier
+        m.d.comb += w_addr.eq(((w_o >> LP) * taps + w_t) * cbw + w_cb)
         for b in range(P):
-            m.d.comb += [wb_w[b].addr.eq(((w_o >> LP) * taps + w_t) * cbw + w_cb), wb_w[b].data.eq(w_word),
+            m.d.comb += [wb_w[b].addr.eq(w_addr), wb_w[b].data.eq(w_word),
                          wb_w[b].en.eq(w_take & w_commit & (w_o[:LP] == b))]
 
         # -- input rows -> line buffer / dilation buffer (LOAD_RECV) ----------------------------
@@ -514,8 +516,10 @@ class EngineCore(wiring.Component):
         slot = Mux(is_add, c_t[0], iy[:4] & rows_mask)
         m.d.comb += [lb_r.addr.eq((slot * i0.width + ix[:16]) * cb_in + Mux(is_conv, c_cb, c_ob)),
                      lb_r.en.eq(adv)]
+        r_addr = Signal(range(cfg.weight_depth))
+        m.d.comb += r_addr.eq((c_ob * taps + c_t) * cbw + c_cb)
         for b in range(P):
-            m.d.comb += [wb_r[b].addr.eq((c_ob * taps + c_t) * cbw + c_cb), wb_r[b].en.eq(adv),
+            m.d.comb += [wb_r[b].addr.eq(r_addr), wb_r[b].en.eq(adv),
                          pb_r[b].addr.eq(c_ob), pb_r[b].en.eq(adv)]
         last_tap = c_t == taps - 1
         last_cb = c_cb == cbi_n - 1
@@ -566,15 +570,21 @@ class EngineCore(wiring.Component):
         acc_next = []
         for b in range(P):
             wv = [wb_r[b].data[8 * j:8 * j + 8].as_signed() for j in range(P)]
-            dot = Signal(signed(cfg.acc_bits), name=f"dot{b}")
-            terms = [wv[j] * xv[j] for j in range(P)]
+            # Product 0 of each lane also serves the channel-wise ops (its own channel's input
+            # times the depthwise weight, an ADD multiplier or 1), so they cost no multipliers.
+            w0, x0 = Signal(signed(16), name=f"w0_{b}"), Signal(signed(10), name=f"x0_{b}")
+            m.d.comb += [w0.eq(Mux(is_conv | is_dw, wv[0], Mux(is_add, add_mult, 1))),
+                         x0.eq(Mux(is_conv, xv[0], xv[b]))]
+            p0 = Signal(signed(26), name=f"p0_{b}")
+            m.d.comb += p0.eq(w0 * x0)
+            terms = [p0] + [wv[j] * xv[j] for j in range(1, P)]
             while len(terms) > 1:  # balanced adder tree
                 terms = [terms[i] + terms[i + 1] if i + 1 < len(terms) else terms[i]
                          for i in range(0, len(terms), 2)]
+            dot = Signal(signed(cfg.acc_bits), name=f"dot{b}")
             m.d.comb += dot.eq(terms[0])
             contrib = Signal(signed(cfg.acc_bits), name=f"contrib{b}")
-            m.d.comb += contrib.eq(Mux(is_conv, dot, Mux(is_dw, wv[0] * xv[b],
-                                                          Mux(is_add, add_mult * xv[b], xv[b]))))
+            m.d.comb += contrib.eq(Mux(is_conv, dot, p0))
             acc = Signal(signed(cfg.acc_bits), name=f"acc{b}")
             nxt = Signal(signed(cfg.acc_bits), name=f"acc_next{b}")
             m.d.comb += nxt.eq(Mux(is_pool, Mux(s1_first | (xv[b] > acc), xv[b], acc),

@@ -84,6 +84,10 @@ def check_config(board: Board, config: EngineConfig) -> list[str]:
         problems.append(f"axi_data_width={config.axi_data_width} is wider than "
                         f"{board.display_name}'s {board.hp_port_width}-bit HP port "
                         f"(use axi_data_width={board.hp_port_width})")
+    if config.pe_in != config.pe_out:
+        problems.append(f"--pe {config.pe_in}x{config.pe_out}: the engine's MAC array is square "
+                        f"(channel-wise ops use one block of P channels in and out); use "
+                        f"{max(config.pe_in, config.pe_out)}x{max(config.pe_in, config.pe_out)}")
     if board.family == "xc7" and config.addr_width != 32:
         problems.append(f"addr_width={config.addr_width}: the Zynq-7000 PS of {board.display_name} "
                         f"has a 32-bit address space (use addr_width=32)")

@@ -16,6 +16,7 @@ from ..spec.config import EngineConfig
 from ..spec.params import REQUANT_MULT_BITS, REQUANT_SHIFT_BITS
 
 BIAS_BITS = 32
+_LO_BITS = 17  # the low part of acc + bias in the split product (an 18-bit signed DSP input)
 
 
 def lane_layout(acc_bits: int) -> data.StructLayout:
@@ -76,7 +77,10 @@ class Requantizer(wiring.Component):
                     s1_sum.eq(src.acc + src.bias),
                     s1_mult.eq(src.mult),
                     s1_shift.eq(src.shift),
-                    s2_prod.eq(s1_sum * s1_mult),  # signed x unsigned -> signed
+                    # sum * mult as two products that each fit one DSP48 (27 x 18 signed):
+                    # the sum's signed high part and its unsigned low 17 bits, each times mult.
+                    s2_prod.eq((s1_sum[_LO_BITS:].as_signed() * s1_mult << _LO_BITS)
+                               + s1_sum[:_LO_BITS] * s1_mult),
                     s2_shift.eq(s1_shift),
                     s3_y.eq((s2_prod + half) >> s2_shift),  # arithmetic: s2_prod is signed
                 ]
