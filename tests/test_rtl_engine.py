@@ -216,3 +216,29 @@ def test_unequal_array_is_refused_with_a_reason():
     from hwconv.rtl.engine import EngineCore
     with pytest.raises(ValueError, match="square"):
         EngineCore(dataclasses.replace(CFG, pe_out=8))
+
+
+def test_cycle_model_within_ten_percent_of_the_engine_counters_per_layer():
+    from hwconv.compiler.cycles import program_cycles
+
+    def build(b, rng):
+        x = b.input("x", 8, 8, 12)
+        dl = b.input("dl", 8, 8, 1)
+        y = b.conv("c3", x, _w(rng, (12, 3, 3, 12)), **_rq(rng, 12))
+        y2 = b.conv("c1", y, _w(rng, (20, 1, 1, 12)), **_rq(rng, 20))
+        b.output("y3", b.dwconv("d", y2, _w(rng, (20, 3, 3)), stride=2, **_rq(rng, 20)))
+        y4 = b.deform("df", y, dl, _w(rng, (12, 3, 3)), **_rq(rng, 12))
+        y5 = b.maxpool("p", y4, kernel=3, stride=2, pad=1)
+        b.output("y6", b.add("a", y, y4, mult_a=3, mult_b=5, **_rq(rng, 12)))
+        b.output("y7", b.copy("cp", y5, upsample=True))
+        return {"x": _img(rng, (8, 8, 12), False), "dl": rng.integers(0, 4, size=(8, 8, 1))}
+
+    rng = np.random.default_rng(0)
+    b = ProgramBuilder(CFG)
+    inputs = build(b, rng)
+    p = b.build()
+    run = run_engine(CFG, p.device_image(), p.params, initial_arena(p, inputs), latency=(4, 4),
+                     perf_layers=len(p.layers))
+    model = program_cycles(p.layers, CFG, mem_latency=4)
+    for d, got, want in zip(p.layers, run.layer_cycles, model):
+        assert abs(want.total - got) <= 0.1 * got, f"{d.opcode.name}: model {want.total}, engine {got}"

@@ -1,0 +1,117 @@
+"""Analytical cycle model of the engine (`hwconv.rtl.engine.EngineCore`), per layer.
+
+It follows the engine's schedule step by step (docs/architecture.md, "The engine"), with DRAM
+reduced to one number, `mem_latency` (cycles from a read request to its first beat, and from a
+write's last beat to its response). `hwconv check` and `hwconv simulate` use it; the RTL tests
+hold it to within 10% of the engine's own per-layer counters.
+
+Per layer:
+    fetch     descriptor read (128 bytes through the 1 byte/cycle reader) + the checker
+    params    requant records (8 bytes per output channel) and weights (one weight per cycle)
+    rows      per output row: bring in the input rows it needs (their bytes, 1 per cycle, plus
+              latency per row), then compute and store side by side (compute issues one
+              (pixel, out block, tap, in block) per cycle; the store places an output block's
+              bytes one per cycle, four times when upsampling), then flush the row buffer
+              (2 cycles per bus beat plus the write latency)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..spec.config import EngineConfig
+from ..spec.isa import DESCRIPTOR_BYTES, PREAMBLE_BYTES, REQUANT_OPS, WEIGHTED_OPS, Flag, LayerDescriptor, Opcode
+from ..spec.params import REQUANT_RECORD_BYTES
+from ..spec.validate import blocks, weight_count
+
+__all__ = ["LayerCycles", "layer_cycles", "program_cycles", "DEFAULT_MEM_LATENCY"]
+
+# Cycles from an AXI read request to its first beat. 40 is typical of the Zynq UltraScale+ HP
+# ports at 250 MHz; the simulation benches use their own RAM model's figure.
+DEFAULT_MEM_LATENCY = 40
+_CHECK_CYCLES = 3 * 17 + 6   # three 16-step divisions and the registered result
+_READ_OVERHEAD = 4           # command handshakes and the reader's first-beat register
+_PIPE_TAIL = 10              # MAC stage, requantiser (4), FIFO, last store cycles
+_ROW_OVERHEAD = 6            # state changes between a row's steps
+
+
+@dataclass(frozen=True)
+class LayerCycles:
+    fetch: int
+    params: int
+    loads: int
+    compute: int
+    store: int
+    flush: int
+
+    @property
+    def total(self) -> int:
+        return self.fetch + self.params + self.loads + max(self.compute, self.store) + self.flush
+
+    @property
+    def bound(self) -> str:
+        """What limits the layer: the largest part of its time."""
+        parts = {"fetch+params": self.fetch + self.params, "loads": self.loads,
+                 "compute": self.compute, "store": self.store, "flush": self.flush}
+        return max(parts, key=parts.get)
+
+
+def _read(nbytes: int, lat: int) -> int:
+    return lat + _READ_OVERHEAD + nbytes if nbytes else 0
+
+
+def _reach(ref) -> int:
+    c = ref.channels - 1
+    return (c // ref.group_channels) * ref.group_stride + c % ref.group_channels + 1
+
+
+def _row_bytes(ref) -> int:
+    return (ref.width - 1) * ref.pixel_stride + _reach(ref)
+
+
+def layer_cycles(d: LayerDescriptor, cfg: EngineConfig, mem_latency: int = DEFAULT_MEM_LATENCY,
+                 first: bool = False) -> LayerCycles:
+    p, bb, lat = cfg.pe_in, cfg.bus_bytes, mem_latency
+    op = d.opcode
+    fetch = _read(DESCRIPTOR_BYTES, lat) + _CHECK_CYCLES + (_read(PREAMBLE_BYTES, lat) if first else 0)
+    params = 0
+    if op in REQUANT_OPS:
+        params += _read(d.out.channels * REQUANT_RECORD_BYTES, lat)
+    if op in WEIGHTED_OPS:
+        params += _read(weight_count(d), lat)  # one weight per cycle, 4- or 8-bit alike
+
+    ho, wo = d.compute_hw
+    up = bool(d.flags & Flag.UPSAMPLE2X)
+    taps = 2 if op == Opcode.ADD else 1 if op == Opcode.COPY else d.kernel * d.kernel
+    cbi = blocks(d.in0.channels, p) if op == Opcode.CONV else 1
+    ob = blocks(d.out.channels, p)
+
+    # Input rows: each in0 row once (the line buffer keeps what later rows need); ADD reads both
+    # operands' row and DEFORM_DW the dilation row, once per output row.
+    row0 = _read(_row_bytes(d.in0), lat)
+    if op == Opcode.ADD:
+        loads = ho * (row0 + _read(_row_bytes(d.in1), lat))
+    else:
+        span = 2 * cfg.max_dilation + 1 if op == Opcode.DEFORM_DW else d.kernel
+        last_needed = min(d.in0.height - 1, (ho - 1) * d.stride - d.pad + span - 1)
+        if op == Opcode.DEFORM_DW:
+            last_needed = min(d.in0.height - 1, ho - 1 + cfg.max_dilation)
+        loads = (last_needed + 1) * row0
+        if op == Opcode.DEFORM_DW:
+            loads += ho * _read(_row_bytes(d.in1), lat)
+
+    compute = ho * (wo * ob * taps * cbi + _PIPE_TAIL)
+    valid = [min(p, d.out.channels - b * p) for b in range(ob)]
+    per_pixel = sum(v * (4 if up else 1) + (p - v) for v in valid)
+    store = ho * (wo * per_pixel + _PIPE_TAIL)
+
+    out_row = _row_bytes(d.out)
+    beats = -(-(out_row + bb - 1) // bb)  # the row's bytes plus at most bb-1 of alignment
+    per_row_flush = (2 if up else 1) * (2 * beats + 3) + lat + _ROW_OVERHEAD
+    flush = ho * per_row_flush
+    return LayerCycles(fetch, params, loads, compute, store, flush)
+
+
+def program_cycles(layers: list[LayerDescriptor], cfg: EngineConfig,
+                   mem_latency: int = DEFAULT_MEM_LATENCY) -> list[LayerCycles]:
+    return [layer_cycles(d, cfg, mem_latency, first=i == 0) for i, d in enumerate(layers)]
