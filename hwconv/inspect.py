@@ -5,6 +5,7 @@ from __future__ import annotations
 from .spec import DESCRIPTOR_FIELD_OFFSETS, REGISTERS, REQUANT_OPS, ErrorCode, Flag, Program
 from .spec.isa import TENSOR_REF_FIELD_OFFSETS
 from .compiler.cost import ideal_cycles, layer_macs
+from .compiler.cycles import program_cycles
 from .spec.program import FORMAT_VERSION
 
 
@@ -14,6 +15,7 @@ def _shape(ref) -> str:
 
 def program_table(prog: Program) -> list[dict]:
     rows = []
+    model = program_cycles(prog.layers, prog.config)
     for i, (d, name) in enumerate(zip(prog.layers, prog.layer_names)):
         rows.append({
             "index": i, "name": name, "op": d.opcode.name,
@@ -21,6 +23,7 @@ def program_table(prog: Program) -> list[dict]:
             "out": _shape(d.out) + (" (2x)" if d.flags & Flag.UPSAMPLE2X else ""),
             "wbits": d.weight_bits or "-", "clamp": f"[{d.clamp_lo},{d.clamp_hi}]" if d.opcode in REQUANT_OPS else "-",
             "macs": layer_macs(d), "ideal_cycles": ideal_cycles(d, prog.config.pe_in, prog.config.pe_out),
+            "model_cycles": model[i].total, "bound": model[i].bound,
         })
     return rows
 
@@ -45,6 +48,10 @@ def format_program(prog: Program, source: str = "") -> str:
     cfg = prog.config
     lines.append(f"  total {macs / 1e9:.3f} GMAC; ideal {cycles} cycles = {cfg.clock_mhz * 1e6 / cycles:.0f} fps "
                  f"at {cfg.clock_mhz:g} MHz on a {cfg.pe_in}x{cfg.pe_out} array (a lower bound: no stalls)")
+    modelled = sum(r["model_cycles"] for r in rows)
+    lines.append(f"  cycle model (hwconv.compiler.cycles, DRAM latency 40): {modelled} cycles = "
+                 f"{cfg.clock_mhz * 1e6 / modelled:.1f} fps at {cfg.clock_mhz:g} MHz, MAC utilisation "
+                 f"{macs / (modelled * cfg.pe_in * cfg.pe_out):.1%}")
     return "\n".join(lines)
 
 
