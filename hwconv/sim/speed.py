@@ -24,13 +24,14 @@ class SpeedResult:
     bare_cycles_per_s: float
     bench_cycles_per_s: float
     bench_cycles: int
+    workload: str
     build_seconds: float        # 0 when the build came from the cache
     run_seconds: float          # the whole simulator process, start-up included
 
     def describe(self) -> str:
         return (f"{self.sim:9s} bare clock {self.bare_cycles_per_s:12,.0f} cycles/s   "
                 f"full bench {self.bench_cycles_per_s:10,.0f} cycles/s "
-                f"({self.bench_cycles} cycles; process {self.run_seconds:.1f} s)")
+                f"({self.bench_cycles} cycles of {self.workload}; process {self.run_seconds:.1f} s)")
 
 
 def measure(sim: str, config: EngineConfig | None = None, cycles: int = 20000) -> SpeedResult:
@@ -43,4 +44,4 @@ def measure(sim: str, config: EngineConfig | None = None, cycles: int = 20000) -
         data = json.loads(out.read_text())
     bare, bench = data["bare_clock"], data["bench"]
     return SpeedResult(sim, bare["cycles"] / bare["seconds"], bench["cycles"] / bench["seconds"],
-                       bench["cycles"], r.build.seconds, r.seconds)
+                       bench["cycles"], bench["workload"], r.build.seconds, r.seconds)
