@@ -110,12 +110,26 @@ def cmd_quantize(args) -> int:
 def cmd_export(args) -> int:
     from .quant.pipeline import export
 
-    r = export(args.checkpoint, Path(args.out), _config(args), verify_images=args.verify)
+    r = export(args.checkpoint, Path(args.out), _config(args), verify_images=args.verify, qonnx=args.qonnx,
+               verify_ap=args.verify_ap, verify_data=args.verify_data, data_root=args.data_root)
     print(f"wrote {r['program']}: {r['layers']} layers, {r['params_bytes']} B params, {r['arena_bytes']} B arena")
     if "verify" in r:
         v = r["verify"]
         print(f"golden vs fake-quant on {args.verify} images: {100 * v['identical']:.3f} % identical output "
               "integers; max diff " + ", ".join(f"{k} {s['max_diff']}" for k, s in v["outputs"].items()))
+    if "qonnx" in r:
+        q = r["qonnx"]
+        print(f"wrote {q['path']}: {q['nodes']} nodes (deformable layers as hwconv.quant.qonnx.DeformConv2dSquare)")
+        if "verify" in q:
+            print(f"QONNX (qonnx executor) vs fake-quant on {args.verify} images: {100 * q['verify']['identical']:.3f} % "
+                  "identical output integers; max diff " +
+                  ", ".join(f"{k} {s['max_lsb']}" for k, s in q["verify"]["outputs"].items()))
+    if "verify_ap" in r:
+        v = r["verify_ap"]
+        fmt = lambda x: "n/a" if x is None else f"{100 * x:.2f}"  # noqa: E731
+        print(f"golden vs fake-quant on {v['images']} {v['data']} images: {100 * v['identical']:.3f} % identical "
+              f"output integers; AP50 integer {fmt(v['integer']['AP50'])} vs fake-quant {fmt(v['fake_quant']['AP50'])} "
+              f"({v['delta_AP50_points']} points)")
     return 0
 
 
@@ -214,6 +228,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("-o", "--out", default="out/export")
     sp.add_argument("--engine", help="engine config (.toml or .json)")
     sp.add_argument("--verify", type=int, default=4, help="compare golden vs fake-quant on N images (0: skip)")
+    sp.add_argument("--qonnx", action="store_true", help="also write model.qonnx.onnx (QONNX, for FINN and "
+                                                          "other tools) beside the program")
+    sp.add_argument("--verify-ap", type=int, default=0, metavar="N",
+                    help="AP50 of the golden program vs the fake-quant model on N validation images (0: skip)")
+    sp.add_argument("--verify-data", default="synthetic", choices=["synthetic", "deepforest", "voc", "coco"],
+                    help="validation set for --verify-ap (default: synthetic)")
+    sp.add_argument("--data-root", help="dataset folder for --verify-data voc/coco")
 
     sp = add("generate", cmd_generate, "Verilog of the engine for a board + lint + yosys resource report")
     sp.add_argument("--board", required=True, help="catalog name or path to a board .toml")

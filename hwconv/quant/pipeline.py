@@ -70,8 +70,15 @@ def write_detections_png(model: torch.nn.Module, dataset, path: Path, *, images:
     return save_png(path, montage(tiles, columns=n))
 
 
-def export(checkpoint: str, out: Path, config: EngineConfig, *, verify_images: int = 0) -> dict:
-    """Checkpoint -> engine program (+ optional fake-quant vs golden check on synthetic images)."""
+def export(checkpoint: str, out: Path, config: EngineConfig, *, verify_images: int = 0, qonnx: bool = False,
+           verify_ap: int = 0, verify_data: str = "synthetic", data_root: str | None = None,
+           progress: bool = True) -> dict:
+    """Checkpoint -> engine program (+ optional fake-quant vs golden check on synthetic images).
+
+    qonnx: also write the QONNX graph (`qonnx.QONNX_FILE`) beside the program, checked against the
+    fake-quant model on the `verify_images` images. verify_ap: run `verify_ap` validation images of
+    `verify_data` through the golden model and the fake-quant model and compare AP50 (bench_integer).
+    """
     from .checkpoint import model_from_checkpoint
     from .export import export_program
     from .verify import compare_outputs
@@ -86,9 +93,23 @@ def export(checkpoint: str, out: Path, config: EngineConfig, *, verify_images: i
     config.save(out / "engine.toml")
     report = {"program": str(path), "layers": len(prog.layers), "params_bytes": len(prog.params),
               "arena_bytes": prog.arena_bytes}
+    images = None
     if verify_images:
         ds = load_dataset("synthetic", "val", image_size=net.cfg.input_size, num_images=verify_images)
         images = torch.stack([ds[i][0] for i in range(verify_images)])
         report["verify"] = compare_outputs(net, prog, images)
+    if qonnx:
+        from .qonnx import QONNX_FILE, compare_qonnx, export_qonnx_model
+
+        report["qonnx"] = export_qonnx_model(net, out / QONNX_FILE)
+        if images is not None:
+            report["qonnx"]["verify"] = compare_qonnx(net, out / QONNX_FILE, images)
+    if verify_ap:
+        from .bench_integer import integer_vs_fakequant, validation_set
+
+        ds = validation_set(verify_data, net.cfg.input_size, images=verify_ap, root=data_root)
+        r = integer_vs_fakequant(net, prog, ds, images=verify_ap, progress=progress)
+        r.pop("golden_detections")
+        report["verify_ap"] = {"data": verify_data, **r}
     atomic_write_text(out / "export.json", json.dumps(report, indent=2, default=str) + "\n")
     return report
