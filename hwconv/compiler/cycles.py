@@ -8,11 +8,11 @@ hold it to within 10% of the engine's own per-layer counters.
 Per layer:
     fetch     descriptor read (128 bytes through the 1 byte/cycle reader) + the checker
     params    requant records (8 bytes per output channel) and weights (one weight per cycle)
-    rows      per output row: bring in the input rows it needs (their bytes, 1 per cycle, plus
+    rows      per output row: bring in the input rows it needs (a bus beat per cycle, plus
               latency per row), then compute and store side by side (compute issues one
-              (pixel, out block, tap, in block) per cycle; the store places an output block's
-              bytes one per cycle, four times when upsampling), then flush the row buffer
-              (2 cycles per bus beat plus the write latency)
+              (pixel, out block, tap, in block) per cycle; the store places an output block per
+              cycle, four times when upsampling, or a byte per cycle into a grouped output),
+              then flush the row buffer (2 cycles per bus beat plus the write latency)
 """
 
 from __future__ import annotations
@@ -86,11 +86,14 @@ def layer_cycles(d: LayerDescriptor, cfg: EngineConfig, mem_latency: int = DEFAU
     cbi = blocks(d.in0.channels, p) if op == Opcode.CONV else 1
     ob = blocks(d.out.channels, p)
 
-    # Input rows: each in0 row once (the line buffer keeps what later rows need); ADD reads both
-    # operands' row and DEFORM_DW the dilation row, once per output row.
-    row0 = _read(_row_bytes(d.in0), lat)
+    # Input rows: each in0 row once (the line buffer keeps what later rows need), a bus beat per
+    # cycle; ADD reads both operands' row and DEFORM_DW the dilation row (bytes) per output row.
+    def beats(ref):
+        return lat + _READ_OVERHEAD + -(-(_row_bytes(ref) + bb // 2) // bb)
+
+    row0 = beats(d.in0)
     if op == Opcode.ADD:
-        loads = ho * (row0 + _read(_row_bytes(d.in1), lat))
+        loads = ho * (row0 + beats(d.in1))
     else:
         span = 2 * cfg.max_dilation + 1 if op == Opcode.DEFORM_DW else d.kernel
         last_needed = min(d.in0.height - 1, (ho - 1) * d.stride - d.pad + span - 1)
@@ -101,8 +104,11 @@ def layer_cycles(d: LayerDescriptor, cfg: EngineConfig, mem_latency: int = DEFAU
             loads += ho * _read(_row_bytes(d.in1), lat)
 
     compute = ho * (wo * ob * taps * cbi + _PIPE_TAIL)
-    valid = [min(p, d.out.channels - b * p) for b in range(ob)]
-    per_pixel = sum(v * (4 if up else 1) + (p - v) for v in valid)
+    if d.out.group_channels == d.out.channels:  # one run: a block per cycle (per copy)
+        per_pixel = ob * (4 if up else 1)
+    else:  # grouped (interleaved) stores: a byte per cycle
+        valid = [min(p, d.out.channels - b * p) for b in range(ob)]
+        per_pixel = sum(v * (4 if up else 1) + (p - v) for v in valid)
     store = ho * (wo * per_pixel + _PIPE_TAIL)
 
     out_row = _row_bytes(d.out)

@@ -13,7 +13,7 @@ from amaranth.lib.wiring import In, Out
 
 from ..spec.config import EngineConfig
 from .axi4 import AXI4Signature
-from .dma import DMAReader, command_layout
+from .dma import DMAReader, command_layout, read_beat_layout
 
 __all__ = ["ByteReader"]
 
@@ -21,13 +21,18 @@ __all__ = ["ByteReader"]
 class ByteReader(wiring.Component):
     """``cmd``: {addr, length} in bytes (length > 0); ``o``: the bytes in address order, ``last``
     on the final one. A command is taken only when the previous one has been fully handed out.
-    ``error``/``clear``/``stall_cycles``/``busy`` are the DMA reader's."""
+
+    With ``raw`` high when the command is taken, the enclosing beats come out whole on ``beats``
+    instead (``last`` on the final one), a bus width per cycle, and ``o`` stays idle.
+    ``error``/``clear``/``stall_cycles`` are the DMA reader's."""
 
     def __init__(self, config: EngineConfig):
         self.config = config
         super().__init__({
             "cmd": In(stream.Signature(command_layout(config.addr_width))),
             "o": Out(stream.Signature(data.StructLayout({"byte": unsigned(8), "last": unsigned(1)}))),
+            "raw": In(1),
+            "beats": Out(stream.Signature(read_beat_layout(config.axi_data_width))),
             "bus": Out(AXI4Signature(config.addr_width, config.axi_data_width, write=False)),
             "clear": In(1),
             "error": Out(1),
@@ -53,15 +58,25 @@ class ByteReader(wiring.Component):
 
         # A new command once the last one is fully out; the DMA gets the enclosing beats.
         end = Signal(cfg.addr_width + 1)
+        raw_active = Signal()  # a raw command's beats are still to come
+        idle = (remaining == 0) & ~have & ~raw_active
         m.d.comb += [
             end.eq(self.cmd.p.addr + self.cmd.p.length + bb - 1),
             dma.cmd.p.addr.eq(self.cmd.p.addr >> sh << sh),
             dma.cmd.p.length.eq((end >> sh << sh) - (self.cmd.p.addr >> sh << sh)),
-            dma.cmd.valid.eq(self.cmd.valid & (remaining == 0) & ~have),
-            self.cmd.ready.eq(dma.cmd.ready & (remaining == 0) & ~have),
+            dma.cmd.valid.eq(self.cmd.valid & idle),
+            self.cmd.ready.eq(dma.cmd.ready & idle),
         ]
         with m.If(self.cmd.valid & self.cmd.ready):
-            m.d.sync += [remaining.eq(self.cmd.p.length), first.eq(1), skip.eq(self.cmd.p.addr[:sh])]
+            with m.If(self.raw):
+                m.d.sync += raw_active.eq(1)
+            with m.Else():
+                m.d.sync += [remaining.eq(self.cmd.p.length), first.eq(1), skip.eq(self.cmd.p.addr[:sh])]
+
+        # raw: beats straight through
+        m.d.comb += [self.beats.valid.eq(raw_active & dma.o.valid), self.beats.p.eq(dma.o.p)]
+        with m.If(self.beats.valid & self.beats.ready & dma.o.p.last):
+            m.d.sync += raw_active.eq(0)
 
         take = Signal()
         release = Signal()
@@ -70,8 +85,9 @@ class ByteReader(wiring.Component):
             self.o.p.byte.eq(beat.word_select(idx, 8)),
             self.o.p.last.eq(remaining == 1),
             release.eq(have & self.o.ready & ((idx == bb - 1) | (remaining == 1))),
-            dma.o.ready.eq((~have | release) & (remaining != 0) & ~(release & (remaining == 1))),
-            take.eq(dma.o.valid & dma.o.ready),
+            dma.o.ready.eq(Mux(raw_active, self.beats.ready,
+                               (~have | release) & (remaining != 0) & ~(release & (remaining == 1)))),
+            take.eq(dma.o.valid & dma.o.ready & ~raw_active),
         ]
         with m.If(have & self.o.ready):
             m.d.sync += [remaining.eq(remaining - 1), idx.eq(idx + 1)]

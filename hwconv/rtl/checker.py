@@ -19,7 +19,6 @@ from ..spec.config import EngineConfig
 from ..spec.isa import KERNELS, REQUANT_OPS, STRIDES, WEIGHTED_OPS, Flag, Opcode
 from ..spec.params import REQUANT_RECORD_BYTES
 from ..spec.registers import ErrorCode
-from ..spec.validate import _pow2_ceil
 from .layouts import descriptor_layout
 
 __all__ = ["DescriptorChecker", "REFS"]
@@ -128,6 +127,8 @@ class DescriptorChecker(wiring.Component):
         ref_bad = []
         for r in REFS:
             t = refs[r]
+            if r != "out":  # inputs are read as one run of channels per pixel
+                ref_bad.append(used[r] & (t.group_channels != t.channels))
             bad = ((t.height == 0) | (t.width == 0) | (t.channels == 0) | (t.group_channels == 0)
                    | (t.group_channels > t.channels) | (t.group_stride < t.group_channels)
                    | (reach[r] > t.pixel_stride) | (t.channels > cfg.max_channels))
@@ -167,13 +168,16 @@ class DescriptorChecker(wiring.Component):
         # On-chip buffer fit (validate.line_buffer_words / weight_words / row_buffer_need).
         cb_in = (i0.channels + cfg.pe_in - 1) >> (cfg.pe_in.bit_length() - 1)
         cb_out = (o.channels + cfg.pe_out - 1) >> (cfg.pe_out.bit_length() - 1)
-        rows = Mux(is_op(Opcode.ADD), 2,
-                   Mux(is_op(Opcode.DEFORM_DW), _pow2_ceil(2 * cfg.max_dilation + 1),
-                       Mux(d.kernel > 2, 4, Mux(d.kernel > 1, 2, 1))))
-        line_words = Signal(32)
+        rows = Mux(is_op(Opcode.ADD), 2, Mux(is_op(Opcode.DEFORM_DW), 2 * cfg.max_dilation + 1, d.kernel))
+        row_bytes = {r: Signal(32, name=f"{r}_row_bytes") for r in ("in0", "in1")}
+        for r in row_bytes:
+            m.d.comb += row_bytes[r].eq((refs[r].width - 1) * refs[r].pixel_stride + reach[r])
+        longest = Mux(is_op(Opcode.ADD) & (row_bytes["in1"] > row_bytes["in0"]), row_bytes["in1"], row_bytes["in0"])
+        slot_words = (longest + cfg.bus_bytes - 1 + cfg.line_word_bytes - 1) >> (cfg.line_word_bytes.bit_length() - 1)
+        line_words = Signal(40)
         weight_words = Signal(32)
         m.d.comb += [
-            line_words.eq(rows * i0.width * cb_in),
+            line_words.eq(rows * slot_words),
             weight_words.eq(Mux(is_op(Opcode.CONV), cb_out * d.kernel * d.kernel * cb_in,
                                 Mux(is_op(Opcode.DWCONV, Opcode.DEFORM_DW), cb_out * d.kernel * d.kernel, 0))),
         ]

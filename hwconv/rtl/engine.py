@@ -39,13 +39,13 @@ from ..spec.isa import DESCRIPTOR_BYTES, PREAMBLE_BYTES, PREAMBLE_MAGIC, Flag, O
 from ..spec.params import REQUANT_RECORD_BYTES
 from ..spec.program import FORMAT_VERSION
 from ..spec.registers import ErrorCode
-from ..spec.validate import _pow2_ceil
 from .axi4 import AXI4Signature, connect_part
 from .byte_reader import ByteReader
 from .checker import DescriptorChecker
 from .dma import DMAWriter
 from .layouts import descriptor_layout, preamble_layout, requant_record_layout
 from .requant import Requantizer
+from .split_buffer import SplitBuffer
 
 __all__ = ["EngineCore"]
 
@@ -95,7 +95,9 @@ class EngineCore(wiring.Component):
         LB = _log2(BB)
         aw = cfg.addr_width
         RB_HALF = cfg.row_buffer_bytes // 2
-        deform_rows = _pow2_ceil(2 * cfg.max_dilation + 1)
+        deform_rows = 2 * cfg.max_dilation + 1
+        LW = cfg.line_word_bytes
+        RW = max(P, BB)  # row buffer word: a bus beat, or an output block if wider
 
         m.submodules.reader = reader = ByteReader(cfg)
         m.submodules.writer = writer = DMAWriter(cfg)
@@ -106,9 +108,8 @@ class EngineCore(wiring.Component):
         connect_part(m, self.bus, writer.bus)
 
         # -- on-chip memories ------------------------------------------------------------------
-        m.submodules.linebuf = linebuf = Memory(shape=unsigned(P * 8), depth=cfg.line_buffer_depth, init=[])
-        lb_w = linebuf.write_port()
-        lb_r = linebuf.read_port()
+        # Input rows as they lie in DRAM (from the beat each starts in), any P bytes per cycle.
+        m.submodules.linebuf = lb = SplitBuffer(LW, 8, cfg.line_buffer_depth)
         wbanks, wb_w, wb_r, pbanks, pb_w, pb_r = [], [], [], [], [], []
         rec_layout = requant_record_layout()
         for o in range(P):
@@ -123,13 +124,10 @@ class EngineCore(wiring.Component):
         m.submodules.dil = dilmem = Memory(shape=unsigned(8), depth=cfg.max_width, init=[])
         dil_w = dilmem.write_port()
         dil_r = dilmem.read_port(domain="comb")
-        rb_words = cfg.row_buffer_bytes // BB
-        m.submodules.rowbuf = rowbuf = Memory(shape=unsigned(BB * 8), depth=rb_words, init=[])
-        m.submodules.rowstrb = rowstrb = Memory(shape=unsigned(BB), depth=rb_words, init=[])
-        rbd_w = rowbuf.write_port(granularity=8)
-        rbd_r = rowbuf.read_port()
-        rbs_w = rowstrb.write_port(granularity=1)
-        rbs_r = rowstrb.read_port()
+        # Output rows being assembled: 9-bit lanes, a byte and its write strobe.
+        rb_words = cfg.row_buffer_bytes // RW
+        m.submodules.rowbuf = rb = SplitBuffer(RW, 9, rb_words)
+        rb_lanes = cfg.row_buffer_bytes
         m.submodules.perf_cycles = perf_cyc = Memory(shape=unsigned(32), depth=cfg.max_layers, init=[])
         m.submodules.perf_macs = perf_mac = Memory(shape=unsigned(64), depth=cfg.max_layers, init=[])
         pc_w, pc_r = perf_cyc.write_port(), perf_cyc.read_port()
@@ -174,12 +172,12 @@ class EngineCore(wiring.Component):
         i0, i1, o = desc.in0, desc.in1, desc.out
         k = desc.kernel
         taps = Signal(5)
-        cb_in = Signal(16)   # line buffer words per input pixel
+        cb_in = Signal(16)   # blocks of P input channels
         ob_n = Signal(16)    # output channel blocks
         cbi_n = Signal(16)   # input blocks summed per tap (CONV: cb_in, others 1)
         ho = Signal(16)
         wo = Signal(16)
-        rows_mask = Signal(4)
+        rows = Signal(5)     # input rows kept (validate.line_buffer_rows); row y in slot y % rows
         m.d.comb += [
             taps.eq(Mux(is_add, 2, Mux(is_copy, 1, k * k))),
             cb_in.eq((i0.channels + P - 1) >> LP),
@@ -187,8 +185,7 @@ class EngineCore(wiring.Component):
             cbi_n.eq(Mux(is_conv, cb_in, 1)),
             ho.eq(Mux(upsample, o.height >> 1, o.height)),
             wo.eq(Mux(upsample, o.width >> 1, o.width)),
-            rows_mask.eq(Mux(is_add, 1, Mux(is_deform, deform_rows - 1,
-                                             Mux(k > 2, 3, Mux(k > 1, 1, 0))))),
+            rows.eq(Mux(is_add, 2, Mux(is_deform, deform_rows, k))),
         ]
 
         # -- the sequencer ---------------------------------------------------------------------
@@ -197,9 +194,18 @@ class EngineCore(wiring.Component):
         aux_pending = Signal()        # ADD: in0 + in1 rows of oy; DEFORM: the dilation row
         add_in0_pending = Signal()
         load_tensor = Signal()        # 0: in0, 1: in1
-        load_slot = Signal(4)
+        load_slot = Signal(5)
         load_dil = Signal()
         clear_addr = Signal(range(rb_words + 1))
+        next_slot = Signal(5)         # next_row % rows
+        base_slot = Signal(5)         # (oy * stride - pad) % rows: the slot of the window's top row
+        skips = Array(Signal(LB, name=f"skip{i}") for i in range(max(deform_rows, 3)))  # row start in its beat
+
+        def mod_rows(v, subtractions=2):
+            """v % rows for v < (subtractions + 1) * rows."""
+            for _ in range(subtractions):
+                v = Mux(v >= rows, v - rows, v)
+            return v
 
         # byte reader commands
         rd_addr = Signal(aw)
@@ -233,7 +239,7 @@ class EngineCore(wiring.Component):
                     m.next = "CLEAR"
             with m.State("CLEAR"):  # strobes of a run cut short by a reset must not leak
                 m.d.sync += clear_addr.eq(clear_addr + 1)
-                m.d.comb += [rbs_w.addr.eq(clear_addr), rbs_w.data.eq(0), rbs_w.en.eq(-1)]
+                m.d.comb += [rb.w_addr.eq(clear_addr * RW), rb.w_data.eq(0), rb.w_mask.eq(-1), rb.w_en.eq(1)]
                 with m.If(clear_addr == rb_words - 1):
                     m.next = "PRE_CMD"
             with m.State("PRE_CMD"):
@@ -333,8 +339,9 @@ class EngineCore(wiring.Component):
                 with m.If(reader.o.valid & reader.o.ready & reader.o.p.last):
                     m.next = "LAYER_SETUP"
             with m.State("LAYER_SETUP"):
-                m.d.sync += [oy.eq(0), next_row.eq(0), aux_pending.eq(is_add | is_deform),
-                             add_in0_pending.eq(is_add)]
+                m.d.sync += [oy.eq(0), next_row.eq(0), next_slot.eq(0), aux_pending.eq(is_add | is_deform),
+                             add_in0_pending.eq(is_add),
+                             base_slot.eq(Mux(is_deform | (desc.pad == 0), 0, rows - desc.pad))]
                 m.next = "ROW_BEGIN"
             # rows of input for output row oy
             with m.State("ROW_BEGIN"):
@@ -347,8 +354,8 @@ class EngineCore(wiring.Component):
                     m.d.sync += [load_tensor.eq(0), load_slot.eq(0), load_dil.eq(0), add_in0_pending.eq(0)]
                     m.next = "LOAD_CMD"
                 with m.Elif(~is_add & (next_row < i0.height) & (next_row <= hi)):
-                    m.d.sync += [load_tensor.eq(0), load_slot.eq(next_row[:4] & rows_mask), load_dil.eq(0),
-                                 next_row.eq(next_row + 1)]
+                    m.d.sync += [load_tensor.eq(0), load_slot.eq(next_slot), load_dil.eq(0),
+                                 next_row.eq(next_row + 1), next_slot.eq(mod_rows(next_slot + 1, 1))]
                     m.next = "LOAD_CMD"
                 with m.Elif(aux_pending):
                     m.d.sync += [load_tensor.eq(1), load_slot.eq(1), load_dil.eq(is_deform), aux_pending.eq(0)]
@@ -361,13 +368,17 @@ class EngineCore(wiring.Component):
                 m.d.comb += [
                     rd_addr.eq(self.arena_base + ld.addr + row * ld.width * ld.pixel_stride),
                     rd_len.eq(Mux(load_tensor, row_len1, row_len0)),
+                    reader.raw.eq(~load_dil),
                     reader.cmd.valid.eq(1),
                 ]
                 with m.If(reader.cmd.ready):
+                    with m.If(~load_dil):
+                        m.d.sync += skips[load_slot].eq(rd_addr[:LB])
                     m.next = "LOAD_RECV"
             with m.State("LOAD_RECV"):
-                m.d.comb += in_rows.eq(1)  # reader.o.ready: the row unpacker below
-                with m.If(reader.o.valid & reader.o.ready & reader.o.p.last):
+                m.d.comb += in_rows.eq(1)  # reader ready: the row writer / dilation unpacker below
+                with m.If(load_dil & reader.o.valid & reader.o.p.last
+                          | ~load_dil & reader.beats.valid & reader.beats.p.last):
                     m.next = "ROW_BEGIN"
             with m.State("COMPUTE"):
                 m.d.comb += issuing.eq(1)
@@ -379,7 +390,8 @@ class EngineCore(wiring.Component):
                     m.next = "FLUSH"
             with m.State("FLUSH"):
                 with m.If(flush_done):
-                    m.d.sync += [oy.eq(oy + 1), aux_pending.eq(is_add | is_deform), add_in0_pending.eq(is_add)]
+                    m.d.sync += [oy.eq(oy + 1), aux_pending.eq(is_add | is_deform), add_in0_pending.eq(is_add),
+                                 base_slot.eq(mod_rows(base_slot + Mux(is_deform, 1, desc.stride)))]
                     with m.If(oy + 1 == ho):
                         m.next = "LAYER_END"
                     with m.Else():
@@ -466,33 +478,35 @@ class EngineCore(wiring.Component):
             m.d.comb += [wb_w[b].addr.eq(w_addr), wb_w[b].data.eq(w_word),
                          wb_w[b].en.eq(w_take & w_commit & (w_o[:LP] == b))]
 
-        # -- input rows -> line buffer / dilation buffer (LOAD_RECV) ----------------------------
-        u_x, u_p, u_r, u_c, u_cb = Signal(16), Signal(16), Signal(16), Signal(16), Signal(16)
-        u_lane = Signal(range(P))
-        u_stage = Signal(P * 8)
-        u_take = in_rows & reader.o.valid
-        u_chan = (u_r < ld.group_channels) & (u_c < ld.channels)
-        u_word = Cat(*[Mux(u_lane == j, byte, u_stage[8 * j:8 * j + 8]) for j in range(P)])
-        u_commit = (u_lane == P - 1) | (u_c == ld.channels - 1)
-        with m.If(~in_rows):
-            m.d.sync += [u_x.eq(0), u_p.eq(0), u_r.eq(0), u_c.eq(0), u_cb.eq(0), u_lane.eq(0), u_stage.eq(0)]
-        with m.Elif(u_take):
-            with m.If(u_chan):
-                m.d.sync += u_c.eq(u_c + 1)
-                with m.If(u_commit):
-                    m.d.sync += [u_stage.eq(0), u_lane.eq(0), u_cb.eq(u_cb + 1)]
-                with m.Else():
-                    m.d.sync += [u_stage.eq(u_word), u_lane.eq(u_lane + 1)]
-            with m.If(u_p == ld.pixel_stride - 1):
-                m.d.sync += [u_p.eq(0), u_r.eq(0), u_c.eq(0), u_cb.eq(0), u_lane.eq(0), u_stage.eq(0),
-                             u_x.eq(u_x + 1)]
-            with m.Else():
-                m.d.sync += [u_p.eq(u_p + 1), u_r.eq(Mux(u_r == ld.group_stride - 1, 0, u_r + 1))]
+        # -- input rows -> line buffer, raw beats (LOAD_RECV) ---------------------------------
+        # Slot s holds a row's enclosing beats from lane s * slot_words * LW on; the row starts
+        # skips[s] lanes in (validate.line_slot_words has the same sizing).
+        slot_words = Signal(16)
+        m.d.comb += slot_words.eq((Mux(is_add & (row_len1 > row_len0), row_len1, row_len0) + BB - 1 + LW - 1)
+                                  >> _log2(LW))
+        bk = Signal(16)  # beat of the row
+        beat_take = in_rows & ~load_dil & reader.beats.valid
         m.d.comb += [
-            lb_w.addr.eq((load_slot * i0.width + u_x) * cb_in + u_cb), lb_w.data.eq(u_word),
-            lb_w.en.eq(u_take & u_chan & u_commit & ~load_dil),
-            dil_w.addr.eq(u_x), dil_w.data.eq(byte), dil_w.en.eq(u_take & u_chan & load_dil),
+            reader.beats.ready.eq(in_rows & ~load_dil),
+            lb.w_addr.eq(load_slot * slot_words * LW + (bk << LB)),
+            lb.w_data.eq(reader.beats.p.data), lb.w_mask.eq((1 << BB) - 1), lb.w_en.eq(beat_take),
         ]
+        with m.If(~in_rows):
+            m.d.sync += bk.eq(0)
+        with m.Elif(beat_take):
+            m.d.sync += bk.eq(bk + 1)
+
+        # -- dilation row -> dilation buffer, bytes (LOAD_RECV of DEFORM_DW's in1) --------------
+        u_x, u_p = Signal(16), Signal(16)
+        u_take = in_rows & load_dil & reader.o.valid
+        with m.If(~in_rows):
+            m.d.sync += [u_x.eq(0), u_p.eq(0)]
+        with m.Elif(u_take):
+            with m.If(u_p == i1.pixel_stride - 1):
+                m.d.sync += [u_p.eq(0), u_x.eq(u_x + 1)]
+            with m.Else():
+                m.d.sync += u_p.eq(u_p + 1)
+        m.d.comb += [dil_w.addr.eq(u_x), dil_w.data.eq(byte), dil_w.en.eq(u_take & (u_p == 0))]
 
         # -- compute: issue one (pixel, out block, tap, in block) per cycle -------------------
         c_ox, c_ob, c_t, c_cb = Signal(16), Signal(16), Signal(5), Signal(16)
@@ -513,9 +527,16 @@ class EngineCore(wiring.Component):
             ix.eq(Mux(is_deform, c_ox - dil + c_kx * dil, Mux(is_add, c_ox, c_ox * desc.stride - desc.pad + c_kx))),
         ]
         inb = (iy >= 0) & (iy < i0.height) & (ix >= 0) & (ix < i0.width)
-        slot = Mux(is_add, c_t[0], iy[:4] & rows_mask)
-        m.d.comb += [lb_r.addr.eq((slot * i0.width + ix[:16]) * cb_in + Mux(is_conv, c_cb, c_ob)),
-                     lb_r.en.eq(adv)]
+        # The slot of row iy: the window's top row is in base_slot (deformable: the centre row).
+        d_slot = Signal(signed(8))
+        m.d.comb += d_slot.eq(base_slot + (c_ky - 1) * dil)
+        d_slot_fixed = Mux(d_slot < 0, d_slot + rows, Mux(d_slot >= rows, d_slot - rows, d_slot))
+        slot = Signal(5)
+        m.d.comb += slot.eq(Mux(is_add, c_t[0], Mux(is_deform, d_slot_fixed, mod_rows(base_slot + c_ky, 1))))
+        ps_t = Mux(is_add & c_t[0], i1.pixel_stride, i0.pixel_stride)
+        m.d.comb += [lb.r_addr.eq(slot * slot_words * LW + skips[slot] + ix[:16] * ps_t
+                                  + (Mux(is_conv, c_cb, c_ob) << LP)),
+                     lb.r_en.eq(adv)]
         r_addr = Signal(range(cfg.weight_depth))
         m.d.comb += r_addr.eq((c_ob * taps + c_t) * cbw + c_cb)
         for b in range(P):
@@ -561,7 +582,7 @@ class EngineCore(wiring.Component):
         sgn = Mux(is_add & s1_tap1, in1_signed, in0_signed)
         xv = []
         for j in range(P):
-            xb = lb_r.data[8 * j:8 * j + 8]
+            xb = lb.r_data[8 * j:8 * j + 8]
             x = Signal(signed(10), name=f"x{j}")
             m.d.comb += x.eq(Mux(s1_inb, Mux(sgn, xb.as_signed(), xb.as_unsigned()),
                                  Mux(is_pool & sgn, -(1 << (cfg.act_bits - 1)), 0)))
@@ -629,18 +650,37 @@ class EngineCore(wiring.Component):
         st_valid_c = st_c < o.channels
         st_byte = out_fifo.r_data.word_select(st_j, 8)
         st_active = out_fifo.r_rdy & ~st_done & busy
-        idx = Signal(32)
-        m.d.comb += idx.eq(Mux(st_u[1], RB_HALF + align_b, align_a) + st_pix
-                           + Mux(st_u[0], o.pixel_stride, 0) + st_grp + st_r)
-        do_write = st_active & st_valid_c
-        with m.If(do_write):
-            m.d.comb += [rbd_w.addr.eq(idx >> LB), rbd_w.data.eq(st_byte.replicate(BB)),
-                         rbd_w.en.eq(1 << idx[:LB]),
-                         rbs_w.addr.eq(idx >> LB), rbs_w.data.eq(-1), rbs_w.en.eq(1 << idx[:LB])]
+        # An output whose channels are one run takes a whole block per cycle (per copy when
+        # upsampling); a grouped one (ShuffleNet's interleaved stores) one byte per cycle.
+        run = o.group_channels == o.channels
+        n_valid = Signal(range(P + 1))
+        m.d.comb += n_valid.eq(Mux(o.channels - (st_ob << LP) >= P, P, o.channels - (st_ob << LP)))
+        pos = Mux(st_u[1], RB_HALF + align_b, align_a) + st_pix + Mux(st_u[0], o.pixel_stride, 0)
+        block = Cat(*[Cat(out_fifo.r_data.word_select(j, 8), 1) for j in range(P)])
+        with m.If(st_active & run):
+            m.d.comb += [rb.w_addr.eq(pos + (st_ob << LP)), rb.w_data.eq(block),
+                         rb.w_mask.eq((1 << n_valid) - 1), rb.w_en.eq(1)]
+        with m.If(st_active & ~run):
+            m.d.comb += [rb.w_addr.eq(pos + st_grp + st_r), rb.w_data.eq(Cat(st_byte, 1)),
+                         rb.w_mask.eq(st_valid_c), rb.w_en.eq(1)]
         next_chan = st_active & (~st_valid_c | ~upsample | (st_u == 3))
+        next_block = st_active & (~upsample | (st_u == 3))
         with m.If(store_start):
             m.d.sync += [st_ox.eq(0), st_ob.eq(0), st_pix.eq(0), st_grp.eq(0), st_r.eq(0), st_j.eq(0),
                          st_u.eq(0), st_done.eq(0)]
+        with m.Elif(st_active & run):
+            with m.If(~next_block):
+                m.d.sync += st_u.eq(st_u + 1)
+            with m.Else():
+                m.d.sync += st_u.eq(0)
+                m.d.comb += out_fifo.r_en.eq(1)
+                with m.If(st_ob == ob_n - 1):
+                    m.d.sync += [st_ob.eq(0), st_ox.eq(st_ox + 1),
+                                 st_pix.eq(st_pix + Mux(upsample, o.pixel_stride << 1, o.pixel_stride))]
+                    with m.If(st_ox == wo - 1):
+                        m.d.sync += st_done.eq(1)
+                with m.Else():
+                    m.d.sync += st_ob.eq(st_ob + 1)
         with m.Elif(st_active):
             with m.If(~next_chan):
                 m.d.sync += st_u.eq(st_u + 1)
@@ -673,11 +713,9 @@ class EngineCore(wiring.Component):
         fl_beats = Signal(32)
         m.d.comb += [fl_addr.eq(Mux(fl_half, row_a + row_stride_out, row_a)),
                      fl_beats.eq((fl_align + row_span + BB - 1) >> LB)]
-        base_word = Mux(fl_half, RB_HALF // BB, 0)
+        fl_lane = Mux(fl_half, RB_HALF, 0) + (fl_word << LB)
         with m.If(writer.done):
             m.d.sync += fl_dones.eq(fl_dones + 1)
-        # Read ports are enabled by default: hold the beat while the writer is not ready.
-        m.d.comb += [rbd_r.en.eq(0), rbs_r.en.eq(0)]
         with m.FSM(name="flush"):
             with m.State("IDLE"):
                 with m.If(flush_start):
@@ -690,13 +728,15 @@ class EngineCore(wiring.Component):
                     m.d.sync += fl_word.eq(0)
                     m.next = "READ"
             with m.State("READ"):
-                m.d.comb += [rbd_r.addr.eq(base_word + fl_word), rbs_r.addr.eq(base_word + fl_word),
-                             rbd_r.en.eq(1), rbs_r.en.eq(1)]
+                m.d.comb += [rb.r_addr.eq(fl_lane), rb.r_en.eq(1)]
                 m.next = "BEAT"
             with m.State("BEAT"):
-                m.d.comb += [writer.i.valid.eq(1), writer.i.p.data.eq(rbd_r.data), writer.i.p.strb.eq(rbs_r.data)]
-                with m.If(writer.i.ready):
-                    m.d.comb += [rbs_w.addr.eq(base_word + fl_word), rbs_w.data.eq(0), rbs_w.en.eq(-1)]
+                lanes = [rb.r_data[9 * j:9 * j + 9] for j in range(BB)]
+                m.d.comb += [writer.i.valid.eq(1), writer.i.p.data.eq(Cat(*[v[:8] for v in lanes])),
+                             writer.i.p.strb.eq(Cat(*[v[8] for v in lanes]))]
+                with m.If(writer.i.ready):  # clear the strobes behind us: the next row starts empty
+                    m.d.comb += [rb.w_addr.eq(fl_lane), rb.w_data.eq(0), rb.w_mask.eq((1 << BB) - 1),
+                                 rb.w_en.eq(1)]
                     m.d.sync += fl_word.eq(fl_word + 1)
                     with m.If(fl_word == fl_beats - 1):
                         with m.If(upsample & ~fl_half):

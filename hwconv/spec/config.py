@@ -44,7 +44,7 @@ class EngineConfig:
     max_width: int = 256        # widest feature map row the line buffer holds (pixels)
     max_channels: int = 2048    # largest channel count of any tensor
     weight_buffer_bytes: int = 128 * 1024  # one layer's weights, stored 8 bits each on chip
-    line_buffer_bytes: int = 64 * 1024     # input rows on chip (validate.line_buffer_rows)
+    line_buffer_bytes: int = 64 * 1024     # input rows on chip, as in DRAM (validate.line_buffer_words)
     row_buffer_bytes: int = 16 * 1024      # output rows being assembled (two, for upsampling)
     max_layers: int = 256       # layers per program (per-layer cycle counters are sized by it)
     axi_data_width: int = 128   # AXI4 master data bus (HP ports: 64 on Zynq-7000, 128 on ZU+)
@@ -90,8 +90,8 @@ class EngineConfig:
         if self.weight_buffer_bytes < self.pe_in * self.pe_out * 16:
             raise bad("weight_buffer_bytes", f"must hold at least 16 words of pe_in x pe_out = "
                       f"{self.pe_in * self.pe_out} weights")
-        if self.line_buffer_bytes < self.pe_in * 16:
-            raise bad("line_buffer_bytes", f"must hold at least 16 words of pe_in = {self.pe_in} bytes")
+        if self.line_buffer_bytes < 16 * max(self.pe_in, self.axi_data_width // 8):
+            raise bad("line_buffer_bytes", "must hold at least 16 words of max(pe_in, bus bytes)")
         if self.row_buffer_bytes < 4 * self.axi_data_width // 8:
             raise bad("row_buffer_bytes", "must hold at least 4 bus beats")
         if not isinstance(self.max_layers, int) or not 1 <= self.max_layers <= 4096:
@@ -115,9 +115,15 @@ class EngineConfig:
         return self.weight_buffer_bytes // (self.pe_in * self.pe_out)
 
     @property
+    def line_word_bytes(self) -> int:
+        """Width of a line buffer word: a bus beat, or pe_in bytes if wider (one word then holds
+        any pe_in channels that two neighbouring words start)."""
+        return max(self.pe_in, self.axi_data_width // 8)
+
+    @property
     def line_buffer_depth(self) -> int:
-        """Words of pe_in activations the line buffer holds."""
-        return self.line_buffer_bytes // self.pe_in
+        """Words the line buffer holds."""
+        return self.line_buffer_bytes // self.line_word_bytes
 
     @property
     def bus_bytes(self) -> int:

@@ -39,28 +39,41 @@ def used_inputs(d: LayerDescriptor) -> tuple[str, ...]:
     return ("in0", "in1") if d.opcode in (Opcode.ADD, Opcode.DEFORM_DW) else ("in0",)
 
 
-def _pow2_ceil(n: int) -> int:
-    return 1 << max(0, (n - 1).bit_length())
-
-
 def blocks(n: int, size: int) -> int:
     return -(-n // size)
 
 
 def line_buffer_rows(d: LayerDescriptor, cfg: EngineConfig) -> int:
-    """Input rows the engine keeps on chip for `d`: a power of two, so row y lives in slot
-    y % rows. A k x k window needs k rows, the deformable window 2 * max_dilation + 1; ADD holds
-    one row of each operand."""
+    """Input rows the engine keeps on chip for `d` (row y lives in slot y % rows): a k x k
+    window needs k rows, the deformable window 2 * max_dilation + 1; ADD holds one row of each
+    operand."""
     if d.opcode == Opcode.ADD:
         return 2
     if d.opcode == Opcode.DEFORM_DW:
-        return _pow2_ceil(2 * cfg.max_dilation + 1)
-    return _pow2_ceil(d.kernel)
+        return 2 * cfg.max_dilation + 1
+    return d.kernel
+
+
+def row_bytes(ref: TensorRef) -> int:
+    """Bytes from a row's first channel to one past its last: what the engine reads of a row."""
+    return (ref.width - 1) * ref.pixel_stride + ref_reach(ref)
+
+
+def ref_reach(ref: TensorRef) -> int:
+    c = ref.channels - 1
+    return (c // ref.group_channels) * ref.group_stride + c % ref.group_channels + 1
+
+
+def line_slot_words(d: LayerDescriptor, cfg: EngineConfig) -> int:
+    """Line buffer words per row slot: an input row is kept as it lies in DRAM, from the bus beat
+    it starts in (so up to bus_bytes - 1 bytes before it)."""
+    rows = [d.in0, d.in1] if d.opcode == Opcode.ADD else [d.in0]
+    return max(-(-(row_bytes(r) + cfg.bus_bytes - 1) // cfg.line_word_bytes) for r in rows)
 
 
 def line_buffer_words(d: LayerDescriptor, cfg: EngineConfig) -> int:
-    """Words of pe_in bytes the layer's rows take: rows x width x channel blocks."""
-    return line_buffer_rows(d, cfg) * d.in0.width * blocks(d.in0.channels, cfg.pe_in)
+    """Words the layer's input rows take: rows kept x words per row."""
+    return line_buffer_rows(d, cfg) * line_slot_words(d, cfg)
 
 
 def weight_words(d: LayerDescriptor, cfg: EngineConfig) -> int:
@@ -76,10 +89,7 @@ def weight_words(d: LayerDescriptor, cfg: EngineConfig) -> int:
 
 def row_buffer_need(d: LayerDescriptor, cfg: EngineConfig) -> int:
     """Bytes of one output row as stored (its span plus the bus-alignment offset)."""
-    o = d.out
-    last_c = o.channels - 1
-    reach = (last_c // o.group_channels) * o.group_stride + last_c % o.group_channels + 1
-    return (o.width - 1) * o.pixel_stride + reach + cfg.bus_bytes - 1
+    return row_bytes(d.out) + cfg.bus_bytes - 1
 
 
 def check_descriptor(d: LayerDescriptor, cfg: EngineConfig, *, arena_size: int,
@@ -143,10 +153,16 @@ def check_descriptor(d: LayerDescriptor, cfg: EngineConfig, *, arena_size: int,
             return bad, f"clamp [{d.clamp_lo}, {d.clamp_hi}] must lie within the output range [{lo}, {hi}]"
 
     # What the engine's on-chip buffers hold (EngineConfig: line/weight/row buffer bytes).
+    for name in used_inputs(d):
+        ref = getattr(d, name)
+        if ref.group_channels != ref.channels:
+            return bad, (f"{name}: the engine reads inputs whose channels are one run "
+                         f"(group_channels={ref.group_channels} < channels={ref.channels})")
     need = line_buffer_words(d, cfg)
     if need > cfg.line_buffer_depth:
-        return bad, (f"{op.name}: {line_buffer_rows(d, cfg)} rows of in0 ({i0.width} x {i0.channels}) need "
-                     f"{need * cfg.pe_in} bytes of line buffer, the engine has {cfg.line_buffer_bytes}")
+        return bad, (f"{op.name}: {line_buffer_rows(d, cfg)} rows of in0 ({i0.width} x {i0.channels}, pixel "
+                     f"stride {i0.pixel_stride}) need {need * cfg.line_word_bytes} bytes of line buffer, "
+                     f"the engine has {cfg.line_buffer_bytes}")
     need = weight_words(d, cfg)
     if need > cfg.weight_depth:
         return bad, (f"{op.name}: weights need {need} words per bank, the engine's weight buffer holds "

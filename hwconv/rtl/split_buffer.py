@@ -1,0 +1,75 @@
+"""SplitBuffer: on-chip memory addressed by lane (byte), read and written a whole word's worth of
+lanes at any lane offset in one cycle.
+
+The words are split over two memories, even words and odd words, so a run starting anywhere
+covers at most one word of each: both are written (with lane enables) or read in the same
+cycle, and a shifter puts the lanes in place. The line buffer uses it to read the pe_in channels
+of a pixel wherever the pixel starts in a row kept as it lies in DRAM; the row buffer to place
+an output block's bytes wherever the block goes in the output row.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Cat, Module, Mux, Signal
+from amaranth.lib import wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+__all__ = ["SplitBuffer"]
+
+
+class SplitBuffer(wiring.Component):
+    """``lanes`` lanes of ``lane_bits`` per word, ``depth`` words (even).
+
+    Write: ``w_en`` writes ``w_data`` lane i to lane ``w_addr + i`` where ``w_mask`` bit i is set.
+    Read: ``r_en`` reads lanes ``r_addr`` .. ``r_addr + lanes - 1``, on ``r_data`` the next cycle
+    (held while ``r_en`` is low). Addresses are in lanes.
+    """
+
+    def __init__(self, lanes: int, lane_bits: int, depth: int):
+        if lanes & (lanes - 1) or depth % 2:
+            raise ValueError("lanes must be a power of two and depth even")
+        self.lanes, self.lane_bits, self.depth = lanes, lane_bits, depth
+        addr_bits = (lanes * depth - 1).bit_length()
+        super().__init__({
+            "w_en": In(1), "w_addr": In(addr_bits), "w_data": In(lanes * lane_bits), "w_mask": In(lanes),
+            "r_en": In(1), "r_addr": In(addr_bits), "r_data": Out(lanes * lane_bits),
+        })
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        n, lb = self.lanes, self.lane_bits
+        sh = n.bit_length() - 1
+        banks = []
+        for name in ("even", "odd"):
+            mem = Memory(shape=n * lb, depth=self.depth // 2, init=[])
+            m.submodules[name] = mem
+            banks.append((mem.write_port(granularity=lb), mem.read_port()))
+        (ew, er), (ow, orr) = banks
+
+        # -- write: the run shifted into a two-word window, split at the word boundary --
+        w = self.w_addr >> sh
+        off = self.w_addr[:sh]
+        data2 = Signal(2 * n * lb)
+        mask2 = Signal(2 * n)
+        m.d.comb += [data2.eq(self.w_data << (off * lb)), mask2.eq(self.w_mask << off)]
+        lo_d, hi_d = data2[:n * lb], data2[n * lb:]
+        lo_m, hi_m = mask2[:n], mask2[n:]
+        odd = w[0]
+        m.d.comb += [
+            ew.addr.eq(Mux(odd, (w + 1) >> 1, w >> 1)), ow.addr.eq(w >> 1),
+            ew.data.eq(Mux(odd, hi_d, lo_d)), ow.data.eq(Mux(odd, lo_d, hi_d)),
+            ew.en.eq(Mux(self.w_en, Mux(odd, hi_m, lo_m), 0)),
+            ow.en.eq(Mux(self.w_en, Mux(odd, lo_m, hi_m), 0)),
+        ]
+
+        # -- read: both words, then the lanes from the offset on --
+        rw = self.r_addr >> sh
+        r_odd, r_off = Signal(), Signal(sh)
+        m.d.comb += [er.addr.eq(Mux(rw[0], (rw + 1) >> 1, rw >> 1)), orr.addr.eq(rw >> 1),
+                     er.en.eq(self.r_en), orr.en.eq(self.r_en)]
+        with m.If(self.r_en):
+            m.d.sync += [r_odd.eq(rw[0]), r_off.eq(self.r_addr[:sh])]
+        pair = Mux(r_odd, Cat(orr.data, er.data), Cat(er.data, orr.data))
+        m.d.comb += self.r_data.eq(pair >> (r_off * lb))
+        return m
