@@ -7,12 +7,14 @@ hold it to within 10% of the engine's own per-layer counters.
 
 Per layer:
     fetch     descriptor read (128 bytes through the 1 byte/cycle reader) + the checker
-    params    requant records (8 bytes per output channel) and weights (one weight per cycle)
+    params    requant records (8 bytes per output channel, a byte per cycle) and weights (8-bit:
+              one per cycle; 4-bit: a byte, two weights, per cycle within a word)
     rows      per output row: bring in the input rows it needs (a bus beat per cycle, plus
               latency per row), then compute and store side by side (compute issues one
               (pixel, out block, tap, in block) per cycle; the store places an output block per
-              cycle, four times when upsampling, or a byte per cycle into a grouped output),
-              then flush the row buffer (2 cycles per bus beat plus the write latency)
+              cycle, four times when upsampling; half a block into a two-way interleaved output,
+              a byte into other grouped ones), then flush the row buffer (a bus beat per cycle
+              plus the write latency)
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from dataclasses import dataclass
 from ..spec.config import EngineConfig
 from ..spec.isa import DESCRIPTOR_BYTES, PREAMBLE_BYTES, REQUANT_OPS, WEIGHTED_OPS, Flag, LayerDescriptor, Opcode
 from ..spec.params import REQUANT_RECORD_BYTES
-from ..spec.validate import blocks, weight_count
+from ..spec.validate import blocks
 
 __all__ = ["LayerCycles", "layer_cycles", "program_cycles", "DEFAULT_MEM_LATENCY"]
 
@@ -56,6 +58,29 @@ class LayerCycles:
         return max(parts, key=parts.get)
 
 
+def _row_weight_cycles(cin: int, p: int, high_first: bool) -> int:
+    """Cycles for one (channel, tap) row of cin 4-bit weights: two per cycle when both halves of
+    a byte land in the same word (same row, same block of p), else one."""
+    cycles, ci, high = 0, 0, high_first
+    while ci < cin:
+        pair = not high and ci % p != p - 1 and ci + 1 < cin
+        n = 2 if pair else 1
+        if not pair:
+            high = not high
+        ci += n
+        cycles += 1
+    return cycles
+
+
+def _weight_cycles(rows: int, cin: int, p: int, bits: int) -> int:
+    if bits == 8:
+        return rows * cin
+    if cin % 2 == 0:  # every row starts on a byte
+        return rows * _row_weight_cycles(cin, p, False)
+    even, odd = _row_weight_cycles(cin, p, False), _row_weight_cycles(cin, p, True)
+    return (rows + 1) // 2 * even + rows // 2 * odd
+
+
 def _read(nbytes: int, lat: int) -> int:
     return lat + _READ_OVERHEAD + nbytes if nbytes else 0
 
@@ -78,7 +103,8 @@ def layer_cycles(d: LayerDescriptor, cfg: EngineConfig, mem_latency: int = DEFAU
     if op in REQUANT_OPS:
         params += _read(d.out.channels * REQUANT_RECORD_BYTES, lat)
     if op in WEIGHTED_OPS:
-        params += _read(weight_count(d), lat)  # one weight per cycle, 4- or 8-bit alike
+        cin = d.in0.channels if op == Opcode.CONV else 1
+        params += lat + _READ_OVERHEAD + _weight_cycles(d.out.channels * d.kernel * d.kernel, cin, p, d.weight_bits)
 
     ho, wo = d.compute_hw
     up = bool(d.flags & Flag.UPSAMPLE2X)
@@ -106,14 +132,16 @@ def layer_cycles(d: LayerDescriptor, cfg: EngineConfig, mem_latency: int = DEFAU
     compute = ho * (wo * ob * taps * cbi + _PIPE_TAIL)
     if d.out.group_channels == d.out.channels:  # one run: a block per cycle (per copy)
         per_pixel = ob * (4 if up else 1)
-    else:  # grouped (interleaved) stores: a byte per cycle
+    elif d.out.group_channels == 1 and d.out.group_stride == 2 and p > 1:  # two-way interleave
+        per_pixel = ob * 2 * (4 if up else 1)
+    else:  # other grouped stores: a byte per cycle
         valid = [min(p, d.out.channels - b * p) for b in range(ob)]
         per_pixel = sum(v * (4 if up else 1) + (p - v) for v in valid)
     store = ho * (wo * per_pixel + _PIPE_TAIL)
 
     out_row = _row_bytes(d.out)
     beats = -(-(out_row + bb - 1) // bb)  # the row's bytes plus at most bb-1 of alignment
-    per_row_flush = (2 if up else 1) * (2 * beats + 3) + lat + _ROW_OVERHEAD
+    per_row_flush = (2 if up else 1) * (beats + 4) + lat + _ROW_OVERHEAD
     flush = ho * per_row_flush
     return LayerCycles(fetch, params, loads, compute, store, flush)
 

@@ -447,23 +447,29 @@ class EngineCore(wiring.Component):
         byte = reader.o.p.byte
         nib = Mux(w_high, byte[4:8], byte[0:4])
         w_val = Mux(desc.weight_bits == 8, byte, Cat(nib, nib[3].replicate(4)))
-        w_last_in_chan = w_ci == cin_eff - 1
+        # 4-bit weights go two per cycle (the whole byte) when both land in the same word.
+        hi_nib = byte[4:8]
+        w_pair = (desc.weight_bits == 4) & ~w_high & (w_lane != P - 1) & (w_ci + 1 < cin_eff)
+        w_n = Mux(w_pair, 2, 1)
+        w_last_in_chan = w_ci + w_n - 1 == cin_eff - 1
         w_last = (w_o == o.channels - 1) & (w_t == taps - 1) & w_last_in_chan
         w_take = in_weights & reader.o.valid
         with m.If(in_weights):
-            m.d.comb += reader.o.ready.eq((desc.weight_bits == 8) | w_high | w_last)
+            m.d.comb += reader.o.ready.eq((desc.weight_bits == 8) | w_high | w_last | w_pair)
         with m.If(in_rows):
             m.d.comb += reader.o.ready.eq(1)
-        w_word = Cat(*[Mux(w_lane == j, w_val, w_stage[8 * j:8 * j + 8]) for j in range(P)])
-        w_commit = (w_lane == P - 1) | w_last_in_chan
+        w_word = Cat(*[Mux(w_lane == j, w_val,
+                           Mux(w_pair & (w_lane + 1 == j), Cat(hi_nib, hi_nib[3].replicate(4)),
+                               w_stage[8 * j:8 * j + 8])) for j in range(P)])
+        w_commit = (w_lane + w_n - 1 == P - 1) | w_last_in_chan
         with m.If(new_layer):
             m.d.sync += [w_o.eq(0), w_t.eq(0), w_ci.eq(0), w_cb.eq(0), w_lane.eq(0), w_high.eq(0), w_stage.eq(0)]
         with m.Elif(w_take):
-            m.d.sync += w_high.eq((desc.weight_bits == 4) & ~w_high & ~w_last)
+            m.d.sync += w_high.eq((desc.weight_bits == 4) & ~w_high & ~w_last & ~w_pair)
             with m.If(w_commit):
                 m.d.sync += [w_stage.eq(0), w_lane.eq(0), w_cb.eq(w_cb + 1)]
             with m.Else():
-                m.d.sync += [w_stage.eq(w_word), w_lane.eq(w_lane + 1)]
+                m.d.sync += [w_stage.eq(w_word), w_lane.eq(w_lane + w_n)]
             with m.If(w_last_in_chan):
                 m.d.sync += [w_ci.eq(0), w_cb.eq(0)]
                 with m.If(w_t == taps - 1):
@@ -471,7 +477,7 @@ class EngineCore(wiring.Component):
                 with m.Else():
                     m.d.sync += w_t.eq(w_t + 1)
             with m.Else():
-                m.d.sync += w_ci.eq(w_ci + 1)
+                m.d.sync += w_ci.eq(w_ci + w_n)
         w_addr = Signal(range(cfg.weight_depth))  # one address for all banks: one multiplier
         m.d.comb += w_addr.eq(((w_o >> LP) * taps + w_t) * cbw + w_cb)
         for b in range(P):
@@ -645,6 +651,7 @@ class EngineCore(wiring.Component):
         st_ox, st_ob, st_pix, st_grp, st_r = Signal(16), Signal(16), Signal(32), Signal(32), Signal(16)
         st_j = Signal(range(P))
         st_u = Signal(2)
+        st_h = Signal()  # which half of the block (two-way interleaved outputs)
         st_done = Signal()
         st_c = (st_ob << LP) + st_j
         st_valid_c = st_c < o.channels
@@ -653,6 +660,8 @@ class EngineCore(wiring.Component):
         # An output whose channels are one run takes a whole block per cycle (per copy when
         # upsampling); a grouped one (ShuffleNet's interleaved stores) one byte per cycle.
         run = o.group_channels == o.channels
+        half = P // 2
+        pair = ((o.group_channels == 1) & (o.group_stride == 2) & ~run) if half else Const(0)
         n_valid = Signal(range(P + 1))
         m.d.comb += n_valid.eq(Mux(o.channels - (st_ob << LP) >= P, P, o.channels - (st_ob << LP)))
         pos = Mux(st_u[1], RB_HALF + align_b, align_a) + st_pix + Mux(st_u[0], o.pixel_stride, 0)
@@ -660,19 +669,35 @@ class EngineCore(wiring.Component):
         with m.If(st_active & run):
             m.d.comb += [rb.w_addr.eq(pos + (st_ob << LP)), rb.w_data.eq(block),
                          rb.w_mask.eq((1 << n_valid) - 1), rb.w_en.eq(1)]
-        with m.If(st_active & ~run):
+        with m.If(st_active & ~run & ~pair):
             m.d.comb += [rb.w_addr.eq(pos + st_grp + st_r), rb.w_data.eq(Cat(st_byte, 1)),
                          rb.w_mask.eq(st_valid_c), rb.w_en.eq(1)]
+        # Two-way interleaved outputs (group_channels 1, group_stride 2: ShuffleNet's shuffle) take
+        # half a block per cycle: its bytes two lanes apart span no more than a block's lanes.
+        if half:
+            hb = Signal(16)
+            m.d.comb += hb.eq((st_ob << LP) + Mux(st_h, half, 0))
+            halves = [out_fifo.r_data[8 * half * h: 8 * half * (h + 1)] for h in range(2)]
+            sel = Mux(st_h, halves[1], halves[0])
+            with m.If(st_active & pair):
+                m.d.comb += [
+                    rb.w_addr.eq(pos + (hb << 1)),
+                    rb.w_data.eq(Cat(*[Cat(sel[8 * j:8 * j + 8], 1, Const(0, 9)) for j in range(half)])),
+                    rb.w_mask.eq(Cat(*[Cat(hb + j < o.channels, 0) for j in range(half)])),
+                    rb.w_en.eq(1),
+                ]
         next_chan = st_active & (~st_valid_c | ~upsample | (st_u == 3))
-        next_block = st_active & (~upsample | (st_u == 3))
+        next_block = st_active & (~upsample | (st_u == 3)) & (~pair | st_h)
         with m.If(store_start):
-            m.d.sync += [st_ox.eq(0), st_ob.eq(0), st_pix.eq(0), st_grp.eq(0), st_r.eq(0), st_j.eq(0),
+            m.d.sync += [st_ox.eq(0), st_ob.eq(0), st_pix.eq(0), st_grp.eq(0), st_r.eq(0), st_j.eq(0), st_h.eq(0),
                          st_u.eq(0), st_done.eq(0)]
-        with m.Elif(st_active & run):
+        with m.Elif(st_active & (run | pair)):
             with m.If(~next_block):
                 m.d.sync += st_u.eq(st_u + 1)
+                with m.If(pair & (~upsample | (st_u == 3))):
+                    m.d.sync += [st_u.eq(0), st_h.eq(1)]
             with m.Else():
-                m.d.sync += st_u.eq(0)
+                m.d.sync += [st_u.eq(0), st_h.eq(0)]
                 m.d.comb += out_fifo.r_en.eq(1)
                 with m.If(st_ob == ob_n - 1):
                     m.d.sync += [st_ob.eq(0), st_ox.eq(st_ox + 1),
@@ -744,8 +769,8 @@ class EngineCore(wiring.Component):
                             m.next = "CMD"
                         with m.Else():
                             m.next = "WAIT"
-                    with m.Else():
-                        m.next = "READ"
+                    with m.Else():  # read the next word now: one beat per cycle
+                        m.d.comb += [rb.r_addr.eq(fl_lane + BB), rb.r_en.eq(1)]
             with m.State("WAIT"):
                 with m.If(fl_dones == Mux(upsample, 2, 1)):
                     m.d.comb += flush_done.eq(1)
