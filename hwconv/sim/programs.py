@@ -2,8 +2,8 @@
 
 `random_op_program(config, op, seed)` builds a one-op program (plus its input tensors) with a
 random shape, stride, kernel, padding, weight width, signedness, channel count around the PE
-tile sizes (1, pe-1, pe, pe+1, 2*pe+3, ...), strided input/output views (a channel slice of a
-wider buffer, channel groups) and sometimes the 2x upsample on store; the deformable op gets a
+tile sizes (1, pe-1, pe, pe+1, 2*pe+3, ...), strided views (inputs: a channel slice of a wider
+buffer; outputs: a slice, or channel runs a stride apart) and sometimes the 2x upsample on store; the deformable op gets a
 random dilation map including values above max_dilation (the engine clamps them). Requant
 multipliers follow the fan-in so outputs use the 8-bit range rather than saturating or dying.
 Built with `reuse_memory=False`, so every layer output stays in the arena.
@@ -45,29 +45,30 @@ def _channels(rng: np.random.Generator, cfg: EngineConfig) -> int:
 
 
 def _source(b: ProgramBuilder, rng, name: str, h: int, w: int, c: int, signed: bool) -> Tensor:
-    """An input tensor: the whole buffer, or a channel slice / channel groups of a wider one."""
-    kind = rng.choice(["dense", "slice", "groups"], p=[0.5, 0.3, 0.2])
-    if kind == "dense":
+    """An input tensor: the whole buffer or a channel slice of a wider one (the engine reads
+    inputs whose channels are one run: spec.validate)."""
+    if rng.random() < 0.6:
         return b.input(name, h, w, c, signed=signed)
-    if kind == "slice":
-        extra = int(rng.integers(1, 6))
-        off = int(rng.integers(0, extra + 1))
-        return b.view(b.input(name, h, w, c + extra, signed=signed), off, c)
-    # c channels in runs of g, gs apart (as ShuffleNet's interleaved concat halves)
-    g = int(rng.integers(1, c + 1))
-    gs = g + int(rng.integers(1, 3))
-    reach = ((c - 1) // g) * gs + (c - 1) % g + 1
-    return b.view(b.input(name, h, w, reach + int(rng.integers(0, 3)), signed=signed), 0, c,
-                  group_channels=g, group_stride=gs)
+    extra = int(rng.integers(1, 6))
+    off = int(rng.integers(0, extra + 1))
+    return b.view(b.input(name, h, w, c + extra, signed=signed), off, c)
 
 
 def _sink(b: ProgramBuilder, rng, h: int, w: int, c: int, signed: bool) -> Tensor | None:
-    """Where the op stores: its own buffer (None), or a channel slice of a wider one."""
-    if rng.random() < 0.6:
+    """Where the op stores: its own buffer (None), a channel slice of a wider buffer, or runs of
+    channels a stride apart (as ShuffleNet's interleaved concat halves are stored)."""
+    kind = rng.choice(["own", "slice", "groups"], p=[0.5, 0.3, 0.2])
+    if kind == "own":
         return None
-    extra = int(rng.integers(1, 6))
-    cat = b.buffer("cat", h, w, c + extra, signed=signed)
-    return b.view(cat, int(rng.integers(0, extra + 1)), c)
+    if kind == "slice":
+        extra = int(rng.integers(1, 6))
+        cat = b.buffer("cat", h, w, c + extra, signed=signed)
+        return b.view(cat, int(rng.integers(0, extra + 1)), c)
+    g = int(rng.integers(1, c + 1))
+    gs = g + int(rng.integers(1, 3))
+    reach = ((c - 1) // g) * gs + (c - 1) % g + 1
+    cat = b.buffer("cat", h, w, reach + int(rng.integers(0, 3)), signed=signed)
+    return b.view(cat, 0, c, group_channels=g, group_stride=gs)
 
 
 def _requant(rng, c: int, fan_in: int, w_bits: int, x_rms: float):
@@ -147,8 +148,12 @@ def random_op_program(config: EngineConfig, op: str, seed: int) -> tuple[Program
         mult_a, mult_b = (int(v) for v in rng.integers(-300, 300, size=2))
         real = _TARGET_RMS / (x_rms * math.hypot(mult_a, mult_b) + 1.0)
         m, s = quantize_multiplier(real)
+        # The bias removes the inputs' mean (uint8 averages 127.5), so outputs centre in range.
+        mean = lambda t: -0.5 if t.signed else 127.5  # noqa: E731
+        centre = -(mean(x) * mult_a + mean(other) * mult_b)
         y = b.add("add", x, other, mult_a=mult_a, mult_b=mult_b,
-                  bias=rng.integers(-1000, 1000, size=c), mult=m, shift=s, out_signed=signed_out,
+                  bias=np.round(centre + rng.integers(-1000, 1000, size=c)), mult=m, shift=s,
+                  out_signed=signed_out,
                   clamp=clamp(signed_out), upsample=upsample, out=out_for(h, w, c, signed_out))
     else:  # copy
         y = b.copy("copy", x, upsample=upsample, out=out_for(h, w, c, signed_in))
