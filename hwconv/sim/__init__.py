@@ -8,7 +8,9 @@
 - `backend`: `SimBackend`, the driver's register-level backend on the bench (blocking calls
   bridged into the simulation).
 - `compare`: RTL arena vs golden model, first mismatching layer and (y, x, c).
-- `cli`: `hwconv simulate`.
+- `programs`: random one-op programs and corrupted device images for RTL tests.
+- `simulate` / `cli`: `hwconv simulate` (cocotb module `cocotb_program` runs the program).
+- `speed`: simulated cycles per second per simulator (cocotb module `cocotb_speed`).
 
 Modules that import cocotb are only imported where a simulation runs, so `import hwconv.sim`
 stays cheap.
