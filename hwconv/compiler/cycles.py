@@ -14,7 +14,8 @@ Per layer:
               (pixel, out block, tap, in block) per cycle; the store places an output block per
               cycle, four times when upsampling; half a block into a two-way interleaved output,
               a byte into other grouped ones), then flush the row buffer (a bus beat per cycle
-              plus the write latency)
+              plus the write latency) while the next row runs, into the other half of the row
+              buffer (an upsampled row uses both halves and waits for its flush)
 """
 
 from __future__ import annotations
@@ -142,7 +143,11 @@ def layer_cycles(d: LayerDescriptor, cfg: EngineConfig, mem_latency: int = DEFAU
     out_row = _row_bytes(d.out)
     beats = -(-(out_row + bb - 1) // bb)  # the row's bytes plus at most bb-1 of alignment
     per_row_flush = (2 if up else 1) * (beats + 4) + lat + _ROW_OVERHEAD
-    flush = ho * per_row_flush
+    if up:  # both halves of the row buffer: each row waits for its flush
+        flush = ho * per_row_flush
+    else:  # a row's flush runs during the next row's loads and compute; the last one is waited for
+        row_time = (loads + max(compute, store)) / ho
+        flush = per_row_flush + int((ho - 1) * max(0.0, per_row_flush - row_time))
     return LayerCycles(fetch, params, loads, compute, store, flush)
 
 

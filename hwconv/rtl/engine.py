@@ -228,6 +228,8 @@ class EngineCore(wiring.Component):
         store_start = Signal()
         flush_start = Signal()
         flush_done = Signal()
+        flush_idle = Signal()
+        next_row_step = Signal()
 
         in_rec, in_weights, in_rows = Signal(), Signal(), Signal()
         start_run = self.start & ~busy
@@ -385,21 +387,29 @@ class EngineCore(wiring.Component):
                 with m.If(issue_done):
                     m.next = "DRAIN"
             with m.State("DRAIN"):
-                with m.If(~pipe_busy & store_row_done):
+                # The row goes out while the next one is loaded and computed into the other half
+                # of the row buffer; an upsampled row fills both halves, so it waits for its flush.
+                with m.If(~pipe_busy & store_row_done & flush_idle):
                     m.d.comb += flush_start.eq(1)
-                    m.next = "FLUSH"
+                    with m.If(upsample):
+                        m.next = "FLUSH"
+                    with m.Else():
+                        m.d.comb += next_row_step.eq(1)
+                        m.next = "ROW_BEGIN"
+                        with m.If(oy + 1 == ho):
+                            m.next = "LAYER_END"
             with m.State("FLUSH"):
                 with m.If(flush_done):
-                    m.d.sync += [oy.eq(oy + 1), aux_pending.eq(is_add | is_deform), add_in0_pending.eq(is_add),
-                                 base_slot.eq(mod_rows(base_slot + Mux(is_deform, 1, desc.stride)))]
+                    m.d.comb += next_row_step.eq(1)
+                    m.next = "ROW_BEGIN"
                     with m.If(oy + 1 == ho):
                         m.next = "LAYER_END"
-                    with m.Else():
-                        m.next = "ROW_BEGIN"
             with m.State("LAYER_END"):
-                m.d.comb += [pc_w.addr.eq(layer), pc_w.data.eq(layer_cycles), pc_w.en.eq(1),
-                             pm_w.addr.eq(layer), pm_w.data.eq(layer_macs), pm_w.en.eq(1)]
-                with m.If(reader.error | writer.error):
+                m.d.comb += [pc_w.addr.eq(layer), pc_w.data.eq(layer_cycles), pc_w.en.eq(flush_idle),
+                             pm_w.addr.eq(layer), pm_w.data.eq(layer_macs), pm_w.en.eq(flush_idle)]
+                with m.If(~flush_idle):  # the last row's flush: the next layer may read it
+                    pass
+                with m.Elif(reader.error | writer.error):
                     m.d.sync += error.eq(ErrorCode.AXI_ERROR)
                     m.next = "FINISH"
                 with m.Else():
@@ -413,8 +423,12 @@ class EngineCore(wiring.Component):
                 m.d.comb += self.done_pulse.eq(1)
                 m.next = "IDLE"
             with m.State("ABORTED"):
-                m.d.sync += [busy.eq(0), abort.eq(0)]
-                m.next = "IDLE"
+                with m.If(flush_idle):
+                    m.d.sync += [busy.eq(0), abort.eq(0)]
+                    m.next = "IDLE"
+        with m.If(next_row_step):
+            m.d.sync += [oy.eq(oy + 1), aux_pending.eq(is_add | is_deform), add_in0_pending.eq(is_add),
+                         base_slot.eq(mod_rows(base_slot + Mux(is_deform, 1, desc.stride)))]
         m.d.comb += self.layers_done.eq(layer)
 
 
@@ -664,7 +678,8 @@ class EngineCore(wiring.Component):
         pair = ((o.group_channels == 1) & (o.group_stride == 2) & ~run) if half else Const(0)
         n_valid = Signal(range(P + 1))
         m.d.comb += n_valid.eq(Mux(o.channels - (st_ob << LP) >= P, P, o.channels - (st_ob << LP)))
-        pos = Mux(st_u[1], RB_HALF + align_b, align_a) + st_pix + Mux(st_u[0], o.pixel_stride, 0)
+        pos = (Mux(upsample, Mux(st_u[1], RB_HALF + align_b, align_a), Mux(oy[0], RB_HALF, 0) + align_a)
+               + st_pix + Mux(st_u[0], o.pixel_stride, 0))
         block = Cat(*[Cat(out_fifo.r_data.word_select(j, 8), 1) for j in range(P)])
         with m.If(st_active & run):
             m.d.comb += [rb.w_addr.eq(pos + (st_ob << LP)), rb.w_data.eq(block),
@@ -730,19 +745,28 @@ class EngineCore(wiring.Component):
         m.d.comb += [store_row_done.eq(st_done), pipe_busy.eq(s1_valid)]
 
         # -- flush: row buffer -> DRAM in bursts, strobes keep what is not ours ------------------
+        # The row's addresses are latched at the start: the sequencer moves on to the next row.
         fl_half = Signal()
         fl_word = Signal(range(rb_words + 1))
         fl_dones = Signal(2)
-        fl_align = Mux(fl_half, align_b, align_a)
-        fl_addr = Signal(aw)
-        fl_beats = Signal(32)
-        m.d.comb += [fl_addr.eq(Mux(fl_half, row_a + row_stride_out, row_a)),
-                     fl_beats.eq((fl_align + row_span + BB - 1) >> LB)]
-        fl_lane = Mux(fl_half, RB_HALF, 0) + (fl_word << LB)
+        fl_two = Signal()  # an upsampled row: two output rows, one per half
+        fl_a_addr, fl_b_addr = Signal(aw), Signal(aw)
+        fl_a_beats, fl_b_beats = Signal(32), Signal(32)
+        fl_a_base = Signal(range(rb_lanes + 1))
+        fl_addr = Mux(fl_half, fl_b_addr, fl_a_addr)
+        fl_beats = Mux(fl_half, fl_b_beats, fl_a_beats)
+        fl_lane = Mux(fl_half, RB_HALF, fl_a_base) + (fl_word << LB)
+        row_b = row_a + row_stride_out
+        with m.If(flush_start):
+            m.d.sync += [fl_a_addr.eq(row_a), fl_b_addr.eq(row_b), fl_two.eq(upsample),
+                         fl_a_beats.eq((row_a[:LB] + row_span + BB - 1) >> LB),
+                         fl_b_beats.eq((row_b[:LB] + row_span + BB - 1) >> LB),
+                         fl_a_base.eq(Mux(upsample | ~oy[0], 0, RB_HALF))]
         with m.If(writer.done):
             m.d.sync += fl_dones.eq(fl_dones + 1)
         with m.FSM(name="flush"):
             with m.State("IDLE"):
+                m.d.comb += flush_idle.eq(1)
                 with m.If(flush_start):
                     m.d.sync += [fl_half.eq(0), fl_word.eq(0), fl_dones.eq(0)]
                     m.next = "CMD"
@@ -764,7 +788,7 @@ class EngineCore(wiring.Component):
                                  rb.w_en.eq(1)]
                     m.d.sync += fl_word.eq(fl_word + 1)
                     with m.If(fl_word == fl_beats - 1):
-                        with m.If(upsample & ~fl_half):
+                        with m.If(fl_two & ~fl_half):
                             m.d.sync += fl_half.eq(1)
                             m.next = "CMD"
                         with m.Else():
@@ -772,7 +796,7 @@ class EngineCore(wiring.Component):
                     with m.Else():  # read the next word now: one beat per cycle
                         m.d.comb += [rb.r_addr.eq(fl_lane + BB), rb.r_en.eq(1)]
             with m.State("WAIT"):
-                with m.If(fl_dones == Mux(upsample, 2, 1)):
+                with m.If(fl_dones == Mux(fl_two, 2, 1)):
                     m.d.comb += flush_done.eq(1)
                     m.next = "IDLE"
         return m
