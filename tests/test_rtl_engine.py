@@ -54,7 +54,7 @@ def _img(rng, shape, signed):
 
 @pytest.mark.parametrize("k,stride,pad,bits,signed", [
     (1, 1, 0, 4, False), (1, 2, 0, 4, True), (3, 1, 1, 4, False), (3, 2, 1, 8, True), (3, 4, 1, 8, False),
-    (3, 1, 0, 4, True),
+    (3, 1, 0, 4, True), (1, 4, 0, 8, True),
 ])
 def test_conv(k, stride, pad, bits, signed):
     def build(b, rng):

@@ -428,7 +428,8 @@ class EngineCore(wiring.Component):
                     m.next = "IDLE"
         with m.If(next_row_step):
             m.d.sync += [oy.eq(oy + 1), aux_pending.eq(is_add | is_deform), add_in0_pending.eq(is_add),
-                         base_slot.eq(mod_rows(base_slot + Mux(is_deform, 1, desc.stride)))]
+                         # one row kept (1x1 kernels, up to stride 4): always slot 0
+                         base_slot.eq(Mux(rows == 1, 0, mod_rows(base_slot + Mux(is_deform, 1, desc.stride))))]
         m.d.comb += self.layers_done.eq(layer)
 
 
