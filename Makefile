@@ -3,7 +3,7 @@
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test test-slow bench doctor clean
+.PHONY: setup demo test test-slow bench bench-train bench-ablation bench-deepforest doctor clean
 
 setup:
 	@bash scripts/bootstrap.sh
@@ -19,6 +19,15 @@ test-slow: setup
 
 bench: setup
 	$(BIN)/hwconv bench --model a
+
+bench-train: setup  # tiny detector, 10 min on 2 CPU cores: float vs W4A8 AP50 (docs/results/bench_train.json)
+	$(BIN)/python -m hwconv.quant.bench_train out/bench_train.json --minutes 10
+
+bench-ablation: setup  # AP50 per deformable variant and sampling (docs/results/ablation.*)
+	$(BIN)/python -m hwconv.quant.bench_ablation out/ablation
+
+bench-deepforest: setup  # config a on the deepforest tree crowns, float vs W4A8 (docs/results/deepforest.*)
+	$(BIN)/python -m hwconv.quant.bench_deepforest out/deepforest
 
 doctor: setup
 	$(BIN)/hwconv doctor

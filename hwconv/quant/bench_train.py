@@ -17,6 +17,7 @@ i.e. 3.2 ms/image for the pair), and it degrades gracefully when another job tak
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -24,6 +25,7 @@ import socket
 import sys
 import tempfile
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,36 +35,87 @@ import torch.multiprocessing as mp
 
 from hwconv.fileio import atomic_write_text
 
-from .data import load_dataset
+from .data import DetectionDataset, load_dataset
+from .data.base import Sample
 from .evaluate import evaluate
-from .models import build_detector
+from .checkpoint import unwrap
+from .models import build_detector, fold_batchnorm
 from .train import InMemoryDataset, measure_step_time, train
 
 EVAL_SECONDS_PER_IMAGE = 0.01  # generous: a tiny-model forward on 128 px takes ~2-3 ms
+PLAN_MARGIN = 0.95  # measured step times run a little short of a whole epoch's (allocator, load)
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m hwconv.quant.bench_train", description=__doc__.splitlines()[0])
     p.add_argument("output", type=Path, help="JSON file for the results")
     p.add_argument("--minutes", type=float, default=10.0, help="total time budget (default 10)")
-    p.add_argument("--float-share", type=float, default=0.7, help="share of the training time spent in float")
     p.add_argument("--train-images", type=int, default=8000)
     p.add_argument("--val-images", type=int, default=500)
-    p.add_argument("--batch-size", type=int, default=8, help="per process (global = this x --procs)")
     p.add_argument("--procs", type=int, default=2, help="DDP processes (gloo); 1 = no torch.distributed")
     p.add_argument("--threads", type=int, default=1, help="torch threads per process")
-    p.add_argument("--lr", type=float, default=5e-3, help="float learning rate (Adam, cosine)")
-    p.add_argument("--qat-lr", type=float, default=5e-4, help="QAT learning rate (Adam, cosine)")
-    p.add_argument("--fold-bn-epochs", type=int, default=1, help="last QAT epochs trained with BN folded")
-    p.add_argument("--eval-every", type=int, default=3, help="validate every N epochs (and the last)")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work-dir", type=Path, default=None, help="checkpoints and logs (default: a temp dir)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    return p.parse_args(argv)
+    add_recipe_arguments(p, Recipe())
+    args = p.parse_args(argv)
+    if args.minutes <= 0 or args.train_images < 1 or args.val_images < 1 or args.procs < 1 or args.threads < 1:
+        p.error("--minutes must be > 0 and --train-images, --val-images, --procs, --threads >= 1")
+    try:
+        recipe_from_args(args)
+    except ValueError as exc:
+        p.error(str(exc))
+    return args
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How a budgeted float-then-QAT run spends its time (the budget itself is passed apart)."""
+
+    float_share: float = 0.7      # of the training time (after data set-up), spent in float
+    batch_size: int = 8           # per process
+    lr: float = 5e-3              # float, Adam with warm-up and cosine decay
+    qat_lr: float = 5e-4          # QAT, same schedule
+    fold_bn_epochs: int = 1       # last QAT epochs trained with BN folded, as deployed
+    eval_every: int = 3           # validate every N epochs (and the last)
+    seed: int = 0
+    eval_s_per_image: float = EVAL_SECONDS_PER_IMAGE
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.float_share < 1.0:
+            raise ValueError(f"float_share must be in (0, 1), got {self.float_share}")
+        for name in ("batch_size", "eval_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0 or self.qat_lr <= 0:
+            raise ValueError(f"learning rates must be > 0, got lr={self.lr}, qat_lr={self.qat_lr}")
+
+
+def add_recipe_arguments(p: argparse.ArgumentParser, default: Recipe) -> None:
+    """The Recipe fields as command-line options (shared by the benchmark commands)."""
+    p.add_argument("--float-share", type=float, default=default.float_share,
+                   help=f"share of the training time spent in float (default {default.float_share})")
+    p.add_argument("--batch-size", type=int, default=default.batch_size,
+                   help=f"per process; global = this x processes (default {default.batch_size})")
+    p.add_argument("--lr", type=float, default=default.lr, help=f"float learning rate (default {default.lr})")
+    p.add_argument("--qat-lr", type=float, default=default.qat_lr, help=f"QAT learning rate (default {default.qat_lr})")
+    p.add_argument("--fold-bn-epochs", type=int, default=default.fold_bn_epochs,
+                   help=f"last QAT epochs trained with BN folded (default {default.fold_bn_epochs})")
+    p.add_argument("--eval-every", type=int, default=default.eval_every,
+                   help=f"validate every N epochs, and the last (default {default.eval_every})")
+    p.add_argument("--seed", type=int, default=default.seed)
+
+
+def recipe_from_args(args: argparse.Namespace) -> Recipe:
+    return Recipe(float_share=args.float_share, batch_size=args.batch_size, lr=args.lr, qat_lr=args.qat_lr,
+                  fold_bn_epochs=args.fold_bn_epochs, eval_every=args.eval_every, seed=args.seed)
 
 
 def _rank() -> int:
     return dist.get_rank() if dist.is_initialized() else 0
+
+
+def _world_size() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
 
 
 def _from_rank0(obj: Any) -> Any:
@@ -74,9 +127,47 @@ def _from_rank0(obj: Any) -> Any:
     return box[0]
 
 
-def _plan_epochs(budget_s: float, step_s: float, steps_per_epoch: int, eval_s: float, eval_every: int) -> int:
-    per_epoch = step_s * steps_per_epoch + eval_s / eval_every
-    return max(1, int(budget_s / per_epoch))
+def _plan_cost(epochs: int, step_s: float, steps_per_epoch: int, eval_s: float, eval_every: int,
+               folded_epochs: int, folded_step_s: float) -> float:
+    """Seconds that `epochs` epochs take, the last `folded_epochs` of them at folded_step_s per
+    step (QAT with BN folded recomputes the folded weights every step)."""
+    folded = min(folded_epochs, epochs)
+    return steps_per_epoch * ((epochs - folded) * step_s + folded * folded_step_s) + eval_s * epochs / eval_every
+
+
+def _plan_epochs(budget_s: float, step_s: float, steps_per_epoch: int, eval_s: float, eval_every: int,
+                 folded_epochs: int = 0, folded_step_s: float = 0.0) -> int:
+    """The most epochs (at least 1) that fit in budget_s."""
+    plan = (step_s, steps_per_epoch, eval_s, eval_every, folded_epochs, folded_step_s)
+    epochs = max(1, int(budget_s / (step_s * steps_per_epoch + eval_s / eval_every)))
+    while epochs > 1 and _plan_cost(epochs, *plan) > budget_s:
+        epochs -= 1
+    return epochs
+
+
+class FirstImages(DetectionDataset):
+    """The first n samples of a dataset (same indices and annotations): one epoch of fewer images
+    when a whole epoch does not fit in what is left of a budget (epochs are never cut short)."""
+
+    def __init__(self, base: DetectionDataset, n: int) -> None:
+        if not 1 <= n <= len(base):
+            raise ValueError(f"FirstImages: n={n} outside 1..{len(base)}")
+        self.base, self.n, self.class_names = base, n, base.class_names
+
+    def __len__(self) -> int:
+        return self.n
+
+    def load(self, index: int) -> Sample:
+        return self.base.sample(self._check_index(index))
+
+
+def _fit_one_epoch(train_set: DetectionDataset, budget_s: float, one_epoch_s: float, global_batch: int
+                   ) -> DetectionDataset:
+    """train_set, or its prefix whose single epoch fits in budget_s (whole global batches, at least one)."""
+    if one_epoch_s <= budget_s:
+        return train_set
+    n = int(len(train_set) * max(0.0, budget_s) / one_epoch_s) // global_batch * global_batch
+    return FirstImages(train_set, min(len(train_set), max(global_batch, n)))
 
 
 def _curve(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -84,33 +175,67 @@ def _curve(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{k: h[k] for k in keys if k in h} for h in history]
 
 
-def _phase(model: torch.nn.Module, data: dict[str, InMemoryDataset], args: argparse.Namespace, *, qat: bool,
-           deadline: float, lr: float, work: Path) -> dict[str, Any] | None:
+def _phase(model: torch.nn.Module, data: dict[str, InMemoryDataset], recipe: Recipe, *, qat: bool,
+           deadline: float, work: Path, progress: bool) -> dict[str, Any] | None:
     """Plan, train and evaluate one phase so that it ends by `deadline` (perf_counter time).
     Returns the phase's figures on rank 0, None on the other ranks."""
     t0 = time.perf_counter()
     train_set, val_set = data["train"], data["val"]
-    step_s = measure_step_time(model, train_set, batch_size=args.batch_size, qat=qat)
-    eval_s = EVAL_SECONDS_PER_IMAGE * len(val_set)
+    lr = recipe.qat_lr if qat else recipe.lr
+    step_s = measure_step_time(model, train_set, batch_size=recipe.batch_size, qat=qat)
+    folded_step_s = 0.0
+    if qat and recipe.fold_bn_epochs:
+        probe = fold_batchnorm(copy.deepcopy(unwrap(model)), True)  # measured as it will run
+        folded_step_s = measure_step_time(probe, train_set, batch_size=recipe.batch_size, qat=True)
+    eval_s = recipe.eval_s_per_image * len(val_set)
     final_eval_s = eval_s * (3 if qat else 1)  # the folded QAT forward is slower
-    steps_per_epoch = len(train_set) // (args.batch_size * args.procs)
-    left = deadline - time.perf_counter() - final_eval_s
-    step_s, left = _from_rank0((step_s, left))
-    epochs = _plan_epochs(left, step_s, steps_per_epoch, eval_s, args.eval_every)
-    result = train(model, train_set, epochs=epochs, batch_size=args.batch_size, lr=lr, seed=args.seed,
-                   out_dir=work / ("qat" if qat else "float"), val_set=val_set, qat=qat, progress=not args.quiet,
-                   eval_every=args.eval_every, max_time_s=left, fold_bn_epochs=args.fold_bn_epochs if qat else 0)
+    steps_per_epoch = max(1, len(train_set) // (recipe.batch_size * _world_size()))
+    left = (deadline - time.perf_counter() - final_eval_s) * PLAN_MARGIN
+    step_s, folded_step_s, left = _from_rank0((step_s, folded_step_s, left))
+    plan = (step_s, steps_per_epoch, eval_s, recipe.eval_every, recipe.fold_bn_epochs if qat else 0, folded_step_s)
+    epochs = _plan_epochs(left, *plan)
+    if epochs == 1:
+        train_set = _fit_one_epoch(train_set, left, _plan_cost(1, *plan), recipe.batch_size * _world_size())
+        steps_per_epoch = max(1, len(train_set) // (recipe.batch_size * _world_size()))
+    result = train(model, train_set, epochs=epochs, batch_size=recipe.batch_size, lr=lr, seed=recipe.seed,
+                   out_dir=work / ("qat" if qat else "float"), val_set=val_set, qat=qat, progress=progress,
+                   eval_every=recipe.eval_every, max_time_s=left,
+                   fold_bn_epochs=min(recipe.fold_bn_epochs, epochs) if qat else 0)
     if _rank() != 0:
         return None
     metrics = evaluate(model, val_set, batch_size=64)
     trained = result["history"]
     return {"AP50": metrics["AP50"], "AP": metrics["AP"], "per_class_AP50": metrics["per_class_AP50"],
-            "epochs_planned": epochs, "epochs": len(trained), "stopped_early": result["stopped_early"],
-            "lr": lr, "step_s_measured": round(step_s, 4),
+            "epochs_planned": epochs, "epochs": len(trained), "images_per_epoch": len(train_set), "stopped_early": result["stopped_early"],
+            "lr": lr, "step_s_measured": round(step_s, 4), "folded_step_s_measured": round(folded_step_s, 4),
             "epoch_s_mean": round(sum(h["time_s"] for h in trained) / len(trained), 3),
-            "images_seen": len(trained) * steps_per_epoch * args.batch_size * args.procs,
+            "images_seen": len(trained) * steps_per_epoch * recipe.batch_size * _world_size(),
             "wall_s": round(time.perf_counter() - t0, 1), "curve": _curve(trained),
             "calibration_steps_left": result["calibration_steps_left"]}
+
+
+def float_then_qat(model: torch.nn.Module, data: dict[str, InMemoryDataset], recipe: Recipe, *, deadline: float,
+                   work: Path, progress: bool = True) -> dict[str, Any] | None:
+    """Float training, then W4A8 QAT of the same module, both ending by `deadline` (perf_counter
+    time): the float phase gets `recipe.float_share` of the time left now. data: {"train", "val"}.
+    Returns {"float", "qat", "float_AP50", "w4a8_AP50", "delta_AP50_points"} on rank 0, else None."""
+    now = time.perf_counter()
+    if deadline <= now:
+        raise ValueError(f"no time left for training: the deadline passed {now - deadline:.1f} s ago")
+    fp = _phase(model, data, recipe, qat=False, deadline=now + (deadline - now) * recipe.float_share, work=work,
+                progress=progress)
+    q = _phase(model, data, recipe, qat=True, deadline=deadline, work=work, progress=progress)
+    if fp is None or q is None:
+        return None
+    return {"float_AP50": fp["AP50"], "w4a8_AP50": q["AP50"], "float_AP": fp["AP"], "w4a8_AP": q["AP"],
+            "delta_AP50_points": round(100 * (fp["AP50"] - q["AP50"]), 2), "float": fp, "qat": q}
+
+
+def synthetic_data(train_images: int, val_images: int, seed: int, image_size: int = 128
+                   ) -> dict[str, InMemoryDataset]:
+    """The semi-synthetic train and val splits, rendered once into memory."""
+    return {split: InMemoryDataset(load_dataset("synthetic", split, num_images=n, seed=seed, image_size=image_size))
+            for split, n in (("train", train_images), ("val", val_images))}
 
 
 def run(args: argparse.Namespace) -> dict[str, Any] | None:
@@ -118,28 +243,36 @@ def run(args: argparse.Namespace) -> dict[str, Any] | None:
     the results, other ranks None."""
     start = time.perf_counter()
     budget = args.minutes * 60
-    torch.manual_seed(args.seed)
-    data = {split: InMemoryDataset(load_dataset("synthetic", split, num_images=n, seed=args.seed))
-            for split, n in (("train", args.train_images), ("val", args.val_images))}
+    recipe = recipe_from_args(args)
+    torch.manual_seed(recipe.seed)
+    data = synthetic_data(args.train_images, args.val_images, recipe.seed)
     model = build_detector("tiny")
     work = Path(_from_rank0(str(args.work_dir or tempfile.mkdtemp(prefix="hwconv-bench-train-"))))
     setup_s = time.perf_counter() - start
-
-    float_deadline = start + setup_s + (budget - setup_s) * args.float_share
-    fp = _phase(model, data, args, qat=False, deadline=float_deadline, lr=args.lr, work=work)
-    q = _phase(model, data, args, qat=True, deadline=start + budget, lr=args.qat_lr, work=work)
-    if fp is None or q is None:
+    r = float_then_qat(model, data, recipe, deadline=start + budget, work=work, progress=not args.quiet)
+    if r is None:
         return None
     return {
         "config": "tiny", "dataset": "synthetic", "train_images": args.train_images, "val_images": args.val_images,
-        "batch_size_per_process": args.batch_size, "procs": args.procs, "threads_per_process": args.threads,
-        "seed": args.seed, "budget_s": budget, "wall_s": round(time.perf_counter() - start, 1),
-        "setup_s": round(setup_s, 1), "cpus": len(os.sched_getaffinity(0)), "machine": platform.machine(),
-        "float_AP50": fp["AP50"], "w4a8_AP50": q["AP50"],
-        "delta_AP50_points": round(100 * (fp["AP50"] - q["AP50"]), 2),
-        "goal": {"float_AP50>=0.80": fp["AP50"] >= 0.80, "w4a8_within_2_points": fp["AP50"] - q["AP50"] <= 0.02},
-        "float": fp, "qat": q, "work_dir": str(work),
+        "procs": args.procs, "threads_per_process": args.threads, "recipe": asdict(recipe),
+        "budget_s": budget, "wall_s": round(time.perf_counter() - start, 1), "setup_s": round(setup_s, 1),
+        "cpus": len(os.sched_getaffinity(0)), "machine": platform.machine(), "processor": _cpu_model(),
+        "torch": torch.__version__, **r,
+        "goal": {"float_AP50>=0.80": r["float_AP50"] >= 0.80,
+                 "w4a8_within_2_points": r["float_AP50"] - r["w4a8_AP50"] <= 0.02},
+        "work_dir": str(work),
     }
+
+
+def _cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo), for reading timings; platform's name elsewhere."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
 
 
 def _report(result: dict[str, Any], output: Path) -> None:
