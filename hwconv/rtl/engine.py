@@ -142,6 +142,10 @@ class EngineCore(wiring.Component):
         n_layers = Signal(32)
         layer = Signal(32)
         busy, done, abort = Signal(), Signal(), Signal()
+        # A register, not decoded from the state: 4-state simulators see no X at time 0.
+        done_pulse = Signal()
+        m.d.sync += done_pulse.eq(0)
+        m.d.comb += self.done_pulse.eq(done_pulse)
         error = Signal(8)
         cycles = Signal(64)
         layer_cycles = Signal(32)
@@ -419,8 +423,7 @@ class EngineCore(wiring.Component):
                     with m.Else():
                         m.next = "DESC_CMD"
             with m.State("FINISH"):
-                m.d.sync += [busy.eq(0), done.eq(1)]
-                m.d.comb += self.done_pulse.eq(1)
+                m.d.sync += [busy.eq(0), done.eq(1), done_pulse.eq(1)]
                 m.next = "IDLE"
             with m.State("ABORTED"):
                 with m.If(flush_idle):
