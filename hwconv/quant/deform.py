@@ -22,6 +22,9 @@ dilation map and `square_depthwise` + `integer` trains exactly `hwconv.golden.op
 
 Export (square_depthwise, integer): `offset_conv` -> CONV with requant clamp [0, max_dilation] at
 scale 1 (`dilation_quant`); `dw_conv` -> DEFORM_DW requantised to `dw_quant`; `pw_conv` -> CONV.
+`exact_depthwise` computes those two requantisations exactly as the engine does (integer
+accumulators, integer bias, the exported (mult, shift), round half up); the detector's eval path
+(models.DeformUp) uses it, with this module's float path as the straight-through gradient.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import torch.nn.functional as F
 from brevitas.nn import QuantConv2d, QuantIdentity
 from torch import Tensor
 
-from .quantizers import DilationQuant, act_quant, weight_quant
+from .quantizers import DilationQuant, Requant, act_quant, act_scale, exact_conv, layer_requant, to_integers, weight_quant
 
 VARIANTS = ("full", "bounded", "square", "depthwise", "square_depthwise")
 SAMPLINGS = ("integer", "bilinear")
@@ -142,17 +145,24 @@ class QuantDeformConv(nn.Module):
         with torch.no_grad():
             return self.dilation_quant(self.offset_conv(x)).squeeze(1).to(torch.int64)
 
-    def _positions(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def _positions(self, x: Tensor, dilation: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Tap positions (N, 9, H, W): (py, px) for the forward value and (gy, gx), the unrounded
-        positions whose bilinear gradient drives the offset predictor (the same in bilinear mode)."""
+        positions whose bilinear gradient drives the offset predictor (the same in bilinear mode).
+        `dilation` (N, 1, H, W), square + integer only: the integer dilation map to sample with
+        instead of `dilation_quant`'s (the exact path passes the engine's)."""
         _, _, h, w = x.shape
         ty, tx = _TAP_DY.to(x), _TAP_DX.to(x)
         base_y = torch.arange(h, dtype=x.dtype, device=x.device).view(1, 1, h, 1)
         base_x = torch.arange(w, dtype=x.dtype, device=x.device).view(1, 1, 1, w)
         raw = self.offset_conv(x)
+        if dilation is not None:
+            self._check_hardware_mode("an external dilation map")
         if self.square:
             soft = F.hardtanh(raw, 0.0, float(self.max_dilation))  # (N, 1, H, W)
-            hard = self.dilation_quant(raw) if self.dilation_quant is not None else soft
+            if dilation is not None:
+                hard = dilation.to(x.dtype)
+            else:
+                hard = self.dilation_quant(raw) if self.dilation_quant is not None else soft
             gy, gx = base_y + ty * soft, base_x + tx * soft
             py, px = base_y + ty * hard, base_x + tx * hard
         else:
@@ -163,19 +173,19 @@ class QuantDeformConv(nn.Module):
             py, px = ((gy + 0.5).floor(), (gx + 0.5).floor()) if self.sampling == "integer" else (gy, gx)
         return py, px, gy, gx
 
-    def sample(self, x: Tensor) -> Tensor:
-        """The 9 deformable taps of every pixel, (N, C, 9, H, W)."""
-        py, px, gy, gx = self._positions(x)
+    def sample(self, x: Tensor, dilation: Tensor | None = None) -> Tensor:
+        """The 9 deformable taps of every pixel, (N, C, 9, H, W) (`dilation`: see `_positions`)."""
+        py, px, gy, gx = self._positions(x, dilation)
         if self.sampling == "bilinear":
             return bilinear_taps(x, gy, gx)
         return integer_taps(x, py, px, gy, gx)
 
     # -- convolution ---------------------------------------------------------------------------
-    def deform(self, x: Tensor) -> Tensor:
+    def deform(self, x: Tensor, dilation: Tensor | None = None) -> Tensor:
         """The deformable 3x3 conv: the layer's output for dense variants; for depthwise variants
         the depthwise output before `dw_quant` (the engine's DEFORM_DW accumulator times
-        s_in * s_w per channel)."""
-        taps = self.sample(x)
+        s_in * s_w per channel). `dilation`: see `_positions`."""
+        taps = self.sample(x, dilation)
         conv = self.dw_conv if self.depthwise else self.conv
         w = conv.quant_weight().value.flatten(2)  # (O, I/groups, 9): tap order matches `taps`
         if self.depthwise:
@@ -184,6 +194,50 @@ class QuantDeformConv(nn.Module):
             y = torch.einsum("nckhw,ock->nohw", taps, w)
         if conv.bias is not None:
             y = y + conv.bias.view(1, -1, 1, 1)
+        return y
+
+    # -- the engine's arithmetic ------------------------------------------------------------------
+    def engine_requants(self, s_in: Tensor, where: str = "deform") -> tuple[Requant, Requant]:
+        """(offset CONV, DEFORM_DW) requantisation integers for input scale s_in, as exported:
+        the offset predictor to `dilation_quant` (scale 1) clamped to [0, max_dilation], the
+        depthwise conv to `dw_quant`. Square_depthwise with integer sampling only."""
+        if self.variant != "square_depthwise" or self.sampling != "integer":
+            raise RuntimeError(f"{where}: only square_depthwise with integer sampling is an engine op "
+                               f"(this layer: {self.variant}, {self.sampling})")
+        _, off = layer_requant(self.offset_conv, None, s_in, *act_scale(self.dilation_quant),
+                               clamp=(0, self.max_dilation), where=f"{where}.offset")
+        _, dw = layer_requant(self.dw_conv, None, s_in, *act_scale(self.dw_quant), where=f"{where}.deform")
+        return off, dw
+
+    @staticmethod
+    def deform_depthwise_acc(x_int: Tensor, dilation: Tensor, weight: Tensor) -> Tensor:
+        """The DEFORM_DW accumulators (int64, NCHW) of `golden.ops.deform_depthwise`: integer
+        activations x_int (N, C, H, W), dilation map (N, 1, H, W) in [0, max_dilation], integer
+        weights (C, 1, 3, 3); float64 sums of 9 integer products, exact."""
+        _, _, h, w = x_int.shape
+        xd = x_int.to(torch.float64)
+        d = dilation.to(torch.float64)
+        py = torch.arange(h, dtype=torch.float64, device=xd.device).view(1, 1, h, 1) + _TAP_DY.to(xd) * d
+        px = torch.arange(w, dtype=torch.float64, device=xd.device).view(1, 1, 1, w) + _TAP_DX.to(xd) * d
+        taps = gather_taps(xd, py, px)  # (N, C, 9, H, W), zeros outside the image
+        return torch.einsum("nckhw,ck->nchw", taps, weight.to(torch.float64).flatten(1)).to(torch.int64)
+
+    def exact_depthwise(self, x: Tensor, s_in: Tensor, where: str = "deform", *, requants=None) -> Tensor:
+        """`dw_quant(deform(x))` computed as the engine computes it: the offset CONV on the integer
+        activations, requantised to the dilation map; DEFORM_DW with that map, requantised to
+        `dw_quant` (both with the exported integers, `engine_requants`). x must be activations at
+        scale s_in (a quantiser's output). Returns dw_quant's values; when gradients are needed
+        (or in training, where quantisers calibrate), plus the float path's gradient: forward exact,
+        backward today's straight-through estimator, evaluated at the exact dilation map.
+        `requants`: where the integers come from (default `self.engine_requants`; a float64 copy
+        passes its float32 original's, see models.derive_integers_from)."""
+        off, dw = (requants or self.engine_requants)(s_in, where)
+        x_int = to_integers(x, s_in)
+        dil = off.apply(exact_conv(x_int, off, self.offset_conv))  # (N, 1, H, W)
+        y = dw.values(dw.apply(self.deform_depthwise_acc(x_int, dil, dw.weight)), x)
+        if self.training or torch.is_grad_enabled():
+            f = self.dw_quant(self.deform(x, dilation=dil))
+            y = y + (f - f.detach())  # exact + 0 forward: the value stays the exact one
         return y
 
     def forward(self, x: Tensor) -> Tensor:

@@ -1,29 +1,23 @@
 """Export a trained CenterNet (Brevitas fake-quant) to an engine program.
 
-Per layer, `models.fold_params` gives what the model itself computes in eval/folded mode: BN folded
-into the weights before they are quantised, and the folded bias rounded to an integer at scale
-s_in * s_w. Export takes those integers as they are and adds the requant multiplier
-s_in * s_w / s_out, rounded to the contract's 24-bit (mult, shift).
+Per layer, `quantizers.layer_requant` gives the integers the model itself computes with in
+eval/folded mode: BN folded into the weights before they are quantised (`fold_params`), the folded
+bias rounded to an integer at scale s_in * s_w, and the requant multiplier s_in * s_w / s_out as
+the contract's 24-bit (mult, shift). Export writes exactly those integers; the model's exact eval
+path calls the same function, so the two cannot drift apart.
 Channel shuffle needs no weight reordering: the builder stores each ShuffleNet unit's halves
 interleaved, so every buffer holds the shuffled tensor in logical order (docs/architecture.md).
 """
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn as nn
 
 from ..compiler.builder import ProgramBuilder, Tensor
-from ..spec import EngineConfig, Program, SpecError, quantize_multiplier
-from ..spec.params import act_range
-from .models import CenterNet, ConvBNAct, DeformUp, Head, ShuffleUnit, fold_params
-
-
-def act_scale(q: nn.Module) -> tuple[float, bool]:
-    """(scale, signed) of a QuantReLU / QuantIdentity activation quantiser."""
-    proxy = q.act_quant
-    return float(proxy.scale()), bool(proxy.is_signed)
+from ..spec import EngineConfig, Program, SpecError
+from .models import CenterNet, ConvBNAct, DeformUp, Head, ShuffleUnit
+from .quantizers import Requant, act_scale, layer_requant
 
 
 class Exporter:
@@ -40,22 +34,16 @@ class Exporter:
         integer bias is rounded from the same float32 numbers as in training)."""
         if s_in is None:
             s_in = torch.tensor(x.scale, dtype=torch.float32)
-        qw, _, bias_int, s_w = fold_params(conv, bn, s_in)
-        bits = int(qw.bit_width)
-        if bits not in (4, 8):
-            raise SpecError(f"{name}: {bits}-bit weights; the engine runs 4- or 8-bit weights")
-        w = qw.int().to(torch.int64).cpu().numpy()            # (O, I/groups, k, k)
-        bias = bias_int.detach().to(torch.int64).cpu().numpy()
-        eff = float(s_in) * s_w.detach().double().cpu().numpy()  # value of one accumulator LSB
-        if np.any(eff <= 0):
-            raise SpecError(f"{name}: output channel {int(np.argmin(eff))} has a zero weight scale")
-        ms = [quantize_multiplier(float(e / out_scale), where=f"{name} channel {c}") for c, e in enumerate(eff)]
-        mult, shift = [m for m, _ in ms], [sh for _, sh in ms]
-        lo, hi = clamp if clamp is not None else act_range(8, out_signed)
-        if clamp is None and not out_signed:
-            lo = 0
-        common = dict(bias=bias, mult=mult, shift=shift, weight_bits=bits, out_signed=out_signed,
-                      clamp=(lo, hi), scale=out_scale, upsample=upsample, out=out)
+        _, rq = layer_requant(conv, bn, s_in, out_scale, out_signed, clamp=clamp, where=name)
+        return self.emit(name, x, conv, rq, upsample=upsample, out=out, dilation=dilation)
+
+    def emit(self, name: str, x: Tensor, conv: nn.Module, rq: Requant, *, upsample: bool = False,
+             out: Tensor | None = None, dilation: Tensor | None = None) -> Tensor:
+        """Write one requantising layer with the integers `rq` (`quantizers.requant_params`)."""
+        w = rq.weight.cpu().numpy()            # (O, I/groups, k, k)
+        common = dict(bias=rq.bias.cpu().numpy(), mult=rq.mult.tolist(), shift=rq.shift.tolist(),
+                      weight_bits=rq.weight_bits, out_signed=rq.signed, clamp=rq.clamp, scale=rq.scale,
+                      upsample=upsample, out=out)
         k, groups, stride = conv.kernel_size[0], conv.groups, conv.stride[0]
         cout = w.shape[0]
         if groups == 1:
@@ -109,9 +97,10 @@ class Exporter:
             raise SpecError(f"{name}: trained with max dilation {d.max_dilation}, the engine supports "
                             f"{self.config.max_dilation}; retrain or generate an engine with max_dilation >= "
                             f"{d.max_dilation}")
-        dil = self.conv(f"{name}.offset", x, d.offset_conv, None, 1.0, False, clamp=(0, d.max_dilation))
-        s_mid, signed_mid = act_scale(d.dw_quant)
-        t = self.conv(f"{name}.deform", x, d.dw_conv, None, s_mid, signed_mid, dilation=dil)
+        # The model's own function for these two layers, fed the scale the model folds with.
+        off, dw = d.engine_requants(torch.tensor(x.scale, dtype=torch.float32), name)
+        dil = self.emit(f"{name}.offset", x, d.offset_conv, off)
+        t = self.emit(f"{name}.deform", x, d.dw_conv, dw, dilation=dil)
         s_out, signed = act_scale(blk.act)
         return self.conv(f"{name}.pw", t, d.pw_conv, blk.bn, s_out, signed, s_in=blk.input_scale(), upsample=True)
 

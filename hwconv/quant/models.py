@@ -5,6 +5,14 @@ activations 8-bit with zero-point 0. Where the engine concatenates by writing tw
 one buffer (ShuffleNet units), both producers must share one activation scale, so every unit of a
 stage ends in the *same* QuantReLU quantiser (`Stage.out_quant`); the pass-through half already
 carries that scale from the previous unit.
+
+Eval mode (and QAT after `fold_batchnorm`) computes every requantisation as the engine does: BN
+folded into the weights before quantisation, exact integer accumulators, the integer bias, the
+exported (mult, shift), round half up, clamp (`quantizers.requant_params`, the function the exporter
+writes its integers with), so the eval model's outputs are the golden model's integers times the
+output scales. In training the float fake-quant path stays underneath as the straight-through
+gradient (forward: the exact integers; backward: the float path's gradient). `float_requant()`
+evaluates the folded model the old way (Brevitas fake-quant in float), `unfolded()` unfolds BN too.
 """
 
 from __future__ import annotations
@@ -18,7 +26,8 @@ import torch.nn.functional as F
 from brevitas.nn import QuantConv2d, QuantIdentity, QuantReLU
 
 from .deform import QuantDeformConv
-from .quantizers import act_quant, weight_quant
+from .quantizers import (act_quant, act_scale, exact_conv, fold_params, image_integers, layer_requant,
+                         to_integers, weight_quant)
 
 
 @dataclass(frozen=True)
@@ -62,34 +71,8 @@ def _conv(cin, cout, k, stride=1, groups=1, bits=4, bias=False):
                        weight_quant=weight_quant(bits))
 
 
-def _round_ste(x: torch.Tensor) -> torch.Tensor:
-    return x + (torch.round(x) - x).detach()
-
-
-def fold_params(conv: nn.Module, bn: nn.BatchNorm2d | None, s_in: torch.Tensor):
-    """The conv (+ BN, running statistics) exactly as the engine runs it.
-
-    BN is folded into the weights *before* they are quantised (so the 4-bit integers are the
-    deployed ones) and the folded bias is rounded to an integer at scale s_in * s_w, the contract's
-    int32 bias. Returns (quantised weight tensor, float bias, integer bias, per-channel s_w).
-    Training in this mode and exporting with it make the fake-quant model the integer program.
-    """
-    cout = conv.out_channels
-    a = torch.ones(cout, dtype=conv.weight.dtype, device=conv.weight.device)
-    b = torch.zeros_like(a)
-    if bn is not None:
-        a = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-        b = bn.bias - bn.running_mean * a
-    if conv.bias is not None:
-        b = b + a * conv.bias
-    qw = conv.weight_quant(conv.weight * a.view(-1, 1, 1, 1))
-    s_w = qw.scale.reshape(-1)
-    step = s_in.detach() * s_w
-    bias_int = _round_ste(b / step)
-    return qw, bias_int * step, bias_int, s_w
-
-
 _FOLDING = [True]
+_EXACT = [True]
 
 
 @contextlib.contextmanager
@@ -102,15 +85,59 @@ def unfolded():
         _FOLDING[0] = True
 
 
+@contextlib.contextmanager
+def float_requant():
+    """Run the folded path's requantisation in float, as Brevitas fake-quant computes it (what eval
+    mode computed before it became exact): for comparisons with float graphs and diagnostics."""
+    _EXACT[0] = False
+    try:
+        yield
+    finally:
+        _EXACT[0] = True
+
+
+def _src(m: nn.Module | None) -> nn.Module | None:
+    """The module the exact path reads integer parameters from: m itself, or the module of the
+    float32 original that `derive_integers_from` linked to it."""
+    link = getattr(m, "_integer_params_from", None)
+    return m if link is None else link[0]
+
+
+def derive_integers_from(copy: nn.Module, original: nn.Module) -> nn.Module:
+    """Make `copy` (e.g. a float64 copy of `original`) run its exact path with the integers
+    derived from `original`'s parameters: integer weights and biases, (mult, shift), scales.
+
+    The exact path's integers come from float arithmetic on the parameters (BN folding, weight
+    scales, scale products); in another float type they may differ in a last bit and flip a
+    near-tie weight, bias or multiplier. The integers that matter are those of the model as trained
+    and exported, so a copy in another type must take them from the original. Returns `copy`."""
+    originals = dict(original.named_modules())
+    for name, m in copy.named_modules():
+        o = originals.get(name)
+        if o is None or type(o) is not type(m):
+            raise ValueError(f"derive_integers_from: module {name or '(root)'!r} is "
+                             f"{type(m).__name__} in the copy, {type(o).__name__ if o else 'missing'} in the original")
+        m._integer_params_from = [o]  # a list: not registered as a submodule
+    return copy
+
+
+def _needs_float_path(m: nn.Module) -> bool:
+    """The float fake-quant path runs beside the exact one for gradients, and in training, where
+    the activation quantisers collect their calibration statistics on it."""
+    return m.training or torch.is_grad_enabled()
+
+
 class _Folding:
     """Mixin: a conv (+BN) that knows the quantiser feeding it, so it can run folded.
 
-    Eval mode, or `folded = True` in training (QAT after `freeze_bn`), runs `fold_params`; float
-    or early-QAT training runs the usual conv -> BN. The input quantiser is kept in a list so it is
-    not registered twice as a submodule.
+    Eval mode, or `folded = True` in training (QAT after `freeze_bn`), runs `fold_params`, with
+    the requantisation computed exactly as the engine does (`exact_conv_act`) unless under
+    `float_requant()`; float or early-QAT training runs the usual conv -> BN. The input quantiser
+    is kept in a list so it is not registered twice as a submodule.
     """
 
     folded = False
+    where = "layer"  # the module's name in the detector, for error messages (set by CenterNet)
 
     def set_input_quant(self, q: nn.Module) -> None:
         self._in_quant = [q]
@@ -122,9 +149,26 @@ class _Folding:
         return ((not self.training or self.folded) and _FOLDING[0]
                 and getattr(self, "_in_quant", None) is not None)
 
+    def _exact(self) -> bool:
+        return self._use_fold() and _EXACT[0]
+
     def folded_conv(self, x, conv, bn):
         qw, bias, _, _ = fold_params(conv, bn, self.input_scale())
         return F.conv2d(x, qw.value, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+    def exact_conv_act(self, x, conv, bn, out_quant, where: str):
+        """out_quant(conv (+ BN folded) of x) as the engine computes it: integer activations
+        x / s_in, exact accumulators, + integer bias, * mult >> shift rounded half up, clamped
+        (`layer_requant`, as exported); the values are those integers times out_quant's scale.
+        With the float path's gradient when it is needed (`_needs_float_path`)."""
+        f = None
+        if _needs_float_path(self):  # first: in training it updates out_quant's statistics
+            f = out_quant(self.folded_conv(x, conv, bn))
+        s_in = _src(self._in_quant[0]).act_quant.scale()
+        _, rq = layer_requant(_src(conv), _src(bn), s_in, *act_scale(_src(out_quant)), where=where)
+        y = rq.values(rq.apply(exact_conv(to_integers(x, s_in), rq, conv)), x)
+        # exact + (f - f) keeps the forward value bit-exact (not f + (exact - f).detach())
+        return y if f is None else y + (f - f.detach())
 
 
 class ConvBNAct(_Folding, nn.Sequential):
@@ -140,6 +184,8 @@ class ConvBNAct(_Folding, nn.Sequential):
         return self[2]
 
     def forward(self, x):
+        if self._exact():
+            return self.exact_conv_act(x, self[0], self[1], self[2], self.where)
         if self._use_fold():
             return self[2](self.folded_conv(x, self[0], self[1]))
         return self[2](self[1](self[0](x)))
@@ -199,8 +245,13 @@ class DeformUp(_Folding, nn.Module):
             self.set_input_quant(self.deform.dw_quant)
 
     def forward(self, x):
-        if self._use_fold():
-            d = self.deform
+        d = self.deform
+        if self._exact() and getattr(self, "deform_input", None) and d.variant == "square_depthwise" \
+                and d.sampling == "integer":  # what the engine runs: offset CONV, DEFORM_DW, CONV
+            t = d.exact_depthwise(x, _src(self.deform_input[0]).act_quant.scale(), self.where,
+                                  requants=_src(d).engine_requants)
+            y = self.exact_conv_act(t, d.pw_conv, self.bn, self.act, f"{self.where}.pw")
+        elif self._use_fold():
             y = self.act(self.folded_conv(d.dw_quant(d.deform(x)), d.pw_conv, self.bn))
         else:
             y = self.act(self.bn(self.deform(x)))
@@ -228,6 +279,12 @@ class Head(nn.Sequential):
                          QuantReLU(act_quant=act_quant(signed=False)),
                          _HeadConv(last), QuantIdentity(act_quant=act_quant(signed=True)))
         self[2].set_input_quant(self[1])
+
+    def forward(self, x):
+        if self[0]._exact() and self[2]._exact():
+            x = self[0].exact_conv_act(x, self[0].conv, None, self[1], self[0].where)
+            return self[2].exact_conv_act(x, self[2].conv, None, self[3], self[2].where)
+        return super().forward(x)
 
 
 class CenterNet(nn.Module):
@@ -275,9 +332,22 @@ class CenterNet(nn.Module):
             prev = blk.act
         for head in (self.hm, self.wh, self.reg):
             head[0].set_input_quant(prev)
+        for name, m in self.named_modules():
+            if isinstance(m, _Folding):
+                m.where = name
+
+    def quantize_input(self, x):
+        """The image's 8-bit quantiser: exactly the host's rounding (`image_integers`: float64,
+        half up) where the model runs exact, else Brevitas' (float, half to even)."""
+        if not self.stem._exact():
+            return self.input_quant(x)
+        f = self.input_quant(x) if _needs_float_path(self) else None
+        s, signed = act_scale(_src(self.input_quant))
+        y = image_integers(x, s, signed).to(x.dtype) * torch.tensor(s, dtype=x.dtype, device=x.device)
+        return y if f is None else y + (f - f.detach())
 
     def forward(self, x):
-        x = self.stem(self.input_quant(x))
+        x = self.stem(self.quantize_input(x))
         if self.pool is not None:
             x = self.pool(x)
         x = self.decoder(self.stages(x))

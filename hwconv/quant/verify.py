@@ -1,14 +1,14 @@
 """Integer path vs fake-quant path: run the exported program on the golden model and the Brevitas
 model on the same images, and compare the output integers element by element.
 
-The fake-quant model is evaluated in float64 by default (`float64_copy`). Disagreements come from
-requantisation near-ties: where acc * s_in * s_w / s_out lies within ~1e-7 (relative) of a .5
-boundary, float32 evaluation (24-bit sums and products) rounds it by its own noise, and the
-engine's 24-bit multiplier mult / 2**shift (relative error up to 2**-24) can round it the other way
-than the exact scale ratio does. Float64 removes the first source; the second is the contract's and
-remains until the model requantises with the exported (mult, shift). One flipped element spreads to
-much of that image's outputs (receptive fields grow; a dilation moved by one samples other pixels).
-Figures: docs/results/integer_vs_fakequant.md.
+In eval mode the model requantises exactly as the engine does (models.py: exact integer
+accumulators, the exported integer bias and (mult, shift), round half up), so the two agree on every
+element; a difference means the model and the exporter or the golden model have drifted apart.
+The fake-quant model can also be evaluated in float64 (`float64_copy`, which keeps the original's
+integers), and under `models.float_requant()` as Brevitas computes it in float: there, elements
+differ at requantisation near-ties (float32 noise, and the engine's 24-bit multiplier deciding a
+value within ~1e-7 of a .5 boundary against the exact scale ratio), and one flipped element
+spreads to much of that image's outputs. Figures: docs/results/integer_vs_fakequant.md.
 
 The pieces are separate so a caller that needs the golden outputs for something else (decoding
 detections, bench_integer) runs the golden model once per image: `golden_integers`,
@@ -25,12 +25,16 @@ import torch
 
 from ..golden import run_program
 from ..spec import Program
+from .models import derive_integers_from
 
 
 def float64_copy(model: torch.nn.Module) -> torch.nn.Module:
-    """An eval-mode float64 copy of a Brevitas model (the original is untouched): the fake-quant
-    network evaluated without float32 rounding noise. Feed it `images.double()`."""
-    return copy.deepcopy(model).double().eval()
+    """An eval-mode float64 copy of a Brevitas model (the original is untouched). Feed it
+    `images.double()`. Where it runs exact (eval), it takes its integer weights, biases, (mult,
+    shift) and scales from `model` (`models.derive_integers_from`): derived again in float64 they
+    could differ in a last bit from what `model` exports. Under `models.float_requant()` it is the
+    float fake-quant network without float32 rounding noise."""
+    return derive_integers_from(copy.deepcopy(model).double().eval(), model)
 
 
 def quantize_image(image: torch.Tensor, program: Program) -> np.ndarray:
