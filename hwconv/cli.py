@@ -41,6 +41,12 @@ def cmd_spec(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    if args.rtl:
+        from .sim.bench_frame import format_summary, run_frame_bench
+
+        s = run_frame_bench(args.model, args.board, args.out, sim=args.sim)
+        print(json.dumps(s, indent=2) if args.json else format_summary(s))
+        return 0 if s["match"] else 1
     from .bench import bench_golden
 
     cfg = _config(args)
@@ -253,11 +259,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("spec", cmd_spec, "print the engine contract: config, register map, descriptor layout")
     sp.add_argument("--engine", help="engine config (.toml or .json)")
 
-    sp = add("bench", cmd_bench, "golden-model time for a CoDeNet-sized frame")
+    sp = add("bench", cmd_bench, "a CoDeNet-sized frame: golden-model time, or (--rtl) the simulated "
+                                 "engine's cycles, fps and MAC utilisation vs CoDeNet's 32.2 fps")
     sp.add_argument("--model", default="a", choices=["tiny", "a", "b", "c"], help="network shape (default: a)")
     sp.add_argument("--repeat", type=int, default=5)
     sp.add_argument("--engine", help="engine config (.toml or .json)")
     sp.add_argument("--json", action="store_true")
+    sp.add_argument("--rtl", action="store_true", help="simulate the frame on the RTL (Verilator; minutes)")
+    sp.add_argument("--board", default="ultra96v2", help="--rtl: board whose default engine runs it")
+    sp.add_argument("--sim", choices=["verilator", "icarus"], help="--rtl: simulator")
+    sp.add_argument("-o", "--out", default="out/bench_rtl", help="--rtl: output folder")
 
     for module in COMMAND_MODULES:
         importlib.import_module(module).register(add)

@@ -242,3 +242,14 @@ def test_cycle_model_within_ten_percent_of_the_engine_counters_per_layer():
     model = program_cycles(p.layers, CFG, mem_latency=4)
     for d, got, want in zip(p.layers, run.layer_cycles, model):
         assert abs(want.total - got) <= 0.1 * got, f"{d.opcode.name}: model {want.total}, engine {got}"
+
+
+def test_a_rows_flush_overlapping_the_next_rows_store():
+    """Slow writes keep a row's flush running while the next row is stored into the other half
+    of the row buffer (the Verilator bench found the two sharing one write port)."""
+    def build(b, rng):
+        x = b.input("x", 10, 5, 35)
+        b.output("y", b.copy("cp", x))
+        b.output("z", b.conv("c", x, _w(rng, (9, 1, 1, 35)), **_rq(rng, 9)))
+        return {"x": _img(rng, (10, 5, 35), False)}
+    _check(build, stall={"w": 0.8, "b": 0.8}, latency=(1, 1))

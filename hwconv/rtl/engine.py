@@ -28,6 +28,8 @@ array is square (pe_in == pe_out).
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
@@ -125,9 +127,15 @@ class EngineCore(wiring.Component):
         dil_w = dilmem.write_port()
         dil_r = dilmem.read_port(domain="comb")
         # Output rows being assembled: 9-bit lanes, a byte and its write strobe.
-        rb_words = cfg.row_buffer_bytes // RW
-        m.submodules.rowbuf = rb = SplitBuffer(RW, 9, rb_words)
-        rb_lanes = cfg.row_buffer_bytes
+        # Two halves with a write port each: the store fills one while the flush drains (and
+        # clears the strobes of) the other.
+        rb_words = cfg.row_buffer_bytes // RW // 2  # per half
+        rbh = [SplitBuffer(RW, 9, rb_words) for _ in range(2)]
+        m.submodules.rowbuf0, m.submodules.rowbuf1 = rbh
+        sw = SimpleNamespace(w_en=Signal(), w_addr=Signal(32), w_data=Signal(RW * 9), w_mask=Signal(RW))
+        fw = SimpleNamespace(w_en=Signal(), w_addr=Signal(32), w_data=Signal(RW * 9), w_mask=Signal(RW),
+                             r_en=Signal(), r_addr=Signal(32))
+        sw_half, f_half, clearing = Signal(), Signal(), Signal()
         m.submodules.perf_cycles = perf_cyc = Memory(shape=unsigned(32), depth=cfg.max_layers, init=[])
         m.submodules.perf_macs = perf_mac = Memory(shape=unsigned(64), depth=cfg.max_layers, init=[])
         pc_w, pc_r = perf_cyc.write_port(), perf_cyc.read_port()
@@ -245,7 +253,7 @@ class EngineCore(wiring.Component):
                     m.next = "CLEAR"
             with m.State("CLEAR"):  # strobes of a run cut short by a reset must not leak
                 m.d.sync += clear_addr.eq(clear_addr + 1)
-                m.d.comb += [rb.w_addr.eq(clear_addr * RW), rb.w_data.eq(0), rb.w_mask.eq(-1), rb.w_en.eq(1)]
+                m.d.comb += clearing.eq(1)
                 with m.If(clear_addr == rb_words - 1):
                     m.next = "PRE_CMD"
             with m.State("PRE_CMD"):
@@ -682,15 +690,15 @@ class EngineCore(wiring.Component):
         pair = ((o.group_channels == 1) & (o.group_stride == 2) & ~run) if half else Const(0)
         n_valid = Signal(range(P + 1))
         m.d.comb += n_valid.eq(Mux(o.channels - (st_ob << LP) >= P, P, o.channels - (st_ob << LP)))
-        pos = (Mux(upsample, Mux(st_u[1], RB_HALF + align_b, align_a), Mux(oy[0], RB_HALF, 0) + align_a)
-               + st_pix + Mux(st_u[0], o.pixel_stride, 0))
+        m.d.comb += sw_half.eq(Mux(upsample, st_u[1], oy[0]))  # upsampled: a half per output row
+        pos = Mux(upsample & st_u[1], align_b, align_a) + st_pix + Mux(st_u[0], o.pixel_stride, 0)
         block = Cat(*[Cat(out_fifo.r_data.word_select(j, 8), 1) for j in range(P)])
         with m.If(st_active & run):
-            m.d.comb += [rb.w_addr.eq(pos + (st_ob << LP)), rb.w_data.eq(block),
-                         rb.w_mask.eq((1 << n_valid) - 1), rb.w_en.eq(1)]
+            m.d.comb += [sw.w_addr.eq(pos + (st_ob << LP)), sw.w_data.eq(block),
+                         sw.w_mask.eq((1 << n_valid) - 1), sw.w_en.eq(1)]
         with m.If(st_active & ~run & ~pair):
-            m.d.comb += [rb.w_addr.eq(pos + st_grp + st_r), rb.w_data.eq(Cat(st_byte, 1)),
-                         rb.w_mask.eq(st_valid_c), rb.w_en.eq(1)]
+            m.d.comb += [sw.w_addr.eq(pos + st_grp + st_r), sw.w_data.eq(Cat(st_byte, 1)),
+                         sw.w_mask.eq(st_valid_c), sw.w_en.eq(1)]
         # Two-way interleaved outputs (group_channels 1, group_stride 2: ShuffleNet's shuffle) take
         # half a block per cycle: its bytes two lanes apart span no more than a block's lanes.
         if half:
@@ -700,10 +708,10 @@ class EngineCore(wiring.Component):
             sel = Mux(st_h, halves[1], halves[0])
             with m.If(st_active & pair):
                 m.d.comb += [
-                    rb.w_addr.eq(pos + (hb << 1)),
-                    rb.w_data.eq(Cat(*[Cat(sel[8 * j:8 * j + 8], 1, Const(0, 9)) for j in range(half)])),
-                    rb.w_mask.eq(Cat(*[Cat(hb + j < o.channels, 0) for j in range(half)])),
-                    rb.w_en.eq(1),
+                    sw.w_addr.eq(pos + (hb << 1)),
+                    sw.w_data.eq(Cat(*[Cat(sel[8 * j:8 * j + 8], 1, Const(0, 9)) for j in range(half)])),
+                    sw.w_mask.eq(Cat(*[Cat(hb + j < o.channels, 0) for j in range(half)])),
+                    sw.w_en.eq(1),
                 ]
         next_chan = st_active & (~st_valid_c | ~upsample | (st_u == 3))
         next_block = st_active & (~upsample | (st_u == 3)) & (~pair | st_h)
@@ -756,18 +764,30 @@ class EngineCore(wiring.Component):
         fl_two = Signal()  # an upsampled row: two output rows, one per half
         fl_a_addr, fl_b_addr = Signal(aw), Signal(aw)
         fl_a_beats, fl_b_beats = Signal(32), Signal(32)
-        fl_a_base = Signal(range(rb_lanes + 1))
+        fl_a_half = Signal()
         fl_addr = Mux(fl_half, fl_b_addr, fl_a_addr)
         fl_beats = Mux(fl_half, fl_b_beats, fl_a_beats)
-        fl_lane = Mux(fl_half, RB_HALF, fl_a_base) + (fl_word << LB)
+        fl_lane = fl_word << LB
         row_b = row_a + row_stride_out
         with m.If(flush_start):
             m.d.sync += [fl_a_addr.eq(row_a), fl_b_addr.eq(row_b), fl_two.eq(upsample),
                          fl_a_beats.eq((row_a[:LB] + row_span + BB - 1) >> LB),
                          fl_b_beats.eq((row_b[:LB] + row_span + BB - 1) >> LB),
-                         fl_a_base.eq(Mux(upsample | ~oy[0], 0, RB_HALF))]
+                         fl_a_half.eq(~upsample & oy[0])]
         with m.If(writer.done):
             m.d.sync += fl_dones.eq(fl_dones + 1)
+        m.d.comb += f_half.eq(Mux(fl_half, 1, fl_a_half))
+        for h, buf in enumerate(rbh):
+            with m.If(clearing):
+                m.d.comb += [buf.w_addr.eq(clear_addr * RW), buf.w_data.eq(0), buf.w_mask.eq(-1), buf.w_en.eq(1)]
+            with m.Elif(fw.w_en & (f_half == h)):
+                m.d.comb += [buf.w_addr.eq(fw.w_addr), buf.w_data.eq(fw.w_data), buf.w_mask.eq(fw.w_mask),
+                             buf.w_en.eq(1)]
+            with m.Elif(sw.w_en & (sw_half == h)):
+                m.d.comb += [buf.w_addr.eq(sw.w_addr), buf.w_data.eq(sw.w_data), buf.w_mask.eq(sw.w_mask),
+                             buf.w_en.eq(1)]
+            m.d.comb += [buf.r_addr.eq(fw.r_addr), buf.r_en.eq(fw.r_en & (f_half == h))]
+        fr_data = Mux(f_half, rbh[1].r_data, rbh[0].r_data)
         with m.FSM(name="flush"):
             with m.State("IDLE"):
                 m.d.comb += flush_idle.eq(1)
@@ -781,15 +801,15 @@ class EngineCore(wiring.Component):
                     m.d.sync += fl_word.eq(0)
                     m.next = "READ"
             with m.State("READ"):
-                m.d.comb += [rb.r_addr.eq(fl_lane), rb.r_en.eq(1)]
+                m.d.comb += [fw.r_addr.eq(fl_lane), fw.r_en.eq(1)]
                 m.next = "BEAT"
             with m.State("BEAT"):
-                lanes = [rb.r_data[9 * j:9 * j + 9] for j in range(BB)]
+                lanes = [fr_data[9 * j:9 * j + 9] for j in range(BB)]
                 m.d.comb += [writer.i.valid.eq(1), writer.i.p.data.eq(Cat(*[v[:8] for v in lanes])),
                              writer.i.p.strb.eq(Cat(*[v[8] for v in lanes]))]
                 with m.If(writer.i.ready):  # clear the strobes behind us: the next row starts empty
-                    m.d.comb += [rb.w_addr.eq(fl_lane), rb.w_data.eq(0), rb.w_mask.eq((1 << BB) - 1),
-                                 rb.w_en.eq(1)]
+                    m.d.comb += [fw.w_addr.eq(fl_lane), fw.w_data.eq(0), fw.w_mask.eq((1 << BB) - 1),
+                                 fw.w_en.eq(1)]
                     m.d.sync += fl_word.eq(fl_word + 1)
                     with m.If(fl_word == fl_beats - 1):
                         with m.If(fl_two & ~fl_half):
@@ -798,7 +818,7 @@ class EngineCore(wiring.Component):
                         with m.Else():
                             m.next = "WAIT"
                     with m.Else():  # read the next word now: one beat per cycle
-                        m.d.comb += [rb.r_addr.eq(fl_lane + BB), rb.r_en.eq(1)]
+                        m.d.comb += [fw.r_addr.eq(fl_lane + BB), fw.r_en.eq(1)]
             with m.State("WAIT"):
                 with m.If(fl_dones == Mux(fl_two, 2, 1)):
                     m.d.comb += flush_done.eq(1)
