@@ -39,7 +39,7 @@ from qonnx.custom_op.base import CustomOp
 
 from ..fileio import atomic_write_bytes
 from .deform import QuantDeformConv, gather_taps
-from .models import CenterNet, ConvBNAct, DeformUp, Head, fold_params, unfolded
+from .models import CenterNet, ConvBNAct, DeformUp, Head, float_requant, fold_params, unfolded
 
 __all__ = ["DOMAIN", "OP_TYPE", "QONNX_FILE", "DeformConv2dSquare", "compare_qonnx", "deployment_copy",
            "export_qonnx_model", "run_qonnx"]
@@ -176,7 +176,9 @@ def deployment_copy(model: CenterNet, check_images: torch.Tensor | None = None) 
                 _fold_into(m[i].conv, None, m[i].input_scale())
     deployed = _Outputs(net).eval()
     if check_images is not None:
-        want, got = model(check_images), deployed(check_images)
+        with float_requant():  # the deployed graph requantises in float, as the old eval path did
+            want = model(check_images)
+        got = deployed(check_images)
         for k, g in zip(OUTPUTS, got):
             if not torch.equal(want[k], g):
                 diff = (want[k] - g).abs().max().item()
@@ -251,7 +253,8 @@ def compare_qonnx(model: CenterNet, qonnx_path: str | Path, images: torch.Tensor
     from .export import act_scale
 
     model.eval()
-    want = model(images)
+    with float_requant():  # QONNX graphs requantise in float: compare like with like
+        want = model(images)
     got = run_qonnx(qonnx_path, images)
     stats = {}
     for k in OUTPUTS:
