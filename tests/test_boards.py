@@ -175,9 +175,11 @@ def test_default_engine_config_per_board(name):
     cfg = board.default_engine_config()
     assert cfg.clock_mhz == board.default_clock_mhz
     assert cfg.axi_data_width == board.hp_port_width
-    # Everything else is the reference datapath, so configs differ only by board facts.
-    assert cfg == EngineConfig().with_(clock_mhz=board.default_clock_mhz, axi_data_width=board.hp_port_width)
-    assert board.artifact_stem(cfg) == f"hwconv_{name}_w4a8_16x16_{int(board.default_clock_mhz)}mhz"
+    # Everything else is the reference datapath but for the board file's [engine] fields.
+    assert cfg == EngineConfig().with_(clock_mhz=board.default_clock_mhz, axi_data_width=board.hp_port_width,
+                                       **dict(board.engine))
+    pe = "8x8" if name == "pynq_z2" else "16x16"
+    assert board.artifact_stem(cfg) == f"hwconv_{name}_w4a8_{pe}_{int(board.default_clock_mhz)}mhz"
 
 
 def test_default_stems_are_distinct_per_board():
@@ -204,3 +206,20 @@ def test_table_lists_all_boards():
 def test_table_includes_user_board(tmp_path):
     table = format_board_table([*list_boards(), load_board(_write(tmp_path, VALID))])
     assert "myboard" in table and "xczu2cg-sbva484-1-e" in table
+
+
+def test_engine_table_sets_the_boards_default_engine(tmp_path):
+    board = load_board(_write(tmp_path, VALID + "\n[engine]\npe_in = 8\npe_out = 8\n"))
+    cfg = board.default_engine_config()
+    assert (cfg.pe_in, cfg.pe_out, cfg.clock_mhz, cfg.axi_data_width) == (8, 8, 200.0, 128)
+    assert load_board("pynq_z2").default_engine_config().name == "w4a8_8x8"  # 16x16 needs ~333 DSP
+
+
+@pytest.mark.parametrize("table,message", [
+    ("pe_in = 3", "pe_in"), ("clock_mhz = 100.0", "default_clock_mhz"), ("frobnicate = 1", "frobnicate"),
+])
+def test_bad_engine_table_names_the_file_and_field(tmp_path, table, message):
+    path = _write(tmp_path, VALID + f"\n[engine]\n{table}\n")
+    with pytest.raises(BoardError) as info:
+        load_board(path)
+    assert str(path) in str(info.value) and "engine" in str(info.value) and message in str(info.value)

@@ -313,7 +313,7 @@ def test_build_writes_scripts_and_says_what_to_run(cached_generate, tmp_path, mo
     assert sorted(p.name for p in out.iterdir()) == ["bitfile", "deploy", "driver", "reports", "rtl", "vivado"]
     assert sorted(p.name for p in (out / "vivado").iterdir()) == sorted(["build.tcl", "settings.tcl", *PARTS])
     assert list((out / "bitfile").iterdir()) == []
-    stem = "hwconv_pynq_z2_w4a8_16x16_100mhz"
+    stem = "hwconv_pynq_z2_w4a8_8x8_100mhz"
     assert (out / "rtl" / f"{stem}.v").is_file()
     assert f"cd {out / 'vivado'} && vivado -mode batch -source build.tcl -log ../reports/vivado.log" in text
     assert str(out / "bitfile" / f"{stem}.bit") in text and str(out / "bitfile" / f"{stem}.hwh") in text

@@ -38,7 +38,7 @@ _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_]*$")
 
 _TOP_FIELDS = ("name", "display_name", "part", "family", "ps", "default_clock_mhz", "hp_port_width",
                "pynq_image", "resources", "pl_clocks")
-_OPTIONAL_FIELDS = ("board_part", "board_files")
+_OPTIONAL_FIELDS = ("board_part", "board_files", "engine")
 _POSITIVE_RESOURCES = ("dsp", "bram36", "lut", "ff")
 _RESOURCE_FIELDS = _POSITIVE_RESOURCES + ("uram",)       # uram is 0 on devices without UltraRAM
 
@@ -72,6 +72,7 @@ class Board:
     pynq_image: str                             # which PYNQ image/version runs on the board
     board_part: str | None = None               # Vivado board part, where one exists
     board_files: str | None = None              # where Vivado gets board_part: "vivado" or a URL
+    engine: tuple[tuple[str, object], ...] = ()  # [engine] table: EngineConfig fields for this board
     source: str = field(default="", compare=False)  # file it was read from, for messages
 
     @property
@@ -85,8 +86,10 @@ class Board:
         return f"hwconv_{self.name}_{config.stem}"
 
     def default_engine_config(self) -> EngineConfig:
-        """The reference engine retargeted to this board's clock and HP port width."""
-        return EngineConfig(clock_mhz=self.default_clock_mhz, axi_data_width=self.hp_port_width)
+        """The reference engine retargeted to this board's clock and HP port width, with the
+        board file's [engine] fields (a smaller array for a smaller part)."""
+        return EngineConfig.from_dict({"clock_mhz": self.default_clock_mhz, "axi_data_width": self.hp_port_width,
+                                       **dict(self.engine)}, source=f"{self.source or self.name} [engine]")
 
 
 # -- loading -------------------------------------------------------------------------------------
@@ -234,6 +237,7 @@ def _board_from_dict(data: dict, source: str) -> Board:
         pynq_image=r.get(data, "pynq_image", "str"),
         board_part=r.get(data, "board_part", "str") if "board_part" in data else None,
         board_files=_board_files(r, data),
+        engine=_engine_fields(r, data, clock, hp),
         source=source,
     )
 
@@ -264,3 +268,18 @@ def format_board_table(boards: Iterable[Board]) -> str:
                          for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
 
     return "\n".join([line(header), line(tuple("-" * w for w in widths)), *map(line, rows)]) + "\n"
+
+
+def _engine_fields(r, data: dict, clock: float, hp: int) -> tuple[tuple[str, object], ...]:
+    """The optional [engine] table: EngineConfig fields, checked by building the config."""
+    if "engine" not in data:
+        return ()
+    table = r.get(data, "engine", "table")
+    for key in ("clock_mhz", "axi_data_width"):
+        if key in table:
+            raise r.error(f"engine.{key}", "comes from default_clock_mhz / hp_port_width; set it there")
+    try:
+        EngineConfig.from_dict({"clock_mhz": clock, "axi_data_width": hp, **table})
+    except SpecError as exc:
+        raise r.error("engine", str(exc)) from None
+    return tuple(sorted(table.items()))
