@@ -1,8 +1,10 @@
 """`hwconv demo`: the main job on a built-in default, end to end as far as the project reaches.
 
-Today: build a CoDeNet-shaped program (random integer weights, calibrated requantisation), write
-it in the program format, read it back, run it on the golden model, and write a FINN-style output
-folder with the program, the verification vectors and reports.
+Build a CoDeNet-shaped program (random integer weights, calibrated requantisation), write it in
+the program format, read it back, run it on the golden model, generate the engine's Verilog for
+Ultra96-V2 (with Verilator lint), run the program on that RTL in simulation and check it bit for
+bit against the golden model, and write a FINN-style output folder: program/, rtl/, reports/
+(lint, demo.json, program.txt, simulation.json, cycles_per_layer.png), verification/.
 """
 
 from __future__ import annotations
@@ -61,6 +63,9 @@ def run_demo(out: Path, config: EngineConfig, model: str = "a") -> int:
     for name, y in outputs.items():
         print(f"    output {name}: {y.shape} {y.dtype}, range [{y.min()}, {y.max()}]")
 
+    rtl = _generate(out, config)   # replaces rtl/ and reports/: before anything else goes there
+    sim = _simulate(out, loaded, image, model) if rtl else None
+
     _save_npz(out / "verification" / "input.npz", {"image": image.astype(np.uint8)})
     _save_npz(out / "verification" / "golden_outputs.npz", outputs)
     report = {"model": model, "engine": config.to_dict(), "engine_stem": config.stem,
@@ -69,6 +74,56 @@ def run_demo(out: Path, config: EngineConfig, model: str = "a") -> int:
               "outputs": {k: list(v.shape) for k, v in outputs.items()}, "layer_table": program_table(prog)}
     atomic_write_text(out / "reports" / "demo.json", json.dumps(report, indent=2, default=str) + "\n")
     atomic_write_text(out / "reports" / "program.txt", format_program(loaded, str(program_path)) + "\n")
+    if sim is not None:
+        atomic_write_text(out / "reports" / "simulation.json", json.dumps(sim.data, indent=2) + "\n")
+        from .sim.simulate import _plot
+        atomic_write_bytes(out / "reports" / "cycles_per_layer.png", _plot(sim.data))
     print(f"  reports in {out / 'reports'}, verification vectors in {out / 'verification'}")
-    print("  next (later issues): quantize a trained detector, generate RTL, simulate it against these vectors")
-    return 0
+    print("  next: train and export a real detector (README, 'Quantize a detector'), then build and deploy")
+    return 0 if sim is None or sim.passed else 1
+
+
+def _generate(out: Path, config: EngineConfig):
+    """Verilog + lint for the board whose default engine this is (Ultra96-V2 for the default)."""
+    from .boards import load_board
+    from .rtl.generate import GenerateError, generate
+    from .toolchain import verilator_env
+
+    board = next((b for b in ("ultra96v2", "zcu104", "kv260", "pynq_z2")
+                  if load_board(b).default_engine_config() == config), None)
+    if board is None:
+        print("  RTL: skipped (this engine config is no board's default; use hwconv generate)")
+        return None
+    t = time.perf_counter()
+    try:
+        report = generate(load_board(board), config, out, synth=False, lint=bool(verilator_env()))
+    except GenerateError as exc:
+        print(f"  RTL: {exc}")
+        return None
+    print(f"  RTL for {board}: {report.verilog} ({report.verilog.stat().st_size // 1024} KiB Verilog, "
+          f"lint {'clean of errors' if verilator_env() else 'skipped: no verilator'}, "
+          f"{time.perf_counter() - t:.0f} s)")
+    return report
+
+
+def _simulate(out: Path, program: Program, image: np.ndarray, model: str):
+    """The program on the generated engine (cocotb + Verilator), checked against golden."""
+    from .sim.simulate import simulate_program
+    from .toolchain import verilator_env
+
+    if not verilator_env():
+        print("  simulation: skipped (no verilator; `hwconv doctor` says how to get it)")
+        return None
+    from rich.progress import Progress
+
+    with Progress(transient=True) as bar:
+        task = bar.add_task("RTL simulation", total=len(program.layers))
+        rep = simulate_program(program, {"image": image}, out / "verification" / "rtl_sim", sim="verilator",
+                               progress=lambda done, n, cyc: bar.update(
+                                   task, completed=done, description=f"RTL simulation: {cyc:,} cycles"))
+    d = rep.data
+    verdict = "RTL == golden, bit for bit" if rep.passed else f"RTL != golden: {d['comparison']}"
+    versus = f" ({d['fps_vs_codenet']:.2f}x CoDeNet's {d['codenet_fps']} fps)" if model == "a" else ""
+    print(f"  RTL simulation (Verilator): {verdict}; {d['cycles']:,} cycles = {d['fps']:.1f} fps at "
+          f"{d['clock_mhz']:g} MHz{versus}, MAC utilisation {d['utilisation']:.1%}")
+    return rep

@@ -7,6 +7,7 @@ import sys
 import numpy as np
 
 from hwconv.cli import main
+from hwconv.toolchain import verilator_env
 
 
 def test_help_runs_as_console_script():
@@ -25,6 +26,10 @@ def test_demo_writes_output_folder_and_inspect_reads_it(tmp_path, capsys):
     golden = np.load(tmp_path / "verification" / "golden_outputs.npz")
     assert set(golden.files) == {"hm", "wh", "reg"}
     assert not list(tmp_path.rglob("*.tmp"))  # atomic writes leave nothing behind
+    assert (tmp_path / "rtl" / "hwconv_ultra96v2_w4a8_16x16_250mhz.v").is_file()
+    if verilator_env():  # the program ran on the generated RTL and matched golden
+        sim = json.loads((tmp_path / "reports" / "simulation.json").read_text())
+        assert sim["match"] and sim["cycles"] > 0 and (tmp_path / "reports" / "cycles_per_layer.png").is_file()
     capsys.readouterr()
     assert main(["inspect", str(program)]) == 0
     out = capsys.readouterr().out
