@@ -143,14 +143,10 @@ def cmd_generate(args) -> int:
     from .boards import load_board
     from .rtl.generate import GenerateError, generate
 
+    from .build.cli import engine_config
+
     board = load_board(args.board)
-    cfg = EngineConfig.load(args.engine) if args.engine else board.default_engine_config()
-    if args.pe:
-        try:
-            pe_in, pe_out = (int(v) for v in args.pe.lower().split("x"))
-        except ValueError:
-            raise SpecError(f"--pe {args.pe!r}: expected IxO, e.g. 16x16") from None
-        cfg = cfg.with_(pe_in=pe_in, pe_out=pe_out)
+    cfg = engine_config(args, board)
     try:
         report = generate(board, cfg, Path(args.out), synth=not args.no_synth, lint=not args.no_lint)
     except GenerateError as exc:

@@ -64,7 +64,7 @@ def run_demo(out: Path, config: EngineConfig, model: str = "a") -> int:
         print(f"    output {name}: {y.shape} {y.dtype}, range [{y.min()}, {y.max()}]")
 
     rtl = _generate(out, config)   # replaces rtl/ and reports/: before anything else goes there
-    sim = _simulate(out, loaded, image, model) if rtl else None
+    sim, sim_ok = _simulate(out, loaded, image, model) if rtl else (None, True)
 
     _save_npz(out / "verification" / "input.npz", {"image": image.astype(np.uint8)})
     _save_npz(out / "verification" / "golden_outputs.npz", outputs)
@@ -80,7 +80,7 @@ def run_demo(out: Path, config: EngineConfig, model: str = "a") -> int:
         atomic_write_bytes(out / "reports" / "cycles_per_layer.png", _plot(sim.data))
     print(f"  reports in {out / 'reports'}, verification vectors in {out / 'verification'}")
     print("  next: train and export a real detector (README, 'Quantize a detector'), then build and deploy")
-    return 0 if sim is None or sim.passed else 1
+    return 0 if sim_ok else 1
 
 
 def _generate(out: Path, config: EngineConfig):
@@ -107,23 +107,29 @@ def _generate(out: Path, config: EngineConfig):
 
 
 def _simulate(out: Path, program: Program, image: np.ndarray, model: str):
-    """The program on the generated engine (cocotb + Verilator), checked against golden."""
+    """The program on the generated engine (cocotb + Verilator), checked against golden.
+    Returns (report or None, passed)."""
+    from rich.progress import Progress
+
+    from .sim.runner import SimError
     from .sim.simulate import simulate_program
     from .toolchain import verilator_env
 
     if not verilator_env():
         print("  simulation: skipped (no verilator; `hwconv doctor` says how to get it)")
-        return None
-    from rich.progress import Progress
-
-    with Progress(transient=True) as bar:
-        task = bar.add_task("RTL simulation", total=len(program.layers))
-        rep = simulate_program(program, {"image": image}, out / "verification" / "rtl_sim", sim="verilator",
-                               progress=lambda done, n, cyc: bar.update(
-                                   task, completed=done, description=f"RTL simulation: {cyc:,} cycles"))
+        return None, True
+    try:
+        with Progress(transient=True) as bar:
+            task = bar.add_task("RTL simulation", total=len(program.layers))
+            rep = simulate_program(program, {"image": image}, out / "verification" / "rtl_sim", sim="verilator",
+                                   progress=lambda done, n, cyc: bar.update(
+                                       task, completed=done, description=f"RTL simulation: {cyc:,} cycles"))
+    except SimError as exc:  # a failed build or run: say so in one line; the demo fails
+        print(f"  RTL simulation failed: {exc}")
+        return None, False
     d = rep.data
     verdict = "RTL == golden, bit for bit" if rep.passed else f"RTL != golden: {d['comparison']}"
     versus = f" ({d['fps_vs_codenet']:.2f}x CoDeNet's {d['codenet_fps']} fps)" if model == "a" else ""
     print(f"  RTL simulation (Verilator): {verdict}; {d['cycles']:,} cycles = {d['fps']:.1f} fps at "
           f"{d['clock_mhz']:g} MHz{versus}, MAC utilisation {d['utilisation']:.1%}")
-    return rep
+    return rep, rep.passed

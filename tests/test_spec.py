@@ -577,3 +577,11 @@ def test_check_descriptor_computed_width_limit():
     d = LayerDescriptor(Opcode.CONV, TensorRef(0, 4, 8, 1), TensorRef(0, 4, 9, 1), kernel=1, weight_bits=4)
     code, msg = check_descriptor(d, cfg, arena_size=1 << 20, params_size=1 << 20)
     assert code == BAD and "computed width 9 exceeds the engine's max_width=8" in msg
+
+
+def test_register_field_masks():
+    from hwconv.spec.registers import mask
+    assert (mask("CONTROL", "start"), mask("CONTROL", "soft_reset")) == (1, 2)
+    assert mask("STATUS", "error") == 4 and mask("VERSION", "major") == 0xFFFF << 16
+    with pytest.raises(KeyError, match="no field 'nope'"):
+        mask("STATUS", "nope")

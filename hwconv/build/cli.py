@@ -25,6 +25,7 @@ def register(add) -> None:
 
 
 def engine_config(args, board) -> EngineConfig:
+    """The engine of `hwconv generate` / `build`: --engine FILE or the board's default, with --pe IxO."""
     cfg = EngineConfig.load(args.engine) if args.engine else board.default_engine_config()
     if args.pe:
         try:

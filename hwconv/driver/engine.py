@@ -23,7 +23,7 @@ import numpy as np
 
 from ..golden.memory import read_tensor, write_tensor
 from ..spec.program import FORMAT_VERSION, Program
-from ..spec.registers import ENGINE_ID, ENGINE_VLNV, ErrorCode, offset, reg
+from ..spec.registers import ENGINE_ID, ENGINE_VLNV, ErrorCode, mask, offset
 from .backend import Backend, BackendError, Buffer
 
 try:  # on a board (or wherever pynq is installed) the driver binds to the engine IP by VLNV
@@ -32,14 +32,10 @@ except ImportError:  # pynq is optional: every other backend works without it
     _IPBase = object
 
 
-def _bit(reg_name: str, field_name: str) -> int:
-    lsb, width = reg(reg_name).field(field_name)
-    return ((1 << width) - 1) << lsb
 
-
-START, SOFT_RESET = _bit("CONTROL", "start"), _bit("CONTROL", "soft_reset")
-BUSY, DONE, ERROR_BIT = _bit("STATUS", "busy"), _bit("STATUS", "done"), _bit("STATUS", "error")
-IRQ_DONE = _bit("IRQ_STATUS", "done")
+START, SOFT_RESET = mask("CONTROL", "start"), mask("CONTROL", "soft_reset")
+BUSY, DONE, ERROR_BIT = mask("STATUS", "busy"), mask("STATUS", "done"), mask("STATUS", "error")
+IRQ_DONE = mask("IRQ_STATUS", "done")
 POLL_S = 0.01  # longest wait between two STATUS reads
 
 
@@ -184,7 +180,7 @@ class EngineDriver(_IPBase):
             self._write64(name, addr)
         self.write("PARAMS_SIZE", len(params))
         self.write("ARENA_SIZE", program.arena_bytes)
-        self.write("IRQ_ENABLE", _bit("IRQ_ENABLE", "done"))
+        self.write("IRQ_ENABLE", mask("IRQ_ENABLE", "done"))
         self.program = program
 
     def _free(self) -> None:

@@ -29,22 +29,18 @@ from ..golden.engine import execute
 from ..spec.config import EngineConfig
 from ..spec.isa import LayerDescriptor
 from ..spec.program import FORMAT_VERSION
-from ..spec.registers import ENGINE_ID, REGISTER_MAP_BYTES, REGISTERS, Access, ErrorCode, reg
+from ..spec.registers import ENGINE_ID, REGISTER_MAP_BYTES, REGISTERS, Access, ErrorCode, mask
 from .backend import ALLOC_ALIGN, Backend, BackendError, Buffer, check_alloc_size, check_reg_access
 
 DEVICE_MEMORY_BASE = 0x1000_0000  # where the model's buffers start (inside Zynq DDR, like CMA)
 MASK32 = 0xFFFF_FFFF
 
 
-def _bit(reg_name: str, field: str) -> int:
-    lsb, width = reg(reg_name).field(field)
-    return ((1 << width) - 1) << lsb
 
-
-START, SOFT_RESET = _bit("CONTROL", "start"), _bit("CONTROL", "soft_reset")
-BUSY, DONE, ERROR_BIT = _bit("STATUS", "busy"), _bit("STATUS", "done"), _bit("STATUS", "error")
-IRQ_DONE = _bit("IRQ_STATUS", "done")
-IRQ_ENABLE_DONE = _bit("IRQ_ENABLE", "done")
+START, SOFT_RESET = mask("CONTROL", "start"), mask("CONTROL", "soft_reset")
+BUSY, DONE, ERROR_BIT = mask("STATUS", "busy"), mask("STATUS", "done"), mask("STATUS", "error")
+IRQ_DONE = mask("IRQ_STATUS", "done")
+IRQ_ENABLE_DONE = mask("IRQ_ENABLE", "done")
 
 
 class DeviceMemory:

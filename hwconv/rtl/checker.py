@@ -81,8 +81,7 @@ class DescriptorChecker(wiring.Component):
                 m.d.comb += [divisor.eq(refs[r].group_channels), dividend.eq(refs[r].channels - 1)]
 
         with m.If(self.start):
-            m.d.sync += [which.eq(0), step.eq(0), running.eq(1), ready.eq(0), rem.eq(0),
-                         num.eq(d.in0.channels - 1)]
+            m.d.sync += [which.eq(0), step.eq(0), running.eq(1), ready.eq(0)]
         with m.Elif(running):
             with m.If(step == 0):
                 m.d.sync += [num.eq(dividend), rem.eq(0), quo.eq(0), step.eq(1)]

@@ -112,7 +112,7 @@ class EngineCore(wiring.Component):
         # -- on-chip memories ------------------------------------------------------------------
         # Input rows as they lie in DRAM (from the beat each starts in), any P bytes per cycle.
         m.submodules.linebuf = lb = SplitBuffer(LW, 8, cfg.line_buffer_depth)
-        wbanks, wb_w, wb_r, pbanks, pb_w, pb_r = [], [], [], [], [], []
+        wb_w, wb_r, pb_w, pb_r = [], [], [], []
         rec_layout = requant_record_layout()
         for o in range(P):
             wm = Memory(shape=unsigned(P * 8), depth=cfg.weight_depth, init=[])
@@ -419,17 +419,16 @@ class EngineCore(wiring.Component):
             with m.State("LAYER_END"):
                 m.d.comb += [pc_w.addr.eq(layer), pc_w.data.eq(layer_cycles), pc_w.en.eq(flush_idle),
                              pm_w.addr.eq(layer), pm_w.data.eq(layer_macs), pm_w.en.eq(flush_idle)]
-                with m.If(~flush_idle):  # the last row's flush: the next layer may read it
-                    pass
-                with m.Elif(reader.error | writer.error):
-                    m.d.sync += error.eq(ErrorCode.AXI_ERROR)
-                    m.next = "FINISH"
-                with m.Else():
-                    m.d.sync += layer.eq(layer + 1)
-                    with m.If(layer + 1 == n_layers):
+                with m.If(flush_idle):  # the last row's flush is done: the next layer may read it
+                    with m.If(reader.error | writer.error):
+                        m.d.sync += error.eq(ErrorCode.AXI_ERROR)
                         m.next = "FINISH"
                     with m.Else():
-                        m.next = "DESC_CMD"
+                        m.d.sync += layer.eq(layer + 1)
+                        with m.If(layer + 1 == n_layers):
+                            m.next = "FINISH"
+                        with m.Else():
+                            m.next = "DESC_CMD"
             with m.State("FINISH"):
                 m.d.sync += [busy.eq(0), done.eq(1), done_pulse.eq(1)]
                 m.next = "IDLE"

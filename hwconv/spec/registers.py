@@ -103,6 +103,12 @@ def offset(name: str) -> int:
     return reg(name).offset
 
 
+def mask(register: str, field: str) -> int:
+    """The bits of `field` in `register`, in place: mask("CONTROL", "start") == 1."""
+    lsb, width = reg(register).field(field)
+    return ((1 << width) - 1) << lsb
+
+
 def _check_map() -> None:
     offsets = [r.offset for r in REGISTERS]
     assert len(set(offsets)) == len(offsets), "register offsets collide"
