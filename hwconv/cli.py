@@ -136,6 +136,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "hwconv.quant.cli",
     "hwconv.build.cli",
     "hwconv.driver.cli",
+    "hwconv.driver.deploy_cli",
     "hwconv.sim.cli",
 )
 
