@@ -223,3 +223,32 @@ def test_bad_engine_table_names_the_file_and_field(tmp_path, table, message):
     with pytest.raises(BoardError) as info:
         load_board(path)
     assert str(path) in str(info.value) and "engine" in str(info.value) and message in str(info.value)
+
+
+# ==================================================================================================
+# Speed grade and the shipped timing estimate ([timing])
+# ==================================================================================================
+@pytest.mark.parametrize("name,grade", [("pynq_z2", "-1"), ("ultra96v2", "-1"), ("zcu104", "-2"), ("kv260", "-2LV")])
+def test_speed_grade_comes_from_the_part(name, grade):
+    assert load_board(name).speed_grade == grade
+
+
+TIMING = '\n[timing]\nestimated_fmax_mhz = 123.4\nconfig_hash = "0x0123abcd"\nreport = "docs/x.txt"\n'
+
+
+def test_timing_table_is_read(tmp_path):
+    ref = load_board(_write(tmp_path, VALID + TIMING)).timing
+    assert (ref.fmax_mhz, ref.config_hash, ref.report) == (123.4, "0x0123abcd", "docs/x.txt")
+    assert load_board(_write(tmp_path, VALID)).timing is None
+
+
+@pytest.mark.parametrize("old,new,field", [
+    ("123.4", "0", "timing.estimated_fmax_mhz"), ("123.4", '"fast"', "timing.estimated_fmax_mhz"),
+    ('"0x0123abcd"', '"0123abcd"', "timing.config_hash"), ('report = "docs/x.txt"\n', "", "timing.report"),
+    ("report =", "extra = 1\nreport =", "timing.extra"),
+])
+def test_bad_timing_table_names_the_file_and_field(tmp_path, old, new, field):
+    path = _write(tmp_path, VALID + TIMING.replace(old, new))
+    with pytest.raises(BoardError) as info:
+        load_board(path)
+    assert str(info.value).startswith(f"{path}: ") and repr(field) in str(info.value)

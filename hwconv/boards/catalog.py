@@ -38,7 +38,11 @@ _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_]*$")
 
 _TOP_FIELDS = ("name", "display_name", "part", "family", "ps", "default_clock_mhz", "hp_port_width",
                "pynq_image", "resources", "pl_clocks")
-_OPTIONAL_FIELDS = ("board_part", "board_files", "engine")
+_OPTIONAL_FIELDS = ("board_part", "board_files", "engine", "timing")
+_TIMING_FIELDS = ("estimated_fmax_mhz", "config_hash", "report")
+_CONFIG_HASH_RE = re.compile(r"^0x[0-9a-f]{8}$")
+# The speed grade is the part name's field after the package: xczu3eg-sbva484-1-i, xc7z020clg400-1.
+_SPEED_GRADE_RE = re.compile(r"-(\d[A-Z]*)(?:-[a-z])?$")
 _POSITIVE_RESOURCES = ("dsp", "bram36", "lut", "ff")
 _RESOURCE_FIELDS = _POSITIVE_RESOURCES + ("uram",)       # uram is 0 on devices without UltraRAM
 
@@ -59,6 +63,16 @@ class Resources:
 
 
 @dataclass(frozen=True)
+class TimingReference:
+    """A timing estimate (hwconv.rtl.timing) of the board's default engine, shipped with the board
+    so that speed figures use a checked clock without a generate run of their own."""
+
+    fmax_mhz: float
+    config_hash: str      # "0x192e5bde": the engine config it was measured on
+    report: str           # where the full report is, and on which engine revision
+
+
+@dataclass(frozen=True)
 class Board:
     name: str                                   # short id used in artifact stems
     display_name: str
@@ -73,6 +87,7 @@ class Board:
     board_part: str | None = None               # Vivado board part, where one exists
     board_files: str | None = None              # where Vivado gets board_part: "vivado" or a URL
     engine: tuple[tuple[str, object], ...] = ()  # [engine] table: EngineConfig fields for this board
+    timing: TimingReference | None = None       # [timing] table: estimate of the default engine
     source: str = field(default="", compare=False)  # file it was read from, for messages
 
     @property
@@ -80,6 +95,12 @@ class Board:
         """The PS fabric clock that drives the engine (the first in pl_clocks) and its index."""
         name = self.pl_clocks[0][0]
         return name, PL_CLOCK_NAMES[self.ps].index(name)     # validated when the file was read
+
+    @property
+    def speed_grade(self) -> str | None:
+        """"-1", "-2", "-2LV" from the part name; None if the part name does not end in one."""
+        m = _SPEED_GRADE_RE.search(self.part)
+        return f"-{m.group(1)}" if m else None
 
     def artifact_stem(self, config: EngineConfig) -> str:
         """Shared stem of the .bit/.hwh pair: hwconv_ultra96v2_w4a8_16x16_250mhz."""
@@ -238,6 +259,7 @@ def _board_from_dict(data: dict, source: str) -> Board:
         board_part=r.get(data, "board_part", "str") if "board_part" in data else None,
         board_files=_board_files(r, data),
         engine=_engine_fields(r, data, clock, hp),
+        timing=_timing_reference(r, data),
         source=source,
     )
 
@@ -268,6 +290,21 @@ def format_board_table(boards: Iterable[Board]) -> str:
                          for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
 
     return "\n".join([line(header), line(tuple("-" * w for w in widths)), *map(line, rows)]) + "\n"
+
+
+def _timing_reference(r: _Reader, data: dict) -> TimingReference | None:
+    """The optional [timing] table: a shipped timing estimate of the board's default engine."""
+    if "timing" not in data:
+        return None
+    table = r.get(data, "timing", "table")
+    r.keys(table, _TIMING_FIELDS, prefix="timing.")
+    fmax = r.get(table, "estimated_fmax_mhz", "number", prefix="timing.")
+    if not 0 < fmax <= 2000:
+        raise r.error("timing.estimated_fmax_mhz", f"must be in (0, 2000] MHz, got {fmax}")
+    config_hash = r.get(table, "config_hash", "str", prefix="timing.")
+    if not _CONFIG_HASH_RE.match(config_hash):
+        raise r.error("timing.config_hash", f"must be 0x and 8 lower-case hex digits, got {config_hash!r}")
+    return TimingReference(float(fmax), config_hash, r.get(table, "report", "str", prefix="timing."))
 
 
 def _engine_fields(r, data: dict, clock: float, hp: int) -> tuple[tuple[str, object], ...]:
