@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .spec import DESCRIPTOR_FIELD_OFFSETS, REGISTERS, REQUANT_OPS, ErrorCode, Flag, Program
+from .spec.errors import printable
 from .spec.isa import TENSOR_REF_FIELD_OFFSETS
 from .compiler.cost import ideal_cycles, layer_macs
 from .compiler.cycles import program_cycles
@@ -18,7 +19,7 @@ def program_table(prog: Program) -> list[dict]:
     model = program_cycles(prog.layers, prog.config)
     for i, (d, name) in enumerate(zip(prog.layers, prog.layer_names)):
         rows.append({
-            "index": i, "name": name, "op": d.opcode.name,
+            "index": i, "name": printable(name), "op": d.opcode.name,
             "kernel": f"{d.kernel}x{d.kernel}/s{d.stride}", "in": _shape(d.in0),
             "out": _shape(d.out) + (" (2x)" if d.flags & Flag.UPSAMPLE2X else ""),
             "wbits": d.weight_bits or "-", "clamp": f"[{d.clamp_lo},{d.clamp_hi}]" if d.opcode in REQUANT_OPS else "-",
@@ -31,12 +32,12 @@ def program_table(prog: Program) -> list[dict]:
 def format_program(prog: Program, source: str = "") -> str:
     cfg = prog.config
     lines = [
-        f"program {source}".rstrip(),
+        f"program {printable(source, 400)}".rstrip(),
         f"  format {FORMAT_VERSION[0]}.{FORMAT_VERSION[1]}, engine {cfg.stem} (hash 0x{cfg.config_hash:08x})",
         f"  {len(prog.layers)} layers, params {len(prog.params)} bytes, arena {prog.arena_bytes} bytes",
     ]
     for t in prog.tensors:
-        lines.append(f"  {t.role:6s} {t.name}: {_shape(t.ref)} {'int8' if t.signed else 'uint8'} "
+        lines.append(f"  {t.role:6s} {printable(t.name)}: {_shape(t.ref)} {'int8' if t.signed else 'uint8'} "
                      f"scale {t.scale:.6g} @ arena+{t.ref.addr}")
     rows = program_table(prog)
     cols = list(rows[0])

@@ -21,7 +21,7 @@ from ..spec.isa import (DESCRIPTOR_BYTES, PREAMBLE_BYTES, PREAMBLE_FORMAT, PREAM
 from ..spec.params import REQUANT_RECORD_BYTES, unpack_requant, unpack_weights
 from ..spec.program import FORMAT_VERSION, Program
 from ..spec.registers import ErrorCode
-from ..spec.validate import check_descriptor, weight_count, weight_shape
+from ..spec.validate import check_descriptor, check_requant_records, weight_count, weight_shape
 from . import ops
 from .memory import read_tensor, write_tensor
 
@@ -113,6 +113,8 @@ def execute(cfg: EngineConfig, image: bytes, params: bytes, arena: np.ndarray, *
             known = raw[0] in {int(o) for o in Opcode}
             return stop(ErrorCode.BAD_DESCRIPTOR if known else ErrorCode.BAD_OPCODE, i, str(exc))
         code, msg = check_descriptor(d, cfg, arena_size=arena.size, params_size=len(params))
+        if not code:  # records are read before the layer computes: a reserved bit stops it here
+            code, msg = check_requant_records(d, params)
         if code:
             return stop(code, i, msg)
         t0 = time.perf_counter()

@@ -20,6 +20,7 @@ from .errors import SpecError
 WEIGHT_BITS_CHOICES = (4, 8)
 ACT_BITS_CHOICES = (8,)
 AXI_DATA_WIDTH_CHOICES = (32, 64, 128, 256, 512)
+CONFIG_MAX_BYTES = 1 << 20  # an engine file is ~500 bytes
 
 
 def _is_int(v) -> bool:
@@ -179,20 +180,26 @@ class EngineConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> "EngineConfig":
-        """Read a config from .toml (an [engine] table) or .json."""
+        """Read a config from .toml (an [engine] table) or .json: the suffix decides, anything else
+        is refused. A regular file of at most CONFIG_MAX_BYTES, JSON nested at most 8 deep."""
+        from ..fileio import InputFileError, loads_json, read_capped
+
         path = Path(path)
+        kind = path.suffix.lower()
+        if kind not in (".toml", ".json"):
+            raise SpecError(f"{path}: engine config must be a .toml or .json file, not {kind or 'no suffix'}")
         try:
-            text = path.read_text()
-        except OSError as exc:
-            raise SpecError(f"{path}: cannot read engine config: {exc.strerror}") from None
-        try:
-            if path.suffix == ".toml":
+            text = read_capped(path, limit=CONFIG_MAX_BYTES, what="engine config").decode("utf-8")
+            if kind == ".toml":
                 data = tomllib.loads(text)
                 data = data.get("engine", data)
             else:
-                data = json.loads(text)
-        except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
-            raise SpecError(f"{path}: not valid {path.suffix.lstrip('.') or 'json'}: {exc}") from None
+                data = loads_json(text, source=str(path), max_depth=8)
+        except InputFileError as exc:
+            raise SpecError(str(exc)) from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as exc:
+            why = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+            raise SpecError(f"{path}: not valid {kind.lstrip('.')}: {why}") from None
         return cls.from_dict(data, source=str(path))
 
     def save(self, path: str | Path) -> None:

@@ -5,7 +5,9 @@ contiguous so a pe_in-wide run is one burst) and [C][ky][kx] for depthwise ops. 
 pack two per byte, element 2i in the low nibble. 8-bit weights are one int8 per byte.
 
 Requant record, one per output channel, REQUANT_RECORD_BYTES each:
-    int32 bias (at scale s_in * s_w), uint32 word = mult[23:0] | shift[29:24].
+    int32 bias (at scale s_in * s_w), uint32 word = mult[23:0] | shift[29:24], bits 31:30 reserved
+    and zero (a record that sets them is refused by spec.validate.check_requant_records and by the
+    engine with ErrorCode.BAD_REQUANT: they are not silently part of the shift).
 
 Rounding rule (the whole contract rests on it):
     acc  = sum(w * x) + bias                      exact, fits acc_bits (proved by the compiler)
@@ -32,6 +34,7 @@ BLOB_ALIGN = 64  # every layer's weights and records start on a 64-byte boundary
 
 MULT_MAX = (1 << REQUANT_MULT_BITS) - 1
 SHIFT_MAX = (1 << REQUANT_SHIFT_BITS) - 1
+REQUANT_RESERVED_MASK = 0xFFFFFFFF & ~((1 << (REQUANT_MULT_BITS + REQUANT_SHIFT_BITS)) - 1)  # word bits 31:30
 
 
 def align(n: int, to: int = BLOB_ALIGN) -> int:
@@ -104,7 +107,13 @@ def pack_requant(bias: np.ndarray, mult: np.ndarray, shift: np.ndarray, *, where
 def unpack_requant(raw: bytes | np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     rec = np.frombuffer(bytes(raw[: n * REQUANT_RECORD_BYTES]), dtype=[("bias", "<i4"), ("word", "<u4")])
     word = rec["word"].astype(np.int64)
-    return rec["bias"].astype(np.int64), word & MULT_MAX, word >> REQUANT_MULT_BITS
+    return rec["bias"].astype(np.int64), word & MULT_MAX, (word >> REQUANT_MULT_BITS) & SHIFT_MAX
+
+
+def requant_reserved_bits(raw: bytes | np.ndarray, n: int) -> np.ndarray:
+    """Per record, the reserved word bits (31:30) that are set; all zero in a valid blob."""
+    rec = np.frombuffer(bytes(raw[: n * REQUANT_RECORD_BYTES]), dtype=[("bias", "<i4"), ("word", "<u4")])
+    return rec["word"] & np.uint32(REQUANT_RESERVED_MASK)
 
 
 def quantize_multiplier(real: float, *, where: str = "requant") -> tuple[int, int]:

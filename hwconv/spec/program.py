@@ -9,6 +9,12 @@ File layout (little-endian), sections in this order, each offset/size in the hea
 
 The header CRC covers the header, the body CRC everything after it, so truncation, corruption,
 another format version or another engine are each refused with a message saying which.
+
+A program file is untrusted input. `Program.load` reads the header first and then exactly the
+size it declares, at most PROGRAM_MAX_BYTES; the arena it claims is bounded before anything is
+allocated (`max_arena_bytes`: ARENA_MAX_BYTES, the engine's address space, and no more than the
+highest byte a layer or tensor reaches, rounded up to ARENA_ALIGN); the metadata JSON nests at
+most JSON_MAX_DEPTH deep; names are unique and printed escaped (errors.printable).
 """
 
 from __future__ import annotations
@@ -23,11 +29,13 @@ from pathlib import Path
 import numpy as np
 
 from .config import EngineConfig
-from .errors import ProgramFormatError, SpecError
+from ..fileio import loads_json
+from .errors import ProgramFormatError, SpecError, printable
 from .isa import (DESCRIPTOR_BYTES, PREAMBLE_BYTES, PREAMBLE_FORMAT, PREAMBLE_MAGIC, REQUANT_OPS,
                   WEIGHTED_OPS, Flag, LayerDescriptor, TensorRef)
 from .params import unpack_requant, unpack_weights
-from .validate import check_accumulator, check_descriptor, weight_count, weight_shape
+from .validate import (check_accumulator, check_descriptor, check_requant_records, used_inputs, weight_count,
+                       weight_shape)
 
 FORMAT_VERSION = (1, 0)  # (major, minor): a reader accepts its major and any minor <= its own
 FILE_MAGIC = b"HWCVPROG"
@@ -50,6 +58,18 @@ FILE_HEADER_BYTES = 64
 _HDR_USED = "<" + "".join(f for _, f in FILE_HEADER_FIELDS)
 _HDR_FORMAT = _HDR_USED + f"{FILE_HEADER_BYTES - 4 - struct.calcsize(_HDR_USED)}x" + "I"  # + header CRC
 assert struct.calcsize(_HDR_FORMAT) == FILE_HEADER_BYTES
+
+PROGRAM_MAX_BYTES = 256 * 1024 * 1024  # a CoDeNet-sized program is ~1 MB; the reader reads no more
+ARENA_MAX_BYTES = 1 << 30              # 1 GiB: half the Ultra96-V2's DRAM; CoDeNet's arena is a few MB
+ARENA_ALIGN = 1 << 16                  # slack allowed above the highest byte the program reaches
+META_MAX_DEPTH = 16                    # the metadata JSON nests 4 deep
+HEATMAP_OUTPUT = "hm"                  # the detector's class heatmap output: one channel per class
+
+
+def max_arena_bytes(config: EngineConfig) -> int:
+    """The largest arena a program for `config` may claim: ARENA_MAX_BYTES, within the engine's
+    address space and the 32-bit ARENA_SIZE register."""
+    return min(ARENA_MAX_BYTES, 1 << config.addr_width, (1 << 32) - 1)
 
 
 @dataclass(frozen=True)
@@ -133,26 +153,59 @@ class Program:
             raise SpecError(f"program has {len(self.layers)} layers; the engine runs 1..{cfg.max_layers}")
         if len(self.layer_names) != len(self.layers):
             raise SpecError(f"{len(self.layer_names)} layer names for {len(self.layers)} layers")
+        limit = max_arena_bytes(cfg)
+        if not 0 < self.arena_bytes <= limit:
+            raise SpecError(f"arena of {self.arena_bytes} bytes; a program for this engine may claim "
+                            f"1..{limit} (spec.program.max_arena_bytes)")
         seen = set()
         for i, (d, name) in enumerate(zip(self.layers, self.layer_names)):
-            where = f"layer {i} ({name})"
+            where = f"layer {i} ({printable(name)})"
             if name in seen:
                 raise SpecError(f"{where}: duplicate layer name")
             seen.add(name)
             if d.layer_id != i:
                 raise SpecError(f"{where}: layer_id is {d.layer_id}, expected {i}")
             code, msg = check_descriptor(d, cfg, arena_size=self.arena_bytes, params_size=len(self.params))
+            if not code:
+                code, msg = check_requant_records(d, self.params)
             if code:
                 raise SpecError(f"{where}: {msg} [{code.name}]")
             rq = self.layer_requant(i)
             if rq is not None:
                 check_accumulator(d, self.layer_weights(i), rq[0], cfg, where=where)
+        names = set()
         for t in self.tensors:
+            if t.name in names:
+                raise SpecError(f"tensor {t.name!r}: duplicate tensor name")
+            names.add(t.name)
             if t.role not in ("input", "output"):
                 raise SpecError(f"tensor {t.name!r}: role {t.role!r}, must be input or output")
             t.ref.check(f"tensor {t.name!r}")
             if t.ref.addr + t.ref.span > self.arena_bytes:
                 raise SpecError(f"tensor {t.name!r} reaches outside the {self.arena_bytes}-byte arena")
+        reach = self.highest_byte()
+        if self.arena_bytes > -(-reach // ARENA_ALIGN) * ARENA_ALIGN:
+            raise SpecError(f"arena of {self.arena_bytes} bytes, but no layer or tensor reaches past byte "
+                            f"{reach}: the arena may exceed that by at most {ARENA_ALIGN} bytes of alignment")
+        self._check_class_names()
+
+    def highest_byte(self) -> int:
+        """One past the highest arena byte any layer or program tensor uses."""
+        refs = [t.ref for t in self.tensors]
+        for d in self.layers:
+            refs += [d.out] + [getattr(d, name) for name in used_inputs(d)]
+        return max((r.addr + r.span for r in refs), default=0)
+
+    def _check_class_names(self) -> None:
+        names = self.extra.get("class_names")
+        if names is None:
+            return
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise SpecError("metadata extra.class_names must be a list of strings")
+        hm = [t for t in self.outputs if t.name == HEATMAP_OUTPUT]
+        if hm and len(names) != hm[0].ref.channels:
+            raise SpecError(f"metadata extra.class_names names {len(names)} classes, the {HEATMAP_OUTPUT!r} "
+                            f"output has {hm[0].ref.channels}")
 
     # -- encoding -----------------------------------------------------------------------------
     def device_image(self) -> bytes:
@@ -223,8 +276,14 @@ class Program:
         if expect is not None and h["config_hash"] != expect.config_hash:
             raise fail(f"built for engine config hash 0x{h['config_hash']:08x}, but this engine is "
                        f"{expect.name} with hash 0x{expect.config_hash:08x}; re-export for this engine")
+        if h["arena_bytes"] > ARENA_MAX_BYTES:  # refused before anything is built, whatever the engine
+            raise fail(f"claims an arena of {h['arena_bytes']} bytes, more than the {ARENA_MAX_BYTES} "
+                       "a program may (spec.program.ARENA_MAX_BYTES)")
         try:
-            meta = json.loads(data[h["meta_offset"]:h["meta_offset"] + h["meta_bytes"]].decode())
+            meta = loads_json(data[h["meta_offset"]:h["meta_offset"] + h["meta_bytes"]].decode(),
+                              source="metadata", max_depth=META_MAX_DEPTH)
+            if not isinstance(meta, dict):
+                raise SpecError("metadata must be a JSON object")
             config = EngineConfig.from_dict(meta["engine"], source=f"{source} metadata")
             names = [layer["name"] for layer in meta["layers"]]
             ops = [layer["op"] for layer in meta["layers"]]
@@ -236,7 +295,7 @@ class Program:
                 raise SpecError("extra must be an object")
         except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError,
                 RecursionError) as exc:
-            raise fail(f"metadata section is malformed: {type(exc).__name__}: {exc}") from None
+            raise fail(f"metadata section is malformed: {type(exc).__name__}: {printable(str(exc), 200)}") from None
         if config.config_hash != h["config_hash"]:
             raise fail("metadata engine config does not match the header's config hash")
 
@@ -251,16 +310,17 @@ class Program:
         layers = []
         for i in range(n):
             raw = image[PREAMBLE_BYTES + i * DESCRIPTOR_BYTES:PREAMBLE_BYTES + (i + 1) * DESCRIPTOR_BYTES]
-            where = f"layer {i} ({names[i] if i < len(names) else '?'})"
+            where = f"layer {i} ({printable(names[i]) if i < len(names) else '?'})"
             try:
-                layers.append(LayerDescriptor.unpack(raw, where=f"layer {i} ({names[i]})" if i < len(names) else where))
+                layers.append(LayerDescriptor.unpack(raw, where=where))
             except SpecError as exc:
                 raise fail(str(exc)) from None
         if len(names) != n:
             raise fail(f"metadata names {len(names)} layers, the device image has {n}")
         for i, (d, op) in enumerate(zip(layers, ops)):
             if d.opcode.name != op:
-                raise fail(f"layer {i} ({names[i]}): metadata says {op}, the descriptor is {d.opcode.name}")
+                raise fail(f"layer {i} ({printable(names[i])}): metadata says {printable(op)}, "
+                           f"the descriptor is {d.opcode.name}")
         prog = cls(config=config, layers=layers, layer_names=names,
                    params=bytes(data[h["params_offset"]:h["params_offset"] + h["params_bytes"]]),
                    arena_bytes=h["arena_bytes"], tensors=tensors, extra=extra)
@@ -272,11 +332,15 @@ class Program:
 
     @classmethod
     def load(cls, path: str | Path, *, expect: EngineConfig | None = None) -> "Program":
+        """Read a program file: a regular file, read as far as its header declares, at most
+        PROGRAM_MAX_BYTES (a device such as /dev/zero or a FIFO is refused, not read forever)."""
+        from ..fileio import InputFileError, read_capped
+
         path = Path(path)
         try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise ProgramFormatError(f"{path}: cannot read program: {exc.strerror}") from None
+            data = read_capped(path, limit=PROGRAM_MAX_BYTES, what="program")
+        except InputFileError as exc:
+            raise ProgramFormatError(str(exc)) from None
         return cls.from_bytes(data, source=str(path), expect=expect)
 
 

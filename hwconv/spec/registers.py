@@ -55,6 +55,7 @@ class ErrorCode(enum.IntEnum):
     ARENA_OUT_OF_BOUNDS = 7  # a tensor reaches outside [ARENA_BASE, ARENA_BASE + ARENA_SIZE)
     PARAMS_OUT_OF_BOUNDS = 8  # weights/records reach outside [PARAMS_BASE, + PARAMS_SIZE)
     AXI_ERROR = 9           # SLVERR/DECERR on the master port
+    BAD_REQUANT = 10        # a requant record sets the reserved bits 31:30 of its mult/shift word
 
 
 REGISTERS: tuple[Register, ...] = (

@@ -11,7 +11,7 @@ import numpy as np
 from .config import EngineConfig
 from .errors import SpecError
 from .isa import KERNELS, REQUANT_OPS, STRIDES, WEIGHTED_OPS, Flag, LayerDescriptor, Opcode, TensorRef
-from .params import REQUANT_RECORD_BYTES, act_range, packed_weight_bytes
+from .params import REQUANT_RECORD_BYTES, act_range, packed_weight_bytes, requant_reserved_bits
 from .registers import ErrorCode
 
 
@@ -186,6 +186,24 @@ def check_descriptor(d: LayerDescriptor, cfg: EngineConfig, *, arena_size: int,
         if end > params_size:
             return (ErrorCode.PARAMS_OUT_OF_BOUNDS,
                     f"requant records reach byte {end} of a {params_size}-byte params blob")
+    return ErrorCode.NONE, ""
+
+
+def check_requant_records(d: LayerDescriptor, params: bytes | np.ndarray) -> tuple[ErrorCode, str]:
+    """(ErrorCode.NONE, "") if the layer's requant records are well formed, else BAD_REQUANT naming
+    the first channel whose word sets the reserved bits 31:30. Call after check_descriptor (which
+    proves the records lie inside the params blob). The golden engine and the RTL refuse the
+    layer before computing it; the program reader refuses the file."""
+    if d.opcode not in REQUANT_OPS:
+        return ErrorCode.NONE, ""
+    raw = params[d.params_offset: d.params_offset + d.out.channels * REQUANT_RECORD_BYTES]
+    bad = np.flatnonzero(requant_reserved_bits(raw, d.out.channels))
+    if bad.size:
+        c = int(bad[0])
+        word = int.from_bytes(bytes(raw[c * REQUANT_RECORD_BYTES + 4: (c + 1) * REQUANT_RECORD_BYTES]), "little")
+        return (ErrorCode.BAD_REQUANT,
+                f"requant record of output channel {c} sets reserved bits 31:30 (word 0x{word:08x}); "
+                f"{bad.size} record(s) of this layer do")
     return ErrorCode.NONE, ""
 
 
