@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..quant.options import class_list, positive_int, unit_interval
+
 BACKENDS = ("golden", "pynq", "sim")
 
 
@@ -48,9 +50,16 @@ def _load_program(path: str):
     return Program.load(path)
 
 
+MAX_IMAGE_PIXELS = 64_000_000  # an image larger than this (8k x 8k) is refused before decoding
+
+
 def cmd_run(args) -> int:
     from .preprocess import as_rgb_uint8
 
+    if args.out and Path(args.out).suffix.lower() != ".png":
+        raise ValueError(f"-o {args.out}: the picture is written as PNG; name it .png")
+    if args.out and Path(args.out).is_dir():
+        raise ValueError(f"-o {args.out}: is a folder, expected a .png file name")
     program = _load_program(args.program)
     image = _read_image(Path(args.image))
     with open_driver(args.backend, program, bitfile=args.bitfile) as engine:
@@ -73,54 +82,95 @@ def cmd_run(args) -> int:
 
 
 def _read_image(path: Path) -> np.ndarray:
+    """--image: a regular file (a FIFO or device would block), .npy or an image Pillow decodes,
+    at most MAX_IMAGE_PIXELS pixels (checked from the header, before decoding)."""
+    if not path.exists():
+        raise FileNotFoundError(f"--image {path}: no such file")
+    if not path.is_file():
+        raise ValueError(f"--image {path}: not a regular file")
     if path.suffix == ".npy":
-        return np.load(path, allow_pickle=False)
+        try:
+            arr = np.load(path, allow_pickle=False, mmap_mode="r")
+        except ValueError as exc:
+            raise ValueError(f"--image {path}: not a plain .npy array ({exc})") from None
+        if arr.ndim not in (2, 3) or arr.size > 4 * MAX_IMAGE_PIXELS:
+            raise ValueError(f"--image {path}: shape {arr.shape}, expected (H, W, 3) of at most "
+                             f"{MAX_IMAGE_PIXELS} pixels")
+        return np.array(arr)
+    from PIL import Image
+
     try:
-        from PIL import Image
+        with Image.open(path) as im:
+            if im.width * im.height > MAX_IMAGE_PIXELS:
+                raise ValueError(f"--image {path}: {im.width}x{im.height} pixels, more than the "
+                                 f"{MAX_IMAGE_PIXELS} this tool decodes")
+            return np.asarray(im.convert("RGB"))
+    except (OSError, Image.DecompressionBombError) as exc:
+        raise ValueError(f"--image {path}: not an image Pillow can read ({exc})") from None
 
-        return np.asarray(Image.open(path).convert("RGB"))
-    except FileNotFoundError:
-        raise
-    except OSError as exc:
-        raise ValueError(f"{path}: not an image Pillow can read ({exc})") from None
 
-
-def cmd_validate(args) -> int:
+def validate_program(program_path: str, *, data: str, data_root: str | None = None, split: str | None = None,
+                     backend: str = "golden", max_images: int | None = None, score_threshold: float = 0.01,
+                     bitfile: str | None = None, classes: tuple[str, ...] | None = None,
+                     progress: bool = False) -> dict:
+    """COCO AP/AP50 of a program on a data set split, run on a backend: each original image goes
+    through EngineDriver.detect (the one preprocessing, decoding and mapping back) and is scored in
+    its own coordinates, as `hwconv quantize` scores the model. Refuses a data set whose classes
+    are not the program's. Returns the metrics with data, split, n_images and input_size."""
     from rich.progress import Progress
 
-    from ..quant.data import load_dataset
+    from ..quant.data import DEFAULT_SPLITS, open_split
     from ..quant.evaluate import evaluate_outputs
-    from .preprocess import as_rgb_uint8
 
-    program = _load_program(args.program)
-    size = program.inputs[0].ref.height
-    kw: dict = {}
-    if args.data in ("voc", "coco"):
-        if not args.data_root:
-            raise ValueError(f"--data {args.data} needs --data-root (the dataset folder)")
-        kw["root"] = args.data_root
-    elif args.data == "synthetic":
-        kw["image_size"] = size
-    split = args.split or {"synthetic": "val", "deepforest": "test", "voc": "val", "coco": "val2017"}[args.data]
-    dataset = load_dataset(args.data, split, **kw)
-    n = min(args.max_images or len(dataset), len(dataset))
+    program = _load_program(program_path)
+    t = program.inputs[0].ref
+    num_classes = program.tensor("hm").ref.channels
+    names = program.extra.get("class_names")
+    names = tuple(names) if isinstance(names, list) and all(isinstance(c, str) for c in names) else None
+    if names is not None and len(names) != num_classes:
+        raise ValueError(f"{program_path}: metadata names {len(names)} classes, the hm output has {num_classes}")
+    split = split or DEFAULT_SPLITS[data][1]
+    dataset = open_split(data, split, root=data_root, image_size=t.height, num_images=max_images,
+                         classes=classes or (names if data == "voc" else None))
+    if dataset.num_classes != num_classes:
+        raise ValueError(f"{data}/{split} has {dataset.num_classes} classes, the program {program_path} predicts "
+                         f"{num_classes}: score a program on the data it was trained for")
+    if names is not None and tuple(dataset.class_names) != names:
+        raise ValueError(f"{data}/{split}: its classes ({', '.join(dataset.class_names[:6])}, ...) are not the "
+                         f"program's ({', '.join(names[:6])}, ...)")
+    n = len(dataset) if max_images is None else min(max_images, len(dataset))
+    if n == 0:
+        raise ValueError(f"{data}/{split}: no images to score")
     detections = []
-    with open_driver(args.backend, program, bitfile=args.bitfile) as engine, Progress(transient=True) as bar:
+    with open_driver(backend, program, bitfile=bitfile) as engine, \
+            Progress(transient=True, disable=not progress) as bar:
         engine.load(program)
-        task = bar.add_task(f"{args.backend}: {args.data}/{split}", total=n)
+        task = bar.add_task(f"{backend}: {data}/{split}", total=n)
         for i in range(n):
-            img = dataset[i][0].permute(1, 2, 0).numpy()
-            det = engine.detect(as_rgb_uint8(np.clip(np.floor(img * 255 + 0.5), 0, 255).astype(np.uint8)),
-                                score_threshold=args.score_threshold)
+            det = engine.detect(dataset.load(i)[0], score_threshold=score_threshold)
             detections.append({k: det[k] for k in ("boxes", "scores", "labels")})
             bar.advance(task)
     metrics = evaluate_outputs(detections, dataset)
-    metrics.update({"backend": args.backend, "data": args.data, "split": split, "program": args.program})
+    metrics.update({"backend": backend, "data": data, "split": split, "program": program_path,
+                    "input_size": [t.height, t.width]})
+    return metrics
+
+
+def cmd_validate(args) -> int:
+    if args.data in ("voc", "coco") and not args.data_root:
+        raise ValueError(f"--data {args.data} needs --data-root (the dataset folder)")
+    metrics = validate_program(args.program, data=args.data, data_root=args.data_root, split=args.split,
+                               backend=args.backend, max_images=args.max_images,
+                               score_threshold=args.score_threshold, bitfile=args.bitfile, classes=args.classes,
+                               progress=not args.json)
     if args.json:
         print(json.dumps(metrics, indent=2))
         return 0
     fmt = lambda v: "n/a" if v is None else f"{v:.4f}"  # noqa: E731
-    print(f"{args.backend} on {args.data}/{split} ({n} images): AP {fmt(metrics['AP'])}, AP50 {fmt(metrics['AP50'])}")
+    h, w = metrics["input_size"]
+    print(f"{args.backend} on {metrics['data']}/{metrics['split']}: {metrics['n_images']} images at input "
+          f"{h}x{w} (letterboxed, scored in the original images' coordinates): AP {fmt(metrics['AP'])}, "
+          f"AP50 {fmt(metrics['AP50'])}")
     for name, ap in metrics["per_class_AP50"].items():
         print(f"  {name}: AP50 {ap:.4f}")
     return 0
@@ -132,7 +182,7 @@ def register(add) -> None:
     sp.add_argument("--program", required=True)
     sp.add_argument("--image", required=True, help=".png/.jpg (Pillow) or .npy (H, W, 3) uint8")
     sp.add_argument("--bitfile", help="pynq: the <stem>.bit (with <stem>.hwh beside it)")
-    sp.add_argument("--score-threshold", type=float, default=0.3)
+    sp.add_argument("--score-threshold", type=unit_interval, default=0.3)
     sp.add_argument("-o", "--out", help="write the image with the detections drawn (.png)")
 
     sp = add("validate", cmd_validate, "AP and AP50 of a program on a dataset, run on a backend")
@@ -140,9 +190,11 @@ def register(add) -> None:
     sp.add_argument("--program", required=True)
     sp.add_argument("--data", default="synthetic", choices=["synthetic", "deepforest", "voc", "coco"])
     sp.add_argument("--data-root", help="dataset folder for voc/coco")
-    sp.add_argument("--split", help="default: val (synthetic, voc), test (deepforest), val2017 (coco)")
-    sp.add_argument("--max-images", type=int)
+    sp.add_argument("--split", help="default: val (synthetic, voc), test (deepforest), val2017 (coco): "
+                                    "the split `hwconv quantize` reports its AP on")
+    sp.add_argument("--classes", type=class_list, help="VOC: comma-separated class names (default: the program's)")
+    sp.add_argument("--max-images", type=positive_int)
     sp.add_argument("--bitfile", help="pynq: the <stem>.bit")
-    sp.add_argument("--score-threshold", type=float, default=0.01)
+    sp.add_argument("--score-threshold", type=unit_interval, default=0.01)
     sp.add_argument("--json", action="store_true")
 

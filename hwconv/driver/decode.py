@@ -47,6 +47,15 @@ def decode(heatmap: np.ndarray, wh: np.ndarray, reg: np.ndarray | None, *, strid
     return {"boxes": boxes[keep], "scores": scores[keep], "labels": labels[keep].astype(np.int64)}
 
 
+def decode_heads(hm_logits: np.ndarray, wh: np.ndarray, reg: np.ndarray | None, *, stride: float,
+                 k: int = 100, score_threshold: float = 0.1) -> dict[str, np.ndarray]:
+    """Real-valued heads (C, H, W) / (2, H, W) -> detections: sigmoid in float64, then `decode`.
+    The one decoding rule of the program's outputs and of the PyTorch model's (evaluate.predict)."""
+    heat = 1.0 / (1.0 + np.exp(-np.asarray(hm_logits, np.float64)))
+    return decode(heat, np.asarray(wh, np.float64), None if reg is None else np.asarray(reg, np.float64),
+                  stride=stride, k=k, score_threshold=score_threshold)
+
+
 def decode_outputs(program: Program, outputs: dict[str, np.ndarray], *, k: int = 100,
                    score_threshold: float = 0.1) -> dict[str, np.ndarray]:
     """Detections in the program's input pixels from its integer outputs hm, wh, reg (H, W, C)."""
@@ -58,5 +67,5 @@ def decode_outputs(program: Program, outputs: dict[str, np.ndarray], *, k: int =
     out_h = real["hm"].shape[1]
     if inp.height % out_h:
         raise ValueError(f"input height {inp.height} is not a multiple of the heatmap height {out_h}")
-    heat = 1.0 / (1.0 + np.exp(-real["hm"]))
-    return decode(heat, real["wh"], real["reg"], stride=inp.height / out_h, k=k, score_threshold=score_threshold)
+    return decode_heads(real["hm"], real["wh"], real["reg"], stride=inp.height / out_h, k=k,
+                        score_threshold=score_threshold)

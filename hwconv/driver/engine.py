@@ -296,7 +296,7 @@ class EngineDriver(_IPBase):
         """(H, W, 3) uint8 image -> {"boxes" (n, 4) xyxy image pixels, "scores", "labels",
         "class_names" (from the program, or None), "stats": RunStats}."""
         from .decode import decode_outputs
-        from .preprocess import as_rgb_uint8, letterbox, quantize_image
+        from .preprocess import as_rgb_uint8, boxes_to_image, letterbox, quantize_image
 
         prog = self._need_program()
         if len(prog.inputs) != 1 or prog.inputs[0].ref.channels != 3:
@@ -306,9 +306,7 @@ class EngineDriver(_IPBase):
         picture, (sx, sy) = letterbox(rgb, t.ref.height, t.ref.width)
         outputs, stats = self.run({t.name: quantize_image(picture, t)}, timeout_s, layer_counters=False)
         det = decode_outputs(prog, outputs, k=k, score_threshold=score_threshold)
-        h, w = rgb.shape[:2]
-        boxes = det["boxes"] / np.array([sx, sy, sx, sy])
-        boxes = np.clip(boxes, 0, [w, h, w, h])
+        boxes = boxes_to_image(det["boxes"], sx, sy, *rgb.shape[:2])
         names = prog.extra.get("class_names")
         names = names if isinstance(names, list) and all(isinstance(c, str) for c in names) else None
         return {"boxes": boxes, "scores": det["scores"], "labels": det["labels"], "class_names": names,

@@ -1,10 +1,16 @@
-"""Host-side image preparation for a detector program, numpy only (it runs on the board too).
+"""THE image preprocessing of a detector, numpy only (it runs on the board too).
 
-`letterbox` has the geometry of hwconv.quant.data.transforms.Letterbox (longer side scaled to the
-program's input size, padding at the bottom/right, so the inverse is a pure per-axis scale) with
-its own numpy resampler: a triangle filter widened by the downscale factor, as antialiased
-bilinear resizers do, so it needs no PIL on the board. `quantize_image` is the program input's
-rounding rule (half up, clamp), the same as hwconv.quant.verify.quantize_image.
+One definition, used by training (quant.data.prepare), training-time evaluation, `hwconv export
+--verify-ap`, the driver (`EngineDriver.detect`), `hwconv run` and `hwconv validate`: what a
+network is trained on is what it sees on the board.
+
+- geometry (`letterbox`): the longer side scaled to the input size, aspect ratio kept, padding
+  with 0 at the bottom/right, so the inverse is a pure per-axis scale (`boxes_to_image`);
+- filter (`resize`): a triangle filter widened by the downscale factor, as antialiased bilinear
+  resizers do (no PIL needed on the board);
+- boxes: `boxes_to_input` into the input's pixels, `boxes_to_image` back (clipped to the image);
+- quantisation (`quantize_image`): value/255 over the input scale, rounded half up, clamped, the
+  same rule as hwconv.quant.quantizers.image_integers inside the model.
 """
 
 from __future__ import annotations
@@ -65,6 +71,25 @@ def letterbox(image: np.ndarray, height: int, width: int) -> tuple[np.ndarray, t
     out = np.zeros((height, width, 3), np.uint8)
     out[:nh, :nw] = resize(image, nh, nw)
     return out, (sx, sy)
+
+
+def boxes_to_input(boxes: np.ndarray, sx: float, sy: float) -> np.ndarray:
+    """(N, 4) xyxy boxes in image pixels -> the letterboxed input's pixels (float32)."""
+    return np.asarray(boxes, np.float32).reshape(-1, 4) * np.float32([sx, sy, sx, sy])
+
+
+def boxes_to_image(boxes: np.ndarray, sx: float, sy: float, height: int, width: int) -> np.ndarray:
+    """(N, 4) xyxy boxes in the input's pixels -> the original (height, width) image's pixels,
+    clipped to the image (float64)."""
+    out = np.asarray(boxes, np.float64).reshape(-1, 4) / np.array([sx, sy, sx, sy])
+    return np.clip(out, 0, [width, height, width, height])
+
+
+def describe(height: int, width: int) -> dict:
+    """The preprocessing a program was trained with, for its metadata (`extra["preprocess"]`)."""
+    return {"input_size": [int(height), int(width)], "geometry": "letterbox: longer side to the input, "
+            "aspect kept, zero padding bottom/right", "filter": "triangle, widened when shrinking",
+            "quantisation": "value/255/scale, half up, clamp", "definition": "hwconv.driver.preprocess"}
 
 
 def quantize_image(image: np.ndarray, tensor: TensorInfo) -> np.ndarray:

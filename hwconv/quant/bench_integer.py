@@ -33,20 +33,20 @@ from hwconv.fileio import atomic_write_text
 from ..spec import EngineConfig, Program
 from .checkpoint import eval_mode, model_from_checkpoint
 from .data import DetectionDataset, load_dataset
-from .data.centernet import decode
-from .evaluate import evaluate_outputs
+from ..driver.decode import decode_heads
+from .evaluate import DECODE_K, DECODE_THRESHOLD, evaluate_outputs, to_image_coordinates
 from .verify import ElementStats, dequantise, fake_quant_integers, float64_copy, golden_integers
 
-# What evaluate.predict uses, so fake-quant AP here equals the AP training reports.
-DECODE_K = 100
-DECODE_THRESHOLD = 0.01
 TARGET_IDENTICAL = 0.999      # issue 3's must-show
 TARGET_AP50_POINTS = 0.2
 
 
-def _decode(outputs: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
-    return decode(torch.sigmoid(outputs["hm"].float()), outputs["wh"].float(), outputs["reg"].float(),
-                  k=DECODE_K, score_threshold=DECODE_THRESHOLD)
+def _decode(outputs: dict[str, torch.Tensor], input_size: int) -> list[dict[str, torch.Tensor]]:
+    """evaluate.predict's (and `hwconv validate`'s) decoding of dequantised (1, C, H, W) heads."""
+    heads = {k: v[0].double().numpy() for k, v in outputs.items()}
+    det = decode_heads(heads["hm"], heads["wh"], heads["reg"], stride=input_size / heads["hm"].shape[-2],
+                       k=DECODE_K, score_threshold=DECODE_THRESHOLD)
+    return [{k: torch.from_numpy(v) for k, v in det.items()}]
 
 
 def _progress(enabled: bool):
@@ -93,9 +93,9 @@ def integer_vs_fakequant(model: torch.nn.Module, program: Program, dataset: Dete
                 vs64.add(ints["fake_quant"], ints["integer"])
                 vs32.add(ints["fake_quant_float32"], ints["integer"])
                 for path, v in ints.items():
-                    dets[path] += _decode({k: t[None] for k, t in dequantise(v, program).items()})
+                    dets[path] += _decode({k: t[None] for k, t in dequantise(v, program).items()}, size)
                 bar.advance(task)
-    metrics = {path: evaluate_outputs(d, dataset) for path, d in dets.items()}
+    metrics = {path: evaluate_outputs(to_image_coordinates(d, dataset), dataset) for path, d in dets.items()}
     points = lambda a, b: None if a is None or b is None else round(100 * (a - b), 3)  # noqa: E731
     ap = {path: {"AP50": m["AP50"], "AP": m["AP"]} for path, m in metrics.items()}
     return {"images": n, **vs64.summary(), "float32": vs32.summary(), **ap,
@@ -111,19 +111,17 @@ def meets_targets(report: dict[str, Any]) -> bool:
     return report["identical"] >= TARGET_IDENTICAL and d is not None and abs(d) <= TARGET_AP50_POINTS
 
 
-def validation_set(data: str, size: int, *, images: int, root: str | None = None, seed: int = 0
-                   ) -> DetectionDataset:
-    """The validation split of a named dataset at the detector's input size (letterboxed when the
-    source's images differ): synthetic "val" (`images` rendered with `seed`), deepforest "test",
-    VOC/COCO "val" under `root`."""
-    from .data import Letterbox
+def validation_set(data: str, size: int, *, images: int, root: str | None = None, seed: int = 0,
+                   split: str | None = None, classes: tuple[str, ...] | None = None) -> DetectionDataset:
+    """The first `images` images of a named dataset's validation split seen through the deployment
+    preprocessing (data.prepare.PreparedSet: letterboxed to `size`, scored in the original
+    images' coordinates): synthetic "val" (rendered with `seed`), deepforest "test", VOC "val",
+    COCO "val2017" under `root` (data.DEFAULT_SPLITS); `classes`: the detector's class names."""
+    from .data import open_split
+    from .data.prepare import PreparedSet
 
-    if data == "synthetic":
-        return load_dataset("synthetic", "val", image_size=size, num_images=images, seed=seed)
-    if data in ("voc", "coco") and not root:
-        raise ValueError(f"--data {data} needs --data-root (the dataset folder)")
-    kw: dict[str, Any] = {"root": root} if data in ("voc", "coco") else {}
-    return load_dataset(data, "test" if data == "deepforest" else "val", transform=Letterbox(size), **kw)
+    source = open_split(data, split, root=root, image_size=size, num_images=images, seed=seed, classes=classes)
+    return PreparedSet(source, size, limit=images)
 
 
 # ------------------------------------------------------------------ training when no checkpoint is given

@@ -3,6 +3,12 @@
 `evaluate` runs a model; `evaluate_outputs` scores detections that were decoded elsewhere (the
 integer golden model, the board), so every path is measured the same way. Ground truth comes from
 `data.to_coco_json`: image id = dataset index, category id = label + 1.
+
+Decoding is the driver's (hwconv.driver.decode.decode_heads: float64 sigmoid, 3x3 peaks, top
+DECODE_K, score >= DECODE_THRESHOLD), and a dataset seen through the deployment preprocessing
+(data.prepare.PreparedSet) has its detections mapped back to the original image
+(preprocess.boxes_to_image) and scored against the original boxes: the AP `hwconv quantize`
+reports is computed as `hwconv validate` computes it on the board.
 """
 
 from __future__ import annotations
@@ -22,12 +28,15 @@ from torch.utils.data import DataLoader, Subset
 
 from hwconv.fileio import atomic_write_bytes
 
+from ..driver.decode import decode_heads
+from ..driver.preprocess import boxes_to_image
 from .checkpoint import eval_mode
 from .data import DetectionDataset, collate, detections_to_coco, to_coco_json
-from .data.centernet import decode
 from .data.preview import to_uint8_hwc
 
 Detections = Mapping[str, Any]  # boxes (n, 4) xyxy pixels, scores (n,), labels (n,)
+DECODE_K = 100           # what `hwconv validate` decodes with
+DECODE_THRESHOLD = 0.01
 PREDICTION_COLOUR = (255, 64, 64)
 TRUTH_COLOUR = (64, 255, 64)
 
@@ -53,19 +62,31 @@ def _model_device(model: nn.Module) -> torch.device:
 
 
 @torch.no_grad()
-def predict(model: nn.Module, dataset: DetectionDataset, *, batch_size: int, score_threshold: float = 0.01,
-            max_images: int | None = None, k: int = 100) -> list[dict[str, torch.Tensor]]:
-    """Decoded detections of the first `max_images` images (all by default), in dataset order."""
+def predict(model: nn.Module, dataset: DetectionDataset, *, batch_size: int,
+            score_threshold: float = DECODE_THRESHOLD, max_images: int | None = None,
+            k: int = DECODE_K) -> list[dict[str, np.ndarray]]:
+    """Decoded detections (numpy; boxes in the network input's pixels) of the first `max_images`
+    images (all by default), in dataset order."""
     n = len(dataset) if max_images is None else min(max_images, len(dataset))
     loader = DataLoader(Subset(dataset, range(n)), batch_size=batch_size, shuffle=False, collate_fn=collate)
     device = _model_device(model)
-    out: list[dict[str, torch.Tensor]] = []
+    out: list[dict[str, np.ndarray]] = []
     with eval_mode(model):
         for images, _ in loader:
-            heads = model(images.to(device))
-            out += decode(torch.sigmoid(heads["hm"].float()), heads["wh"].float(), heads["reg"].float(),
-                          k=k, score_threshold=score_threshold)
-    return [{key: v.cpu() for key, v in d.items()} for d in out]
+            heads = {name: t.detach().double().cpu().numpy() for name, t in model(images.to(device)).items()}
+            stride = images.shape[-2] / heads["hm"].shape[-2]
+            out += [decode_heads(heads["hm"][i], heads["wh"][i], heads["reg"][i], stride=stride, k=k,
+                                 score_threshold=score_threshold) for i in range(len(images))]
+    return out
+
+
+def to_image_coordinates(detections: Sequence[Detections], dataset: DetectionDataset) -> list[dict[str, Any]]:
+    """Detections in the input's pixels -> the original images' pixels where the dataset records a
+    letterbox geometry (data.prepare.PreparedSet); unchanged otherwise."""
+    geometry = getattr(dataset, "geometry", None)
+    if geometry is None:
+        return list(detections)
+    return [{**det, "boxes": boxes_to_image(det["boxes"], *geometry(i))} for i, det in enumerate(detections)]
 
 
 # ------------------------------------------------------------------ COCO AP
@@ -120,12 +141,13 @@ def evaluate_outputs(outputs_per_image: Sequence[Detections] | Mapping[int, Dete
     return coco_ap(gt, results, sorted(items), dataset.class_names)
 
 
-def evaluate(model: nn.Module, dataset: DetectionDataset, *, batch_size: int, score_threshold: float = 0.01,
-             max_images: int | None = None) -> dict[str, Any]:
-    """{"AP", "AP50", "per_class_AP50", "n_images"} of `model` on the first `max_images` images."""
+def evaluate(model: nn.Module, dataset: DetectionDataset, *, batch_size: int,
+             score_threshold: float = DECODE_THRESHOLD, max_images: int | None = None) -> dict[str, Any]:
+    """{"AP", "AP50", "per_class_AP50", "n_images"} of `model` on the first `max_images` images,
+    in the original images' coordinates (`to_image_coordinates`)."""
     detections = predict(model, dataset, batch_size=batch_size, score_threshold=score_threshold,
                          max_images=max_images)
-    return evaluate_outputs(detections, dataset)
+    return evaluate_outputs(to_image_coordinates(detections, dataset), dataset)
 
 
 # ------------------------------------------------------------------ pictures

@@ -39,6 +39,7 @@ import math
 import os
 import random
 import statistics
+import sys
 import time
 import warnings
 from contextlib import nullcontext
@@ -129,10 +130,45 @@ def _setup_distributed() -> _Dist:
     return info
 
 
+class _LogLines:
+    """Progress as plain log lines (stdout is a file, a pipe, CI, nohup): the same calls as a
+    rich Progress, a line when an epoch starts and at most every `every_s` seconds after."""
+
+    def __init__(self, every_s: float = 30.0) -> None:
+        self.every_s = every_s
+        self.total = self.done = 0
+        self.description = self.info = ""
+        self.last = time.monotonic()
+
+    def __enter__(self) -> "_LogLines":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+    def add_task(self, description: str, total: int, info: str = "") -> int:
+        self.description, self.total, self.info = description, total, info
+        return 0
+
+    def update(self, task: int, advance: int = 0, description: str | None = None, info: str | None = None) -> None:
+        self.done += advance
+        self.info = self.info if info is None else info
+        now = time.monotonic()
+        if description is not None and description != self.description:
+            self.description = description
+            self.last = now
+            print(f"{description}: started", flush=True)
+        elif now - self.last >= self.every_s:
+            self.last = now
+            print(f"{self.description}: step {self.done}/{self.total} {self.info}".rstrip(), flush=True)
+
+
 def _progress(enabled: bool) -> Any:
-    """A rich progress bar (stderr), or a no-op stand-in."""
+    """A rich progress bar (stderr) on a terminal, log lines when stdout is not one, or a no-op."""
     if not enabled:
         return nullcontext(None)
+    if not sys.stdout.isatty():
+        return _LogLines()
     from rich.console import Console
     from rich.progress import (
         BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn,
@@ -140,6 +176,12 @@ def _progress(enabled: bool) -> Any:
 
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                     TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=Console(stderr=True))
+
+
+def _epoch_line(record: dict[str, Any], epochs: int) -> str:
+    val = f", val AP50 {record['val_AP50']:.4f}" if record.get("val_AP50") is not None else ""
+    return (f"{record['quant_mode']} epoch {record['epoch']}/{epochs}: loss {record['loss']:.4f}{val}, "
+            f"{record['time_s']:.1f} s")
 
 
 # ------------------------------------------------------------------ one epoch
@@ -272,6 +314,8 @@ class _Run:
     eval_every: int
     eval_max_images: int | None
     history: list[dict[str, Any]]
+    class_names: tuple[str, ...] = ()
+    provenance: dict[str, Any] | None = None
     best: dict[str, Any] | None = None
 
     @property
@@ -290,7 +334,8 @@ class _Run:
         return _broadcast(record, self.d)
 
     def _write(self, record: dict[str, Any], improved: bool) -> None:
-        extra = {"options": self.options, "history": self.history, "best": self.best}
+        extra = {"options": self.options, "history": self.history, "best": self.best,
+                 "class_names": list(self.class_names), "trained": self.provenance}
         for path in (self.last_path, self.best_path) if improved else (self.last_path,):
             save_checkpoint(path, self.net, epoch=record["epoch"], optimizer=self.optimizer, metrics=record,
                             extra=extra)
@@ -320,7 +365,7 @@ def train(model: nn.Module, train_set: DetectionDataset, *, epochs: int, batch_s
           qat: bool = False, progress: bool = True, warmup_steps: int | None = None, min_lr_ratio: float = 0.01,
           weight_decay: float = 0.0, grad_clip: float | None = 10.0, eval_batch_size: int = 32,
           eval_every: int = 1, eval_max_images: int | None = None, max_time_s: float | None = None,
-          fold_bn_epochs: int = 0) -> dict[str, Any]:
+          fold_bn_epochs: int = 0, provenance: dict[str, Any] | None = None) -> dict[str, Any]:
     """Train `model` (a CenterNet from build_detector) in place; see the module docstring.
 
     `epochs` is the total count (a resumed run continues up to it); `warmup_steps` defaults to
@@ -328,6 +373,8 @@ def train(model: nn.Module, train_set: DetectionDataset, *, epochs: int, batch_s
     the first epoch that ends past it (the schedule is then cut short; "stopped_early" says so).
     `fold_bn_epochs` (QAT only): the last N epochs train with BN folded into the quantised weights
     and integer biases (models.fold_batchnorm), i.e. exactly what is deployed; BN statistics freeze.
+    `provenance`: plain data about the training data (data set, splits, input size) kept in the
+    checkpoints as extra["trained"] (export writes it into the program's metadata).
     Returns {"history": per-epoch records (loss parts, lr, time_s, val_AP/val_AP50 when evaluated),
     "best": the best record, "last_checkpoint", "best_checkpoint", "log", "quant_mode",
     "world_size", "calibration_steps_left", "stopped_early"}.
@@ -338,7 +385,8 @@ def train(model: nn.Module, train_set: DetectionDataset, *, epochs: int, batch_s
                       seed=seed, val_set=val_set, resume=resume, qat=qat, progress=progress,
                       warmup_steps=warmup_steps, min_lr_ratio=min_lr_ratio, weight_decay=weight_decay,
                       grad_clip=grad_clip, eval_batch_size=eval_batch_size, eval_every=eval_every,
-                      eval_max_images=eval_max_images, max_time_s=max_time_s, fold_bn_epochs=fold_bn_epochs)
+                      eval_max_images=eval_max_images, max_time_s=max_time_s, fold_bn_epochs=fold_bn_epochs,
+                      provenance=provenance)
     finally:
         if d.owns_group:
             dist.destroy_process_group()
@@ -357,7 +405,7 @@ def _train(model: nn.Module, train_set: DetectionDataset, d: _Dist, *, epochs: i
            out_dir: Path, seed: int, val_set: DetectionDataset | None, resume: str | Path | None, qat: bool,
            progress: bool, warmup_steps: int | None, min_lr_ratio: float, weight_decay: float,
            grad_clip: float | None, eval_batch_size: int, eval_every: int, eval_max_images: int | None,
-           max_time_s: float | None, fold_bn_epochs: int) -> dict[str, Any]:
+           max_time_s: float | None, fold_bn_epochs: int, provenance: dict[str, Any] | None) -> dict[str, Any]:
     started = time.perf_counter()
     net = unwrap(model)
     if train_set.num_classes != net.cfg.num_classes:
@@ -376,7 +424,8 @@ def _train(model: nn.Module, train_set: DetectionDataset, d: _Dist, *, epochs: i
     options = dict(epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, qat=qat, warmup_steps=warmup,
                    min_lr_ratio=min_lr_ratio, weight_decay=weight_decay, grad_clip=grad_clip,
                    world_size=d.world_size, train_images=len(train_set), fold_bn_epochs=fold_bn_epochs)
-    run = _Run(net, optimizer, d, out_dir, options, val_set, eval_batch_size, eval_every, eval_max_images, [])
+    run = _Run(net, optimizer, d, out_dir, options, val_set, eval_batch_size, eval_every, eval_max_images, [],
+               tuple(train_set.class_names), provenance)
     if resume is not None:
         ckpt = load_checkpoint(resume, net, optimizer=optimizer)
         _check_resume(resume, ckpt, mode, options)
@@ -388,8 +437,7 @@ def _train(model: nn.Module, train_set: DetectionDataset, d: _Dist, *, epochs: i
     ddp = DistributedDataParallel(net, find_unused_parameters=not qat) if d.enabled else net
     step_fn = _Step(ddp, optimizer, net.cfg.num_classes, total_steps, lr, warmup, min_lr_ratio, grad_clip,
                     next(net.parameters()).device)
-    if d.main:
-        out_dir.mkdir(parents=True, exist_ok=True)
+    # out_dir is created by the first checkpoint write: a run that fails before it leaves no folder.
     stopped_early = False
     with _progress(progress and d.main) as bar:
         task = bar.add_task(mode, total=(epochs - start_epoch) * len(loader), info="") if bar else None
@@ -397,11 +445,15 @@ def _train(model: nn.Module, train_set: DetectionDataset, d: _Dist, *, epochs: i
             if bar is not None:
                 bar.update(task, description=f"{mode} epoch {epoch + 1}/{epochs}")
             fold_batchnorm(net, epoch >= epochs - fold_bn_epochs)
+            if hasattr(train_set, "set_epoch"):  # augmentation drawn from (seed, epoch, index)
+                train_set.set_epoch(epoch)
             t0 = time.perf_counter()
             record = {"epoch": epoch + 1, "quant_mode": mode, "bn_folded": bn_folded(net)}
             record |= _run_epoch(step_fn, loader, sampler, epoch, epoch * len(loader), bar, task, d)
             record["time_s"] = round(time.perf_counter() - t0, 3)
             run.end_epoch(record, final=epoch + 1 == epochs)
+            if progress and d.main:
+                print(_epoch_line(run.history[-1], epochs), flush=True)
             if max_time_s is not None and epoch + 1 < epochs and _out_of_time(started, max_time_s, d):
                 stopped_early = True
                 break

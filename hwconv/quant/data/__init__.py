@@ -24,10 +24,17 @@ from .voc import VOC_CLASSES, VOCDetection
 __all__ = [
     "COCODetection", "DataFormatError", "DeepForestTiles", "DetectionDataset", "Letterbox",
     "SourceMissingError", "SyntheticDetection", "Transform", "VOCDetection", "VOC_CLASSES",
-    "DATASETS", "CATEGORY_ID_OFFSET", "collate", "detections_to_coco", "load_dataset", "to_coco_json",
+    "DATASETS", "DEFAULT_SPLITS", "CATEGORY_ID_OFFSET", "collate", "detections_to_coco", "load_dataset",
+    "open_split", "to_coco_json",
 ]
 
 DATASETS = ("synthetic", "deepforest", "voc", "coco")
+# (training split, validation split) of each source: what quantize trains and evaluates on and
+# what validate scores by default, so the two figures are of the same images.
+DEFAULT_SPLITS: dict[str, tuple[str, str]] = {
+    "synthetic": ("train", "val"), "deepforest": ("train", "test"), "voc": ("train", "val"),
+    "coco": ("train2017", "val2017"),
+}
 CATEGORY_ID_OFFSET = 1  # COCO category id = label + 1: ids start at 1 by COCO convention
 
 
@@ -51,6 +58,37 @@ def load_dataset(name: str, split: str, **kw: Any) -> DetectionDataset:
         image_dir = kw.pop("image_dir", root / split)
         return COCODetection(image_dir, ann_file, **kw)
     raise ValueError(f"unknown dataset {name!r}; choose one of {DATASETS}")
+
+
+def open_split(name: str, split: str | None = None, *, role: str = "val", root: str | Path | None = None,
+               image_size: int = 128, num_images: int | None = None, seed: int = 0,
+               classes: tuple[str, ...] | None = None) -> DetectionDataset:
+    """One split of a named source as a user names it on the command line: `split` or the
+    source's default for `role` ("train" or "val", DEFAULT_SPLITS); VOC/COCO need `root`.
+    `classes`: the detector's class names; VOC reads its objects with them (None: the sorted
+    names in the split), any other source must have exactly these classes."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {DATASETS}")
+    if role not in ("train", "val"):
+        raise ValueError(f"role must be 'train' or 'val', got {role!r}")
+    split = split or DEFAULT_SPLITS[name][role == "val"]
+    if name in ("voc", "coco") and not root:
+        raise ValueError(f"--data {name} needs --data-root (the dataset folder)")
+    if name == "synthetic":
+        kw: dict[str, Any] = {"image_size": image_size, "seed": seed}
+        dataset = load_dataset(name, split, **kw, **({} if num_images is None else {"num_images": num_images}))
+    elif name == "deepforest":
+        dataset = load_dataset(name, split)
+    elif name == "voc":
+        dataset = load_dataset(name, split, root=root, classes=None if classes is None else tuple(classes))
+    else:
+        dataset = load_dataset(name, split, root=root)
+    if classes is not None and tuple(dataset.class_names) != tuple(classes):
+        raise DataFormatError(
+            f"{name}/{split}: its {dataset.num_classes} classes ({', '.join(dataset.class_names[:8])}"
+            f"{', ...' if dataset.num_classes > 8 else ''}) are not the detector's {len(classes)} "
+            f"({', '.join(tuple(classes)[:8])}{', ...' if len(classes) > 8 else ''})")
+    return dataset
 
 
 def to_coco_json(dataset: DetectionDataset) -> dict[str, Any]:

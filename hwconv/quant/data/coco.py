@@ -61,6 +61,8 @@ class COCODetection(DetectionDataset):
             if cid in cat_ids:
                 raise DataFormatError(f"{where}: duplicate category id {cid}")
             cat_ids[cid] = name
+        if not cat_ids:
+            raise DataFormatError(f"{f}: 'categories' is empty: a detector needs at least one class")
         self.category_ids = tuple(sorted(cat_ids))
         self.class_names = tuple(cat_ids[c] for c in self.category_ids)
         label_of = {c: i for i, c in enumerate(self.category_ids)}

@@ -138,7 +138,7 @@ def annotation_arrays(ann: VocAnnotation, classes: tuple[str, ...], keep_difficu
     for o in kept:
         if o.name not in index:
             raise DataFormatError(f"{ann.path}: <object> <name> {o.name!r} is not a known category "
-                                  f"(known: {', '.join(classes)}); pass classes=... to the loader")
+                                  f"(known: {', '.join(classes)}); name every class with --classes")
     boxes = np.asarray([o.box for o in kept], np.float32).reshape(-1, 4)
     labels = np.asarray([index[o.name] for o in kept], np.int64)
     return boxes, labels
@@ -166,6 +166,9 @@ class VOCDetection(DetectionDataset):
             self.items.append((path, ann))
         if classes is None:
             classes = tuple(sorted({o.name for _, a in self.items for o in a.objects}))
+            if not classes:
+                raise DataFormatError(f"{ids_file}: no <object> in any annotation of this split, so no class "
+                                      "names; give them (--classes)")
         self.class_names = tuple(classes)
         self.keep_difficult = keep_difficult
         self.transform = transform

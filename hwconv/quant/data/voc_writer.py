@@ -1,0 +1,85 @@
+"""Write a detection set as a Pascal VOC folder (Annotations, JPEGImages, ImageSets/Main), e.g.
+the semi-synthetic digits at a camera-like size, to train and validate through the same VOC path
+a user's data takes.
+
+    python -m hwconv.quant.data.voc_writer OUT [--train 2000] [--val 300] [--size 500x375]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+from pathlib import Path
+from typing import Sequence
+from xml.sax.saxutils import escape
+
+import numpy as np
+from PIL import Image
+
+from ...fileio import atomic_write_bytes, atomic_write_text
+from .base import DetectionDataset
+
+
+def voc_xml(filename: str, width: int, height: int, boxes: np.ndarray, names: Sequence[str]) -> str:
+    """One annotation; boxes are continuous 0-based xyxy, written 1-based inclusive (VOC)."""
+    objects = []
+    for (x1, y1, x2, y2), name in zip(np.asarray(boxes, np.float64).reshape(-1, 4), names):
+        xmin, ymin = int(round(x1)) + 1, int(round(y1)) + 1
+        xmax, ymax = max(xmin, int(round(x2))), max(ymin, int(round(y2)))
+        objects.append(f"  <object><name>{escape(name)}</name><difficult>0</difficult><bndbox><xmin>{xmin}</xmin>"
+                       f"<ymin>{ymin}</ymin><xmax>{xmax}</xmax><ymax>{ymax}</ymax></bndbox></object>\n")
+    return (f"<annotation>\n  <filename>{escape(filename)}</filename>\n  <size><width>{width}</width>"
+            f"<height>{height}</height><depth>3</depth></size>\n{''.join(objects)}</annotation>\n")
+
+
+def write_voc(dataset: DetectionDataset, root: str | Path, split: str, *, size: tuple[int, int] | None = None,
+              class_names: Sequence[str] | None = None, prefix: str | None = None, quality: int = 95) -> int:
+    """Write every image of `dataset` (resized to size=(width, height) when given, boxes scaled per
+    axis) as JPEG with its VOC annotation, and ImageSets/Main/<split>.txt. `class_names` renames
+    the dataset's classes. Returns the image count."""
+    root = Path(root)
+    names = tuple(class_names or dataset.class_names)
+    if len(names) != dataset.num_classes:
+        raise ValueError(f"class_names has {len(names)} names, the dataset {dataset.num_classes} classes")
+    prefix = prefix or split
+    ids = []
+    for i in range(len(dataset)):
+        image, boxes, labels = dataset.load(i)
+        boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+        if size is not None and (image.shape[1], image.shape[0]) != tuple(size):
+            sx, sy = size[0] / image.shape[1], size[1] / image.shape[0]
+            image = np.asarray(Image.fromarray(image).resize(tuple(size), Image.BILINEAR))
+            boxes = boxes * np.array([sx, sy, sx, sy])
+        image_id = f"{prefix}_{i:06d}"
+        buf = io.BytesIO()
+        Image.fromarray(image).save(buf, format="JPEG", quality=quality)
+        atomic_write_bytes(root / "JPEGImages" / f"{image_id}.jpg", buf.getvalue())
+        atomic_write_text(root / "Annotations" / f"{image_id}.xml",
+                          voc_xml(f"{image_id}.jpg", image.shape[1], image.shape[0], boxes,
+                                  [names[int(c)] for c in labels]))
+        ids.append(image_id)
+    atomic_write_text(root / "ImageSets" / "Main" / f"{split}.txt", "".join(f"{i}\n" for i in ids))
+    return len(ids)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from . import load_dataset
+
+    p = argparse.ArgumentParser(description="semi-synthetic digits on photos as a VOC folder")
+    p.add_argument("out")
+    p.add_argument("--train", type=int, default=2000)
+    p.add_argument("--val", type=int, default=300)
+    p.add_argument("--size", default="500x375", help="WIDTHxHEIGHT of the written images")
+    p.add_argument("--render", type=int, default=512, help="side the digits are rendered at before resizing")
+    args = p.parse_args(argv)
+    w, h = (int(v) for v in args.size.lower().split("x"))
+    digits = tuple(["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"])
+    for split, n in (("train", args.train), ("val", args.val)):
+        ds = load_dataset("synthetic", split, image_size=args.render, num_images=n)
+        write_voc(ds, args.out, split, size=(w, h), class_names=digits)
+        print(f"{args.out}: {split} {n} images {w}x{h}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,61 @@
+"""argparse types for numeric command-line options: a bad value is refused while parsing, as one
+line naming the option (argparse prints "argument --epochs: ..." and exits with code 2)."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+
+def _number(text: str, kind: type) -> float | int:
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+    if kind is float and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def positive_int(text: str) -> int:
+    value = int(_number(text, int))
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def nonnegative_int(text: str) -> int:
+    value = int(_number(text, int))
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} must be 0 or more")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(_number(text, float))
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{value} must be more than 0")
+    return value
+
+
+def unit_interval(text: str) -> float:
+    value = float(_number(text, float))
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{value} must be between 0 and 1")
+    return value
+
+
+def input_size(text: str) -> int:
+    value = positive_int(text)
+    if value % 32:
+        raise argparse.ArgumentTypeError(f"{value} must be a multiple of 32 (the backbone's stride)")
+    return value
+
+
+def class_list(text: str) -> tuple[str, ...]:
+    names = tuple(c.strip() for c in text.split(","))
+    if not names or any(not c for c in names):
+        raise argparse.ArgumentTypeError(f"{text!r}: give comma-separated, non-empty class names")
+    if len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"{text!r}: a class name is repeated")
+    return names
