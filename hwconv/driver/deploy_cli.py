@@ -14,46 +14,73 @@ def register(add) -> None:
     sp.add_argument("--program", required=True, help="the .hwc program (hwconv export)")
     sp.add_argument("--host", help="board address; without it the folder is only built")
     sp.add_argument("--user", help="SSH user (PYNQ images: xilinx)")
-    sp.add_argument("--port", type=int, default=22)
+    sp.add_argument("--port", type=_port, default=22)
     sp.add_argument("--identity", help="private key file (ssh -i)")
     sp.add_argument("--known-hosts", help="known_hosts file holding the board's host key (default: ssh's)")
-    sp.add_argument("--dir", help="folder on the board (default: hwconv/<board>, in the user's home)")
+    sp.add_argument("--dir", help="folder on the board (default: hwconv/<board>, in the user's home); an "
+                                  "existing folder is replaced only if hwconv deploy made it")
     sp.add_argument("--build-dir", default="out/build", help="hwconv build's output (bitfile/ inside)")
-    sp.add_argument("-o", "--out", help="local deploy folder (default: out/deploy/<board>)")
+    sp.add_argument("--engine", help="engine config the board's bitstream was built with (default: the one "
+                                     "hwconv build wrote in --build-dir, else the board's)")
+    sp.add_argument("-o", "--out", help="local deploy folder (default: out/deploy/<board>); an existing "
+                                        "folder is replaced only if hwconv deploy made it")
     sp.add_argument("--smoke-test", action="store_true", help="run the runner on the board (golden backend)")
     sp.add_argument("--remote-python", default="python3", help="python on the board for --smoke-test")
 
 
+def _port(text: str) -> int:
+    import argparse
+
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 1 <= v <= 65535:
+        raise argparse.ArgumentTypeError(f"{v} is outside 1..65535")
+    return v
+
+
 def cmd_deploy(args) -> int:
     from ..boards import load_board
-    from .deploy import DeployError, SshTarget, build_folder, upload
+    from .deploy import DeployError, SshTarget, build_folder, normalize_remote_dir, remote_commands, upload
 
-    board = load_board(args.board)
-    program = Path(args.program)
-    out = Path(args.out or f"out/deploy/{board.name}")
-    folder = build_folder(out, program, board, build_dir=Path(args.build_dir) if args.build_dir else None)
-    print(f"deploy folder {folder.path}: {len(folder.files)} files, program {folder.program}")
-    if folder.bitstream:
-        print(f"  bitstream: bitfile/{folder.bitstream} (+ .hwh)")
-    else:
-        print(f"  NO BITSTREAM: {', '.join(folder.missing)} not found. `hwconv build --board {board.name}` "
-              "makes them where Vivado is installed. Without them the package runs with --backend golden "
-              "(bit-exact detections, model cycle figures); the PYNQ backend needs the .bit/.hwh.")
-    if not args.host:
-        print("  not copied: pass --host to copy it to a board")
-        return 0
-    target = SshTarget(args.host, args.user, args.port, Path(args.identity) if args.identity else None,
-                       Path(args.known_hosts) if args.known_hosts else None)
     try:
-        remote = upload(folder.path, target, args.dir or f"hwconv/{board.name}")
+        # Every option is checked before the folder is built: a bad --host is not found after the work.
+        board = load_board(args.board)
+        target = remote = None
+        if args.host:
+            target = SshTarget(args.host, args.user, args.port, Path(args.identity) if args.identity else None,
+                               Path(args.known_hosts) if args.known_hosts else None)
+            target.check_files()
+            remote = normalize_remote_dir(args.dir or f"hwconv/{board.name}")
+            hint, smoke = remote_commands(remote, args.remote_python)
+        out = Path(args.out or f"out/deploy/{board.name}")
+        folder = build_folder(out, Path(args.program), board,
+                              build_dir=Path(args.build_dir) if args.build_dir else None,
+                              engine_file=Path(args.engine) if args.engine else None)
+        print(f"deploy folder {folder.path}: {len(folder.files)} files, program {folder.program}")
+        if folder.bitstream:
+            print(f"  bitstream: bitfile/{folder.bitstream} (+ .hwh)")
+        else:
+            print(f"  NO BITSTREAM: {', '.join(folder.missing)} not found. `hwconv build --board {board.name}` "
+                  "makes them where Vivado is installed. Without them the package runs with --backend golden "
+                  "(bit-exact detections, model cycle figures); the PYNQ backend needs the .bit/.hwh.")
+        if target is None:
+            print("  not copied: pass --host to copy it to a board")
+            return 0
+        remote = upload(folder.path, target, remote)
+        print(f"copied to {target.destination}:{remote}")
+        print(f"  on the board: {hint}      (or open hwconv_engine.ipynb in Jupyter)")
+        if args.smoke_test:
+            r = target.ssh(smoke)
+            try:
+                result = json.loads(r.stdout)
+                n, ms = len(result["detections"]), float(result["host_ms"])
+            except (ValueError, KeyError, TypeError):
+                raise DeployError(f"smoke test: the runner on the board did not print its JSON result "
+                                  f"(stderr: {r.stderr.strip()[-300:]!r})") from None
+            print(f"  smoke test (golden backend on the board): {n} detection(s), {ms:.0f} ms")
     except DeployError as exc:
         print(f"hwconv deploy: error: {exc}", file=sys.stderr)
         return 2
-    print(f"copied to {target.destination}:{remote}")
-    print(f"  on the board: cd {remote} && sudo python3 run_engine.py      (or open hwconv_engine.ipynb in Jupyter)")
-    if args.smoke_test:
-        r = target.ssh(f"cd {remote} && {args.remote_python} run_engine.py --backend golden --json")
-        result = json.loads(r.stdout)
-        print(f"  smoke test (golden backend on the board): {len(result['detections'])} detection(s), "
-              f"{result['host_ms']:.0f} ms")
     return 0

@@ -38,19 +38,22 @@ except ModuleNotFoundError:
 import numpy as np  # noqa: E402
 
 from hwconv.driver.engine import EngineDriver  # noqa: E402
+from hwconv.imageio import read_image as _read_image  # noqa: E402
 from hwconv.spec import EngineConfig, Program  # noqa: E402
+from hwconv.spec.errors import printable  # noqa: E402
 
 HEAVY = ("torch", "brevitas", "pycocotools", "amaranth", "cocotb")
 
 
 def read_image(path: Path) -> np.ndarray:
-    if path.suffix == ".npy":
-        return np.load(path, allow_pickle=False)
-    try:
-        from PIL import Image
-    except ImportError:
-        sys.exit(f"run_engine: {path}: reading {path.suffix} needs Pillow; pass a .npy (H, W, 3) uint8")
-    return np.asarray(Image.open(path).convert("RGB"))
+    """(H, W, 3) uint8 through hwconv.imageio (regular files only, pixel cap, 16-bit grey scaled)."""
+    path = Path(path)
+    if path.suffix.lower() != ".npy":
+        try:
+            import PIL  # noqa: F401
+        except ImportError:
+            raise ValueError(f"{path}: reading {path.suffix} needs Pillow; pass a .npy (H, W, 3) uint8") from None
+    return _read_image(path)
 
 
 def open_driver(backend: str, program: Program, bitfile: Path | None) -> EngineDriver:
@@ -70,6 +73,14 @@ def open_driver(backend: str, program: Program, bitfile: Path | None) -> EngineD
 
 
 def main(argv=None) -> int:
+    try:
+        return _main(argv)
+    except (ValueError, OSError) as exc:  # bad input (program, image, engine file): one line, exit 2
+        print(f"run_engine: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--backend", choices=["pynq", "golden"], default="pynq")
     p.add_argument("--program", type=Path, default=None, help="default: the .hwc in this folder")
@@ -113,7 +124,7 @@ def main(argv=None) -> int:
     print(f"{result['backend']}: {len(result['detections'])} detection(s) in {args.image.name} "
           f"({result['host_ms']:.1f} ms on the host)")
     for d in result["detections"]:
-        label = names[d["label"]] if names else d["label"]
+        label = printable(names[d["label"]]) if names else d["label"]
         print(f"  {label}  {d['score']:.2f}  box {[round(v, 1) for v in d['box']]}")
     st = result["stats"]
     print(f"engine: {st['cycles']} cycles at {st['clock_mhz']:.2f} MHz = {st['engine_ms']:.3f} ms "
