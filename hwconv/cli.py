@@ -8,7 +8,10 @@ import json
 import sys
 from pathlib import Path
 
+from .quant.registry import DEFAULT_MODEL, HEAD_STYLES, MODEL_NAMES
 from .spec import EngineConfig, SpecError
+
+MAX_INFO_SIZE = 2048  # `hwconv info --size`: one forward pass at this size is a few GB at most
 
 
 def _config(args) -> EngineConfig:
@@ -54,7 +57,7 @@ def cmd_bench(args) -> int:
     if args.json:
         print(json.dumps(r, indent=2))
         return 0
-    print(f"golden model, CoDeNet config {r['shape']} shape ({r['input_size']}x{r['input_size']}), "
+    print(f"golden model, detector config {r['model']} ({r['input_size']}x{r['input_size']}, random weights), "
           f"{r['layers']} layers, {r['gmac']:.3f} GMAC, engine {cfg.name}")
     print(f"  frame time: median {r['frame_s_median'] * 1e3:.1f} ms, min {r['frame_s_min'] * 1e3:.1f} ms "
           f"over {r['repeat']} runs ({r['gmac_per_s']:.2f} GMAC/s); program build {r['build_s']:.2f} s")
@@ -62,19 +65,22 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def _detector_overrides(args) -> dict:
+    return {k: v for k, v in (("head", getattr(args, "head", None)), ("sampling", getattr(args, "sampling", None)))
+            if v is not None}
+
+
 def cmd_info(args) -> int:
-    from .quant.info import model_stats
+    from .quant.info import format_stats, model_stats
     from .quant.models import build_detector
 
-    st = model_stats(build_detector(args.model), args.size)
-    pub = st["published"]
-    print(f"detector config {st['config']} at {st['input_size']}x{st['input_size']}, W4A8 (stem 8-bit)")
-    print(f"  MACs:    {st['gmac']:.3f} G" + (f"   (CoDeNet published: {pub['gmac']} G)" if "gmac" in pub else ""))
-    print(f"  weights: {st['weight_mbytes']:.3f} MB" + (f"   (CoDeNet published: {pub['mbytes']} MB)" if "mbytes" in pub else ""))
-    if "fps" in pub:
-        print(f"  CoDeNet on Ultra96: {pub['fps']} fps, VOC AP50 {pub['ap50']}")
-    top = sorted(st["per_layer_macs"], key=lambda t: -t[1])[:5]
-    print("  largest layers: " + ", ".join(f"{n} {m / 1e6:.0f}M" for n, m in top))
+    if args.size is not None and not 32 <= args.size <= MAX_INFO_SIZE:
+        raise ValueError(f"--size {args.size}: expected 32..{MAX_INFO_SIZE} pixels")
+    st = model_stats(build_detector(args.model, **_detector_overrides(args)), args.size)
+    if args.json:
+        print(json.dumps(st, indent=1))
+    else:
+        print(format_stats(st, layers=args.layers))
     return 0
 
 
@@ -91,7 +97,7 @@ def cmd_check(args) -> int:
         from .quant.export import export_program
         from .quant.models import build_detector
 
-        model = build_detector(args.model, **({"sampling": args.sampling} if args.sampling else {}))
+        model = build_detector(args.model, **_detector_overrides(args))
         prog = export_program(model, cfg)  # untrained scales: enough to check the mapping
         source = f"(detector config {args.model})"
     print(format_program(prog, source))
@@ -157,18 +163,24 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("demo", cmd_demo, "the main job on a built-in default: build a CoDeNet-shaped program, "
                                "write it, run the golden model, report")
     sp.add_argument("-o", "--out", default="out/demo", help="output folder (default: out/demo)")
-    sp.add_argument("--model", default="a", choices=["tiny", "a", "b", "c"], help="network shape (default: a)")
+    sp.add_argument("--model", default=DEFAULT_MODEL, choices=MODEL_NAMES,
+                    help=f"detector config, random weights (default: {DEFAULT_MODEL})")
     sp.add_argument("--engine", help="engine config (.toml or .json); default: Ultra96-V2 reference")
 
-    sp = add("info", cmd_info, "MACs and weight bytes of a detector config at W4A8, beside CoDeNet's figures")
-    sp.add_argument("model", choices=["tiny", "a", "b", "c", "d", "e"])
+    sp = add("info", cmd_info, "true MACs, thop-rule MACs and size of a detector config, beside CoDeNet's "
+                               "published figures; per section (and --layers: per layer)")
+    sp.add_argument("model", choices=MODEL_NAMES)
     sp.add_argument("--size", type=int, help="input size (default: the config's)")
+    sp.add_argument("--head", choices=HEAD_STYLES, help="head style (default: the config's, codenet)")
+    sp.add_argument("--layers", action="store_true", help="also print every layer")
+    sp.add_argument("--json", action="store_true", help="machine-readable output (every layer included)")
 
     sp = add("check", cmd_check, "does a model (or program) fit an engine: layer table, MACs, ideal cycles")
     src = sp.add_mutually_exclusive_group(required=True)
-    src.add_argument("--model", choices=["tiny", "a", "b", "c", "d", "e"])
+    src.add_argument("--model", choices=MODEL_NAMES)
     src.add_argument("--program")
     sp.add_argument("--sampling", choices=["integer", "bilinear"], help="override the deformable sampling")
+    sp.add_argument("--head", choices=HEAD_STYLES, help="--model: head style (default: the config's)")
     sp.add_argument("--engine", help="engine config (.toml or .json)")
 
     sp = add("generate", cmd_generate, "Verilog of the engine for a board + lint + yosys resource report")
@@ -190,7 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("bench", cmd_bench, "a CoDeNet-sized frame: golden-model time, or (--rtl) the simulated "
                                  "engine's cycles, fps and MAC utilisation vs CoDeNet's 32.2 fps")
-    sp.add_argument("--model", default="a", choices=["tiny", "a", "b", "c"], help="network shape (default: a)")
+    sp.add_argument("--model", default=DEFAULT_MODEL, choices=MODEL_NAMES,
+                    help=f"detector config, random weights (default: {DEFAULT_MODEL})")
     sp.add_argument("--repeat", type=int, default=5)
     sp.add_argument("--engine", help="engine config (.toml or .json)")
     sp.add_argument("--json", action="store_true")

@@ -1,6 +1,7 @@
 """`hwconv demo`: the main job on a built-in default, end to end as far as the project reaches.
 
-Build a CoDeNet-shaped program (random integer weights, calibrated requantisation), write it in
+Build the program of a detector config (the PyTorch detector with random weights, lowered by the
+exporter, requantisation calibrated: `compiler.synthetic`), write it in
 the program format, read it back, run it on the golden model, generate the engine's Verilog for
 Ultra96-V2 (with Verilator lint), run the program on that RTL in simulation and check it bit for
 bit against the golden model, and write a FINN-style output folder: program/, rtl/, reports/
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .compiler.synthetic import CODENET_SHAPES, codenet_program
+from .compiler.synthetic import codenet_program, detector_config
 from .fileio import atomic_write_bytes, atomic_write_text
 from .golden import run_program
 from .inspect import format_program, program_table
@@ -41,13 +42,13 @@ def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 
 def run_demo(out: Path, config: EngineConfig, model: str = "a") -> int:
-    shape = CODENET_SHAPES[model]
-    print(f"hwconv demo: CoDeNet config-{model}-shaped network, {shape.input_size}x{shape.input_size} input, "
+    shape = detector_config(model)
+    print(f"hwconv demo: detector config {model} (random weights), {shape.input_size}x{shape.input_size} input, "
           f"engine {config.stem}")
     t = time.perf_counter()
     prog, macs = codenet_program(config, model)
     print(f"  built program: {len(prog.layers)} layers, {macs / 1e9:.3f} GMAC, {len(prog.params)} B params, "
-          f"{prog.arena_bytes} B arena ({time.perf_counter() - t:.2f} s; random weights, calibrated requant)")
+          f"{prog.arena_bytes} B arena ({time.perf_counter() - t:.2f} s; random weights lowered by the exporter, calibrated requant)")
 
     program_path = out / "program" / f"codenet_{model}_{config.name}.hwc"
     prog.save(program_path)

@@ -67,14 +67,40 @@ def test_bench_json(capsys):
 
 
 def test_info_prints_counts_beside_published(capsys):
-    assert main(["info", "tiny"]) == 0
+    assert main(["info", "a"]) == 0
     out = capsys.readouterr().out
-    assert "MACs:" in out and "weights:" in out
+    assert "MACs, thop rule:  0.2855 G   CoDeNet published 0.29 (-1.6 %)" in out
+    assert "0.757 MB as CoDeNet counts" in out and "CoDeNet published 0.76" in out
+    assert "MACs, true:       0.2798 G" in out
+    for section in ("stem", "stages", "layer4", "decoder", "heads"):
+        assert f"\n  {section} " in out
+    assert main(["info", "tiny", "--json", "--size", "64"]) == 0
+    st = json.loads(capsys.readouterr().out)
+    assert st["input_size"] == 64 and st["published"] == {} and len(st["layers"]) > 40
+    assert sum(s["macs"] for s in st["sections"].values()) == round(st["gmac"] * 1e9)
+    assert main(["info", "tiny", "--size", "100000"]) == 2
+    assert "--size 100000: expected 32..2048" in capsys.readouterr().err
+
+
+def test_every_model_choice_comes_from_the_registry():
+    from hwconv.cli import build_parser
+    from hwconv.quant.registry import MODEL_NAMES
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    for cmd in ("demo", "info", "check", "bench"):
+        model = next(a for a in sub.choices[cmd]._actions if a.dest == "model")
+        assert tuple(model.choices) == MODEL_NAMES, cmd
 
 
 def test_check_maps_model_or_names_the_unsupported_layer(capsys):
     assert main(["check", "--model", "tiny"]) == 0
     assert "every layer maps to the engine" in capsys.readouterr().out
+    assert main(["check", "--model", "a"]) == 0  # layer4 and decoder0 split to fit the engine's buffers
+    out = capsys.readouterr().out
+    assert "total 0.280 GMAC" in out and "layer4[768:1024]" in out
+    assert main(["check", "--model", "c"]) == 2  # 512x512 is wider than the default engine's rows
+    assert "stem): in0.width=512 exceeds the engine's max_width=256" in capsys.readouterr().err
     assert main(["check", "--model", "tiny", "--sampling", "bilinear"]) == 2
     assert "decoder0" in capsys.readouterr().err
 

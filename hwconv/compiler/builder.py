@@ -4,6 +4,13 @@ Tensors are buffers in the arena or views of them (a channel range, optionally s
 so concat and split cost nothing: a producer writes into a view of the concatenated buffer and a
 consumer reads a view of a split. The arena is planned from liveness: buffers whose lifetimes do
 not overlap share bytes (first fit, 64-byte aligned).
+
+A dense conv or deformable depthwise layer too big for one of the engine's on-chip buffers
+(`spec.validate`: weight buffer, line buffer, row buffer) is split by output channels into layers
+named `name[lo:hi]`, each writing its channels into a view of one output tensor (CoDeNet's layer4,
+464 -> 1024, needs 1856 weight words per bank; the engine holds 512). A deformable piece whose
+15 input rows would not fit the line buffer reads a compact copy of its channels (a COPY layer
+`name.in[lo:hi]`). Both are pure data movement: the results are the unsplit layer's, bit for bit.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from ..spec.errors import SpecError
 from ..spec.isa import Flag, LayerDescriptor, Opcode, TensorRef
 from ..spec.params import BLOB_ALIGN, act_range, align, pack_requant, pack_weights
 from ..spec.program import Program, TensorInfo
-from ..spec.validate import conv_out_size
+from ..spec.validate import blocks, conv_out_size, line_buffer_words, row_buffer_need, weight_words
 
 
 @dataclass(eq=False)
@@ -82,6 +89,28 @@ class _Layer:
     requant: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
     clamp: tuple[int, int] = (0, 0)
     add_mults: tuple[int, int] = (0, 0)
+
+
+def _ref(h: int, w: int, c: int, pixel_stride: int = 0) -> TensorRef:
+    """A TensorRef of the given shape (address 0): for asking `spec.validate` what a layer needs."""
+    return TensorRef(0, h, w, c, pixel_stride or c)
+
+
+def _fits(d: LayerDescriptor, cfg: EngineConfig) -> bool:
+    return (weight_words(d, cfg) <= cfg.weight_depth and line_buffer_words(d, cfg) <= cfg.line_buffer_depth
+            and row_buffer_need(d, cfg) <= cfg.row_buffer_bytes // 2)
+
+
+def channel_pieces(channels: int, unit: int, fits) -> list[tuple[int, int]]:
+    """The fewest equal runs of `unit`-channel blocks [lo, hi) covering `channels` for which
+    fits(lo, hi) holds for every run; one run (no split) if none does (validate then names the limit)."""
+    n_blocks = blocks(channels, unit)
+    for n in range(1, n_blocks + 1):
+        per = blocks(n_blocks, n) * unit
+        runs = [(lo, min(lo + per, channels)) for lo in range(0, channels, per)]
+        if all(fits(lo, hi) for lo, hi in runs):
+            return runs
+    return [(0, channels)]
 
 
 class ProgramBuilder:
@@ -173,7 +202,8 @@ class ProgramBuilder:
              pad: int | None = None, weight_bits: int = 4, out_signed: bool = False,
              clamp: tuple[int, int] | None = None, scale: float = 1.0, upsample: bool = False,
              out: Tensor | None = None) -> Tensor:
-        """Dense conv; weights (Cout, k, k, Cin) integers. Default padding keeps 'same' geometry."""
+        """Dense conv; weights (Cout, k, k, Cin) integers. Default padding keeps 'same' geometry.
+        Split by output channels where one layer would not fit the engine (module docstring)."""
         name = self._new_name(name)
         weights = np.asarray(weights)
         if weights.ndim != 4 or weights.shape[1] != weights.shape[2] or weights.shape[3] != x.channels:
@@ -183,8 +213,25 @@ class ProgramBuilder:
         ho, wo = conv_out_size(x.height, k, stride, pad), conv_out_size(x.width, k, stride, pad)
         rq, cl = self._requant_args(name, cout, bias, mult, shift, out_signed, clamp)
         y = self._out(name, out, ho, wo, cout, out_signed, scale, upsample)
-        return self._add(_Layer(name, Opcode.CONV, x, y, None, k, stride, pad, weight_bits, upsample,
-                                weights, rq, cl))
+        f = 2 if upsample else 1
+        x_ref = TensorRef(0, x.height, x.width, x.channels, x.buffer.channels)
+        flags = Flag.UPSAMPLE2X if upsample else Flag(0)
+        stride_out = y.buffer.channels
+
+        def fits(lo, hi):
+            return _fits(LayerDescriptor(Opcode.CONV, x_ref, _ref(ho * f, wo * f, hi - lo, stride_out),
+                                         flags=flags, kernel=k, stride=stride, pad=pad), self.config)
+
+        pieces = [(0, cout)] if fits(0, cout) else channel_pieces(cout, self.config.pe_out, fits)
+        if len(pieces) > 1 and y.group_channels and y.group_channels != y.channels:
+            raise SpecError(f"layer {name!r}: too big for the engine in one layer, and its output is an "
+                            "interleaved view, which cannot be split by channels")
+        for lo, hi in pieces:
+            part = name if len(pieces) == 1 else self._new_name(f"{name}[{lo}:{hi}]")
+            yo = y if len(pieces) == 1 else self.view(y, lo, hi - lo)
+            self._add(_Layer(part, Opcode.CONV, x, yo, None, k, stride, pad, weight_bits, upsample,
+                             weights[lo:hi], tuple(v[lo:hi] for v in rq), cl))
+        return y
 
     def dwconv(self, name: str, x: Tensor, weights: np.ndarray, *, bias=0, mult=1, shift=0, stride: int = 1,
                weight_bits: int = 4, out_signed: bool = False, clamp: tuple[int, int] | None = None,
@@ -213,8 +260,34 @@ class ProgramBuilder:
                             f"got {'signed' if dilation.signed else 'unsigned'} {dilation.shape}")
         rq, cl = self._requant_args(name, x.channels, bias, mult, shift, out_signed, clamp)
         y = self._out(name, out, x.height, x.width, x.channels, out_signed, scale, upsample)
-        return self._add(_Layer(name, Opcode.DEFORM_DW, x, y, dilation, 3, 1, 1, weight_bits, upsample,
-                                weights, rq, cl))
+        h, w, c, f = x.height, x.width, x.channels, 2 if upsample else 1
+        flags = Flag.UPSAMPLE2X if upsample else Flag(0)
+
+        def desc(lo, hi, in_stride):
+            return LayerDescriptor(Opcode.DEFORM_DW, _ref(h, w, hi - lo, in_stride), _ref(h * f, w * f, hi - lo,
+                                   y.buffer.channels), _ref(h, w, 1), flags=flags, kernel=3, pad=1)
+
+        def fits(lo, hi):  # reading a compact copy of its channels if need be
+            return _fits(desc(lo, hi, hi - lo), self.config)
+
+        pieces = [(0, c)] if _fits(desc(0, c, x.buffer.channels), self.config) else \
+            channel_pieces(c, self.config.pe_out, fits)
+        if len(pieces) > 1 and (y.group_channels and y.group_channels != y.channels
+                                or x.group_channels and x.group_channels != x.channels):
+            raise SpecError(f"layer {name!r}: too big for the engine in one layer, and it reads or writes an "
+                            "interleaved view, which cannot be split by channels")
+        for lo, hi in pieces:
+            if len(pieces) == 1:
+                self._add(_Layer(name, Opcode.DEFORM_DW, x, y, dilation, 3, 1, 1, weight_bits, upsample,
+                                 weights, rq, cl))
+                break
+            src = self.view(x, lo, hi - lo)
+            if line_buffer_words(desc(lo, hi, x.buffer.channels), self.config) > self.config.line_buffer_depth:
+                src = self.copy(f"{name}.in[{lo}:{hi}]", src)  # compact rows: 15 of them fit the line buffer
+            self._add(_Layer(self._new_name(f"{name}[{lo}:{hi}]"), Opcode.DEFORM_DW, src, self.view(y, lo, hi - lo),
+                             dilation, 3, 1, 1, weight_bits, upsample, weights[lo:hi],
+                             tuple(v[lo:hi] for v in rq), cl))
+        return y
 
     def maxpool(self, name: str, x: Tensor, *, kernel: int = 3, stride: int = 2, pad: int = 1,
                 upsample: bool = False, out: Tensor | None = None) -> Tensor:

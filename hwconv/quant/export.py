@@ -16,15 +16,17 @@ import torch.nn as nn
 
 from ..compiler.builder import ProgramBuilder, Tensor
 from ..spec import EngineConfig, Program, SpecError
-from .models import CenterNet, ConvBNAct, DeformUp, Head, ShuffleUnit
+from .models import CenterNet, CoDeNetHead, ConvBNAct, DeformUp, Head, ShuffleUnit
 from .quantizers import Requant, act_scale, layer_requant
 
 
 class Exporter:
-    def __init__(self, model: CenterNet, config: EngineConfig):
+    def __init__(self, model: CenterNet, config: EngineConfig, *, reuse_memory: bool = True,
+                 extra: dict | None = None):
         self.model = model.eval()
         self.config = config
-        self.b = ProgramBuilder(config, extra={"model": model.cfg.name, "variant": model.cfg.variant})
+        self.b = ProgramBuilder(config, extra={"model": model.cfg.name, "variant": model.cfg.variant,
+                                               "head": model.cfg.head, **(extra or {})}, reuse_memory=reuse_memory)
 
     # -- one requantising conv ---------------------------------------------------------------
     def conv(self, name: str, x: Tensor, conv: nn.Module, bn: nn.BatchNorm2d | None, out_scale: float,
@@ -104,9 +106,13 @@ class Exporter:
         s_out, signed = act_scale(blk.act)
         return self.conv(f"{name}.pw", t, d.pw_conv, blk.bn, s_out, signed, s_in=blk.input_scale(), upsample=True)
 
-    def head(self, name: str, x: Tensor, h: Head) -> Tensor:
-        s1, sg1 = act_scale(h[1])
-        t = self.conv(f"{name}.conv", x, h[0].conv, None, s1, sg1, s_in=h[0].input_scale())
+    def head(self, name: str, x: Tensor, h: Head | CoDeNetHead) -> Tensor:
+        if isinstance(h, CoDeNetHead):  # 1x1 + BN + ReLU, depthwise 3x3 + BN + ReLU, 1x1 with bias
+            t = self.conv_bn_act(f"{name}.pw", x, h[0])
+            t = self.conv_bn_act(f"{name}.dw", t, h[1])
+        else:  # CenterNet's plain head: 3x3 conv (bias) + ReLU
+            s1, sg1 = act_scale(h[1])
+            t = self.conv(f"{name}.conv", x, h[0].conv, None, s1, sg1, s_in=h[0].input_scale())
         s2, sg2 = act_scale(h[3])
         return self.conv(f"{name}.out", t, h[2].conv, None, s2, sg2, s_in=h[2].input_scale())
 
@@ -121,6 +127,8 @@ class Exporter:
         for si, stage in enumerate(m.stages, start=2):
             for ui, unit in enumerate(stage):
                 x = self.shuffle_unit(f"stage{si}.{ui}", x, unit)
+        if m.layer4 is not None:
+            x = self.conv_bn_act("layer4", x, m.layer4)
         for i, blk in enumerate(m.decoder):
             x = self.deform_up(f"decoder{i}", x, blk)
         for head in ("hm", "wh", "reg"):
@@ -129,5 +137,9 @@ class Exporter:
 
 
 @torch.no_grad()
-def export_program(model: CenterNet, config: EngineConfig | None = None) -> Program:
-    return Exporter(model, config or EngineConfig()).run()
+def export_program(model: CenterNet, config: EngineConfig | None = None, *, reuse_memory: bool = True,
+                   extra: dict | None = None) -> Program:
+    """The engine program of `model` (eval mode). reuse_memory=False gives every tensor its own
+    arena bytes (every layer's output survives, for layer-by-layer comparisons); `extra` goes
+    into the program's metadata."""
+    return Exporter(model, config or EngineConfig(), reuse_memory=reuse_memory, extra=extra).run()

@@ -18,7 +18,6 @@ evaluates the folded model the old way (Brevitas fake-quant in float), `unfolded
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
@@ -26,44 +25,9 @@ import torch.nn.functional as F
 from brevitas.nn import QuantConv2d, QuantIdentity, QuantReLU
 
 from .deform import QuantDeformConv
+from .registry import CONFIGS, HEAD_STYLES, DetectorConfig, get_config  # noqa: F401 (re-exported)
 from .quantizers import (act_quant, act_scale, exact_conv, fold_params, image_integers, layer_requant,
                          to_integers, weight_quant)
-
-
-@dataclass(frozen=True)
-class DetectorConfig:
-    name: str
-    input_size: int
-    widths: tuple[int, ...]            # stem, stage2, stage3, stage4
-    stem: str = "s4"                   # "s4": 3x3 stride 4; "s2pool": 3x3 stride 2 + 3x3/2 maxpool
-    repeats: tuple[int, ...] = (3, 7, 3)  # basic units after each stage's stride-2 unit
-    decoder: tuple[int, ...] = (256, 128, 64)
-    head_conv: int = 64
-    num_classes: int = 20
-    variant: str = "square_depthwise"
-    sampling: str = "integer"
-    max_dilation: int = 7
-    weight_bits: int = 4
-    stem_weight_bits: int = 8
-    published: dict = field(default_factory=dict, compare=False)  # CoDeNet's figures, VOC W4A8
-
-    def with_(self, **kw) -> "DetectorConfig":
-        from dataclasses import replace
-
-        return replace(self, **kw)
-
-
-_W1X = (24, 116, 232, 464)
-_W2X = (24, 244, 488, 976)
-CONFIGS: dict[str, DetectorConfig] = {
-    "a": DetectorConfig("a", 256, _W1X, "s4", published=dict(gmac=0.29, mbytes=0.76, fps=32.2, ap50=51.1)),
-    "b": DetectorConfig("b", 256, _W1X, "s2pool", published=dict(fps=26.9, ap50=55.1)),
-    "c": DetectorConfig("c", 512, _W1X, "s4", published=dict(gmac=1.14, fps=9.3, ap50=61.7)),
-    "d": DetectorConfig("d", 512, _W2X, "s4", published=dict(gmac=3.54, mbytes=2.90, fps=5.2, ap50=67.1)),
-    "e": DetectorConfig("e", 512, _W2X, "s2pool", published=dict(gmac=3.58, fps=4.6, ap50=69.7)),
-    # Small enough to train on a 2-core CPU in minutes; same structure.
-    "tiny": DetectorConfig("tiny", 128, (16, 32, 64, 128), "s4", (1, 1, 1), (64, 32, 32), 32, 10),
-}
 
 
 def _conv(cin, cout, k, stride=1, groups=1, bits=4, bias=False):
@@ -270,7 +234,10 @@ class _HeadConv(_Folding, nn.Module):
 
 
 class Head(nn.Sequential):
-    """CenterNet head: 3x3 conv + ReLU, then 1x1 to the outputs (8-bit signed logits/regressions)."""
+    """CenterNet's plain head (`head="centernet"`): 3x3 conv (bias) + ReLU, then 1x1 to the outputs
+    (8-bit signed logits/regressions). Item 3 is the output quantiser in both head styles."""
+
+    bias_convs = (0, 2)  # the _HeadConv items (their biases are integers at s_in * s_w when folded)
 
     def __init__(self, cin: int, mid: int, cout: int, bits: int, prior_bias: float = 0.0):
         last = _conv(mid, cout, 1, bits=bits, bias=True)
@@ -280,11 +247,49 @@ class Head(nn.Sequential):
                          _HeadConv(last), QuantIdentity(act_quant=act_quant(signed=True)))
         self[2].set_input_quant(self[1])
 
+    @property
+    def out_quant(self) -> nn.Module:
+        return self[3]
+
+    def wire_input(self, q: nn.Module) -> None:
+        self[0].set_input_quant(q)
+
     def forward(self, x):
         if self[0]._exact() and self[2]._exact():
             x = self[0].exact_conv_act(x, self[0].conv, None, self[1], self[0].where)
             return self[2].exact_conv_act(x, self[2].conv, None, self[3], self[2].where)
         return super().forward(x)
+
+
+class CoDeNetHead(nn.Sequential):
+    """CoDeNet's head (`head="codenet"`, the default): 1x1 + BN + ReLU, depthwise 3x3 + BN + ReLU,
+    then 1x1 to the outputs with a bias (8-bit signed logits/regressions, item 3)."""
+
+    bias_convs = (2,)
+
+    def __init__(self, cin: int, mid: int, cout: int, bits: int, prior_bias: float = 0.0):
+        last = _conv(mid, cout, 1, bits=bits, bias=True)
+        nn.init.constant_(last.bias, prior_bias)
+        super().__init__(ConvBNAct(cin, mid, 1, bits=bits), ConvBNAct(mid, mid, 3, groups=mid, bits=bits),
+                         _HeadConv(last), QuantIdentity(act_quant=act_quant(signed=True)))
+        self[1].set_input_quant(self[0].act)
+        self[2].set_input_quant(self[1].act)
+
+    @property
+    def out_quant(self) -> nn.Module:
+        return self[3]
+
+    def wire_input(self, q: nn.Module) -> None:
+        self[0].set_input_quant(q)
+
+    def forward(self, x):
+        x = self[1](self[0](x))
+        if self[2]._exact():
+            return self[2].exact_conv_act(x, self[2].conv, None, self[3], self[2].where)
+        return self[3](self[2](x))
+
+
+HEADS = {"centernet": Head, "codenet": CoDeNetHead}
 
 
 class CenterNet(nn.Module):
@@ -305,12 +310,15 @@ class CenterNet(nn.Module):
         else:
             raise ValueError(f"config {cfg.name}: stem {cfg.stem!r}, expected 's4' or 's2pool'")
         self.stages = nn.Sequential(*[Stage(cin, cout, r) for cin, cout, r in zip(w[:-1], w[1:], cfg.repeats)])
-        chans = (w[-1],) + cfg.decoder
+        # CoDeNet's layer4: 1x1 conv + BN + ReLU widening stage 4 before the decoder (None: absent).
+        self.layer4 = ConvBNAct(w[-1], cfg.layer4, 1, bits=cfg.weight_bits) if cfg.layer4 else None
+        chans = (cfg.layer4 or w[-1],) + cfg.decoder
         self.decoder = nn.Sequential(*[DeformUp(a, b, cfg) for a, b in zip(chans[:-1], chans[1:])])
         c = cfg.decoder[-1]
-        self.hm = Head(c, cfg.head_conv, cfg.num_classes, cfg.weight_bits, prior_bias=-2.19)  # CenterNet prior
-        self.wh = Head(c, cfg.head_conv, 2, cfg.weight_bits)
-        self.reg = Head(c, cfg.head_conv, 2, cfg.weight_bits)
+        head = HEADS[cfg.head]
+        self.hm = head(c, cfg.head_conv, cfg.num_classes, cfg.weight_bits, prior_bias=-2.19)  # CenterNet prior
+        self.wh = head(c, cfg.head_conv, 2, cfg.weight_bits)
+        self.reg = head(c, cfg.head_conv, 2, cfg.weight_bits)
         self._wire_input_quantisers()
 
     def _wire_input_quantisers(self) -> None:
@@ -327,11 +335,14 @@ class CenterNet(nn.Module):
                 b[1].set_input_quant(b[0].act)
                 b[2].set_input_quant(b[1].act)
                 prev = b[2].act  # the stage's shared output quantiser
+        if self.layer4 is not None:
+            self.layer4.set_input_quant(prev)
+            prev = self.layer4.act
         for blk in self.decoder:
             blk.deform_input = [prev]
             prev = blk.act
         for head in (self.hm, self.wh, self.reg):
-            head[0].set_input_quant(prev)
+            head.wire_input(prev)
         for name, m in self.named_modules():
             if isinstance(m, _Folding):
                 m.where = name
@@ -350,18 +361,17 @@ class CenterNet(nn.Module):
         x = self.stem(self.quantize_input(x))
         if self.pool is not None:
             x = self.pool(x)
-        x = self.decoder(self.stages(x))
+        x = self.stages(x)
+        if self.layer4 is not None:
+            x = self.layer4(x)
+        x = self.decoder(x)
         return {"hm": self.hm(x), "wh": self.wh(x), "reg": self.reg(x)}
 
 
 def build_detector(name: str | DetectorConfig, **overrides) -> CenterNet:
-    if isinstance(name, DetectorConfig):
-        cfg = name
-    else:
-        try:
-            cfg = CONFIGS[name]
-        except KeyError:
-            raise ValueError(f"unknown detector config {name!r}; known: {', '.join(CONFIGS)}") from None
+    """The detector of a registered config (`registry.MODEL_NAMES`) or a DetectorConfig, with any
+    field overridden (e.g. num_classes=..., input_size=..., head="centernet", sampling=...)."""
+    cfg = name if isinstance(name, DetectorConfig) else get_config(name)
     return CenterNet(cfg.with_(**overrides) if overrides else cfg)
 
 

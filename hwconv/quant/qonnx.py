@@ -39,7 +39,7 @@ from qonnx.custom_op.base import CustomOp
 
 from ..fileio import atomic_write_bytes
 from .deform import QuantDeformConv, gather_taps
-from .models import CenterNet, ConvBNAct, DeformUp, Head, float_requant, fold_params, unfolded
+from .models import CenterNet, CoDeNetHead, ConvBNAct, DeformUp, Head, float_requant, fold_params, unfolded
 
 __all__ = ["DOMAIN", "OP_TYPE", "QONNX_FILE", "DeformConv2dSquare", "compare_qonnx", "deployment_copy",
            "export_qonnx_model", "run_qonnx"]
@@ -171,8 +171,8 @@ def deployment_copy(model: CenterNet, check_images: torch.Tensor | None = None) 
                 _fold_into(m.deform.pw_conv, m.bn, m.input_scale())
                 m.bn = nn.Identity()
             m.deform = _ExportDeform(m.deform, f"{name}.deform")
-        elif isinstance(m, Head):
-            for i in (0, 2):
+        elif isinstance(m, (Head, CoDeNetHead)):  # their ConvBNAct items fold in the branch above
+            for i in m.bias_convs:
                 _fold_into(m[i].conv, None, m[i].input_scale())
     deployed = _Outputs(net).eval()
     if check_images is not None:
