@@ -28,9 +28,10 @@ from amaranth.lib.wiring import In, Out
 
 from ..spec.params import act_range, weight_range
 
-__all__ = ["DSP48E1", "DSP48E2", "LATENCY", "DspShape", "PackedMac", "Packing", "accumulate",
-           "beat_layout", "lane_products", "lanes_layout", "max_k", "max_terms", "pack_operand",
-           "packing_for", "product_range", "split_lanes", "to_verilog", "weight_bounds"]
+__all__ = ["DSP48E1", "DSP48E2", "LATENCY", "DspShape", "PackedMac", "PackedMacColumn", "Packing",
+           "accumulate", "beat_layout", "column_beat_layout", "lane_products", "lanes_layout",
+           "max_k", "max_terms", "pack_operand", "packing_for", "product_range", "split_lanes",
+           "to_verilog", "weight_bounds"]
 
 WEIGHT_BITS = 4
 ACT_BITS = 8
@@ -211,7 +212,7 @@ class PackedMac(wiring.Component):
         m.d.sync += prod.eq(wide * act)
 
         # Stage 3: P, loaded by the first beat of a sum, accumulated by the others.
-        p = Signal(signed(dsp.p_bits))
+        p = Signal(signed(dsp.p_bits), reset_less=True)  # `first` starts every sum
         with m.If(self.clear):
             m.d.sync += p.eq(0)
         with m.Elif(valid[1]):
@@ -225,6 +226,56 @@ class PackedMac(wiring.Component):
         ]
         return m
 
+
+
+def column_beat_layout(channels: int) -> data.StructLayout:
+    """One activation for `channels` output channels' weights (2 per DSP)."""
+    return data.StructLayout({
+        "w": data.ArrayLayout(signed(WEIGHT_BITS), channels),
+        "a": ACT_BITS, "a_signed": 1,
+        "first": 1, "last": 1,
+    })
+
+
+class PackedMacColumn(wiring.Component):
+    """The MAC array's slice: `dsps` PackedMacs share each beat's activation, so one beat feeds
+    2 * dsps output channels; channel 2j is DSP j's low lane, 2j + 1 its high lane.
+
+    Same timing and sum rules as PackedMac; `o` carries every channel's sum at once.
+    """
+
+    def __init__(self, dsps: int, dsp: DspShape = DSP48E2, narrow: bool = False):
+        if dsps < 1:
+            raise ValueError(f"PackedMacColumn: dsps={dsps}, must be at least 1")
+        self.dsps, self.dsp, self.narrow = dsps, dsp, narrow
+        self.packing = packing_for(dsp, narrow)
+        super().__init__({
+            "i": In(stream.Signature(column_beat_layout(2 * dsps), always_ready=True)),
+            "o": Out(stream.Signature(data.ArrayLayout(signed(self.packing.lane_bits), 2 * dsps),
+                                      always_ready=True)),
+            "clear": In(1),
+        })
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        beat = self.i.payload
+        for j in range(self.dsps):
+            mac = m.submodules[f"mac{j}"] = PackedMac(self.dsp, self.narrow)
+            m.d.comb += [
+                mac.i.valid.eq(self.i.valid),
+                mac.i.payload.w0.eq(beat.w[2 * j]),
+                mac.i.payload.w1.eq(beat.w[2 * j + 1]),
+                mac.i.payload.a.eq(beat.a),
+                mac.i.payload.a_signed.eq(beat.a_signed),
+                mac.i.payload.first.eq(beat.first),
+                mac.i.payload.last.eq(beat.last),
+                mac.clear.eq(self.clear),
+                self.o.payload[2 * j].eq(mac.o.payload.lo),
+                self.o.payload[2 * j + 1].eq(mac.o.payload.hi),
+            ]
+            if j == 0:  # every DSP's control pipeline is the same; yosys merges the copies
+                m.d.comb += self.o.valid.eq(mac.o.valid)
+        return m
 
 def to_verilog(unit: wiring.Component, name: str) -> str:
     """Verilog of a unit whose streams are always ready (their `ready` is a constant, which
