@@ -34,10 +34,26 @@ def _snapshot(root: Path) -> dict[str, bytes | None]:
             for p in sorted(root.rglob("*"))}
 
 
-def _fake_synth(usage: ResourceUsage):
-    def synthesize(verilog, top, family, *, timeout_s=None, log_path=None):
+def _chain_netlist(levels: int) -> dict:
+    """A `write_json` netlist: a register, `levels` LUT1s, a register."""
+    def cell(type_, ins, outs):
+        return {"type": type_, "parameters": {}, "attributes": {},
+                "port_directions": {**{p: "input" for p in ins}, **{p: "output" for p in outs}},
+                "connections": {**{p: [b] for p, b in ins.items()}, **{p: [b] for p, b in outs.items()}}}
+    cells = {"$ff0": cell("FDRE", {"C": 2, "CE": "1", "R": "0", "D": 3}, {"Q": 10})}
+    for k in range(levels):
+        cells[f"$lut{k}"] = cell("LUT1", {"I0": 10 + k}, {"O": 11 + k})
+    cells["$ff1"] = cell("FDRE", {"C": 2, "CE": "1", "R": "0", "D": 10 + levels}, {"Q": 3})
+    return {"modules": {"top": {"attributes": {"top": "00000000000000000000000000000001"},
+                                "cells": cells, "netnames": {}}}}
+
+
+def _fake_synth(usage: ResourceUsage, levels: int = 1):
+    def synthesize(verilog, top, family, *, timeout_s=None, log_path=None, netlist_path=None):
         if log_path is not None:
             Path(log_path).write_text("fake yosys log\n")
+        if netlist_path is not None:
+            Path(netlist_path).write_text(json.dumps(_chain_netlist(levels)))
         return SynthResult(usage, {"LUT6": usage.lut_logic}, 0.1, "yosys (fake)", "synth_xilinx")
     return synthesize
 
@@ -154,6 +170,37 @@ def test_regenerating_replaces_rtl_and_reports_only(tmp_path, monkeypatch):
     assert not first.verilog.exists() and second.verilog.is_file()
     assert not (out / "reports" / "resources.json").exists()  # no stale report survives
     assert (out / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+@pytest.mark.parametrize("levels", [1, 20])
+def test_generate_writes_the_timing_estimate_and_warns_below_the_clock(tmp_path, monkeypatch, levels):
+    from hwconv.rtl.clock import clock_for
+    from hwconv.rtl.timing import MODELS
+    board = load_board("ultra96v2")
+    config = board.default_engine_config()
+    monkeypatch.setattr(resources, "synthesize", _fake_synth(ResourceUsage(lut_logic=10), levels))
+    report = generate(board, config, tmp_path / "out", lint=False)
+    m = MODELS["xcup"]
+    path_ns = m.ff_clk_to_q.ns + (levels + 1) * m.net.ns + levels * m.lut.ns + m.ff_setup.ns
+    reports = tmp_path / "out" / "reports"
+    data = json.loads((reports / "timing.json").read_text())
+    assert data["critical_path_ns"] == pytest.approx(path_ns, abs=1e-3)
+    assert data["fmax_mhz"] == pytest.approx(1e3 / path_ns, abs=0.05)
+    assert data["engine_config"] == config.to_dict() and data["family"] == "xcup"
+    assert data["meets_clock"] == (1e3 / path_ns >= 250)
+    assert data["paths"][0]["levels"] == {"LUT": levels}
+    assert "estimated Fmax" in (reports / "timing.txt").read_text()
+    below = [w for w in report.warnings if "below the 250 MHz clock" in w]
+    clock = clock_for(board, config, timing_report=reports / "timing.json")
+    assert report.clock == clock
+    assert json.loads((reports / "resources.json").read_text())["clock"] == clock.to_dict()
+    if levels == 20:                                  # ~11 ns: below 250 MHz
+        assert below and clock.mhz == pytest.approx(data["fmax_mhz"])
+        assert "below the 250 MHz board clock" in report.summary(board)
+    else:
+        assert not below and clock.mhz == 250.0
+    assert not (tmp_path / "out" / "netlist.json").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 

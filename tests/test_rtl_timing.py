@@ -96,3 +96,199 @@ def test_unreadable_report_is_one_line(tmp_path):
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(ClockError, match="not JSON"):
         clock_for(U96, timing_report=tmp_path / "bad.json")
+
+
+# ==================================================================================================
+# The path search on hand-made netlists (exact delays under the model's own figures)
+# ==================================================================================================
+from hwconv.rtl.timing import MODELS, TimingError, analyse, format_report, load_netlist  # noqa: E402
+
+XCUP = MODELS["xcup"]
+XC7 = MODELS["xc7"]
+CLK, RST = 1, 2
+
+
+class Net:
+    """A tiny yosys `write_json` module built by hand: bits are numbered as cells are added."""
+
+    def __init__(self):
+        self.cells, self.next_bit, self.n = {}, 10, 0
+
+    def bit(self) -> int:
+        self.next_bit += 1
+        return self.next_bit
+
+    def cell(self, type_, ins: dict, outs: dict, src: str = "", **params) -> dict:
+        self.n += 1
+        conns = {**{p: (b if isinstance(b, list) else [b]) for p, b in ins.items()},
+                 **{p: (b if isinstance(b, list) else [b]) for p, b in outs.items()}}
+        dirs = {**{p: "input" for p in ins}, **{p: "output" for p in outs}}
+        self.cells[f"$c{self.n}"] = {"type": type_, "parameters": {k: format(v, "032b") if isinstance(v, int)
+                                                                   else v for k, v in params.items()},
+                                     "attributes": {"src": src} if src else {},
+                                     "port_directions": dirs, "connections": conns}
+        return self.cells[f"$c{self.n}"]
+
+    def ff(self, d: int, src: str = "") -> int:
+        q = self.bit()
+        self.cell("FDRE", {"C": CLK, "CE": "1", "R": "0", "D": d}, {"Q": q}, src)
+        return q
+
+    def lut(self, *ins: int) -> int:
+        o = self.bit()
+        self.cell(f"LUT{len(ins)}", {f"I{k}": b for k, b in enumerate(ins)}, {"O": o})
+        return o
+
+    def module(self) -> dict:
+        return {"cells": self.cells, "netnames": {}}
+
+
+def net(fanout: int = 1, m=XCUP) -> float:
+    import math
+    return m.net.ns + m.net_fanout.ns * math.log2(fanout)
+
+
+def test_two_luts_between_registers():
+    n = Net()
+    q = n.ff(n.bit())
+    n.ff(n.lut(n.lut(q)))
+    r = analyse(n.module(), "xcup")
+    want = XCUP.ff_clk_to_q.ns + 3 * net() + 2 * XCUP.lut.ns + XCUP.ff_setup.ns
+    assert r.critical_ns == pytest.approx(want, abs=1e-9)
+    assert r.fmax_mhz == pytest.approx(1e3 / want)
+    assert r.paths[0].to_dict()["levels"] == {"LUT": 2}
+
+
+def test_the_longer_of_two_paths_and_the_fanout_term():
+    n = Net()
+    q = n.ff(n.bit())
+    short = n.lut(q)                                     # q drives three LUTs: fanout 3
+    long_ = n.lut(n.lut(n.lut(q), q), short)
+    n.ff(long_)
+    r = analyse(n.module(), "xcup")
+    # q -> LUT -> LUT -> LUT -> FF: the first hop has fanout 3, later hops fanout 1.
+    want = XCUP.ff_clk_to_q.ns + net(3) + 3 * XCUP.lut.ns + 2 * net() + net() + XCUP.ff_setup.ns
+    assert r.critical_ns == pytest.approx(want, abs=1e-9)
+    assert net(3) > net(1)
+
+
+def test_carry_chain_links_are_dedicated_routes():
+    n = Net()
+    q = n.ff(n.bit())
+    co1, o1 = n.bit(), n.bit()
+    n.cell("CARRY8", {"CI": "0", "S": [q] + ["0"] * 7, "DI": ["0"] * 8}, {"CO": [n.bit()] * 0 + [co1], "O": [o1]})
+    o2 = n.bit()
+    n.cell("CARRY8", {"CI": co1, "S": ["0"] * 8, "DI": ["0"] * 8}, {"CO": [n.bit()], "O": [o2]})
+    n.ff(o2)
+    r = analyse(n.module(), "xcup")
+    want = (XCUP.ff_clk_to_q.ns + net() + XCUP.carry_in.ns + XCUP.carry_through.ns + net()
+            + XCUP.ff_setup.ns)                               # no net delay on CO -> CI
+    assert r.critical_ns == pytest.approx(want, abs=1e-9)
+    assert r.paths[0].to_dict()["levels"] == {"CARRY": 2}
+
+
+def _dsp(n: Net, a: int, p: int, type_="DSP48E2", **regs) -> None:
+    params = {"AREG": 0, "BREG": 0, "CREG": 0, "DREG": 0, "ADREG": 0, "MREG": 0, "PREG": 0,
+              "INMODEREG": 0, "OPMODEREG": 0, "ALUMODEREG": 0, "CARRYINREG": 0, "CARRYINSELREG": 0,
+              "USE_MULT": "MULTIPLY", "AMULTSEL": "A", **regs}
+    n.cell(type_, {"CLK": CLK, "A": [a] + ["0"] * 29, "B": ["1"] * 18, "OPMODE": ["0"] * 9},
+           {"P": [p] + [n.bit() for _ in range(3)]}, src="", **params)
+
+
+def test_unregistered_dsp_is_combinational_delay():
+    n = Net()
+    q, p = n.ff(n.bit()), n.bit()
+    _dsp(n, q, p)
+    n.ff(p)
+    r = analyse(n.module(), "xcup")
+    want = XCUP.ff_clk_to_q.ns + net() + XCUP.dsp_mult + XCUP.dsp_alu + net() + XCUP.ff_setup.ns
+    assert r.critical_ns == pytest.approx(want, abs=1e-9)
+    assert r.paths[0].cells == ("FDRE", "DSP48E2", "FDRE")
+
+
+def test_fully_registered_dsp_is_its_own_start_and_end():
+    n = Net()
+    q, p = n.ff(n.bit()), n.bit()
+    _dsp(n, q, p, AREG=1, BREG=1, MREG=1, PREG=1, OPMODEREG=1)
+    n.ff(p)
+    r = analyse(n.module(), "xcup")
+    # The multiplier stage (input registers -> MREG) is the slowest: DS925's 645 MHz row.
+    assert r.fmax_mhz == pytest.approx(645.0)
+    assert "MREG" in r.paths[0].end
+    ends = {p.end: p.delay_ns for p in r.paths}
+    into_areg = [d for e, d in ends.items() if "DSP48E2.A" in e]
+    assert into_areg == [pytest.approx(XCUP.ff_clk_to_q.ns + net() + XCUP.dsp_setup.ns)]
+    out_of_preg = XCUP.dsp_clk_to_out.ns + net() + XCUP.ff_setup.ns
+    assert any(d == pytest.approx(out_of_preg) for d in ends.values())
+
+
+@pytest.mark.parametrize("family,regs,mhz", [
+    ("xcup", dict(AREG=1, BREG=1, PREG=1), None),       # no MREG: mult + ALU in one stage
+    ("xc7", dict(AREG=1, BREG=1, MREG=1, PREG=1), 464.0),
+])
+def test_dsp_stage_delays_come_from_the_fmax_rows(family, regs, mhz):
+    n = Net()
+    q, p = n.ff(n.bit()), n.bit()
+    _dsp(n, q, p, type_="DSP48E2" if family == "xcup" else "DSP48E1", **regs)
+    n.ff(p)
+    m = MODELS[family]
+    r = analyse(n.module(), family)
+    if mhz is None:
+        assert r.critical_ns == pytest.approx(m.dsp_mult + m.dsp_alu)
+        assert m.dsp_mult + m.dsp_alu + m.dsp_preadd == pytest.approx(1e3 / 338)   # DS925 row
+    else:
+        assert r.fmax_mhz == pytest.approx(mhz)
+
+
+@pytest.mark.parametrize("reg", [0, 1])
+def test_bram_clock_to_out_depends_on_the_output_register(reg):
+    n = Net()
+    do = n.bit()
+    n.cell("RAMB36E2", {"CLKARDCLK": CLK, "ADDRARDADDR": [n.bit()]}, {"DOUTADOUT": [do]}, DOA_REG=reg, DOB_REG=0)
+    n.ff(do)
+    r = analyse(n.module(), "xcup")
+    cko = XCUP.bram_clk_to_out_reg.ns if reg else XCUP.bram_clk_to_out.ns
+    assert r.critical_ns == pytest.approx(cko + net() + XCUP.ff_setup.ns)
+
+
+def test_paths_are_named_by_the_registers_at_their_ends():
+    verilog = "\n".join(["module t;", "  always @(posedge clk)", "    count <= \\$7 ;",
+                         "  always @(posedge clk)", "    total[3:0] <= \\$9 ;", "endmodule"])
+    n = Net()
+    q = n.ff(n.bit(), src="design.v:2.3-3.20|/share/xilinx/ff_map.v:68.41-68.95")
+    n.ff(n.lut(q), src="design.v:4.3-5.24")
+    r = analyse(n.module(), "xcup", verilog=verilog)
+    assert r.paths[0].start == "count (FDRE.Q)" and r.paths[0].end == "total (FDRE.D)"
+    text = format_report(r, clock_mhz=250.0, title="t")
+    assert "count (FDRE.Q)  ->  total (FDRE.D)" in text and "DS925" in text
+
+
+def test_unknown_cells_and_cycles_are_reported_not_hidden():
+    n = Net()
+    q = n.ff(n.bit())
+    o = n.bit()
+    n.cell("MYSTERY", {"I": q}, {"O": o})
+    n.ff(o)
+    a, b = n.bit(), n.bit()                   # two LUTs feeding each other: a combinational loop
+    n.cell("LUT1", {"I0": a}, {"O": b})
+    n.cell("LUT1", {"I0": b}, {"O": a})
+    r = analyse(n.module(), "xcup")
+    assert r.unknown_cells == {"MYSTERY": 1} and r.loops_broken == 2
+    assert r.critical_ns == pytest.approx(XCUP.ff_clk_to_q.ns + 2 * net() + XCUP.lut.ns + XCUP.ff_setup.ns)
+    assert "MYSTERY 1" in format_report(r)
+
+
+def test_bad_family_and_netlist_are_clear_errors(tmp_path):
+    with pytest.raises(TimingError, match="no timing model for family 'xc9'"):
+        analyse({"cells": {}}, "xc9")
+    (tmp_path / "n.json").write_text("{")
+    with pytest.raises(TimingError, match="cannot read the yosys netlist"):
+        load_netlist(tmp_path / "n.json")
+
+
+def test_every_model_figure_states_its_source():
+    for m in MODELS.values():
+        figs = m.figures()
+        assert all(v["source"] for v in figs.values())
+        assert all("DS925" in v["source"] or "DS187" in v["source"] or "estimate" in v["source"]
+                   for k, v in figs.items() if k != "dsp_stage_ns")

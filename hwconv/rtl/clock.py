@@ -26,7 +26,7 @@ from ..boards.catalog import Board, list_boards, load_board
 from ..spec.config import EngineConfig
 from ..spec.errors import SpecError
 
-__all__ = ["ClockError", "EngineClock", "clock_for", "read_timing_report"]
+__all__ = ["ClockError", "EngineClock", "clock_for", "clock_from_estimate", "read_timing_report"]
 
 _MAX_REPORT_BYTES = 16 << 20   # a timing.json is a few KB; refuse anything absurd before reading
 
@@ -127,6 +127,12 @@ def read_timing_report(path: str | Path, config: EngineConfig, board: Board | No
         raise ClockError(f"{path}: the report is for family {data.get('family')!r}, "
                          f"{board.display_name} is {board.family!r} (field 'family')")
     return float(fmax)
+
+
+def clock_from_estimate(config: EngineConfig, fmax_mhz: float, where: str) -> EngineClock:
+    """The clock for `config` given an estimate just made (generate), labelled with `where`;
+    to 0.1 MHz, as timing.json records it, so that both give the same clock."""
+    return _clock(float(config.clock_mhz), round(float(fmax_mhz), 1), where)
 
 
 def _clock(board_mhz: float, fmax: float, where: str) -> EngineClock:

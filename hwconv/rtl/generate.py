@@ -8,6 +8,8 @@ Output folder (FINN-like; every name starts with the artifact stem's board and c
     <out_dir>/reports/lint.txt          verilator --lint-only -Wall output and a summary
     <out_dir>/reports/resources.json    yosys post-synthesis counts vs the board's capacity
     <out_dir>/reports/resources.txt     the same as a table
+    <out_dir>/reports/timing.json       estimated Fmax and worst paths on the same netlist (timing.py)
+    <out_dir>/reports/timing.txt        the same as text, with the delay model and its sources
     <out_dir>/reports/yosys.log         the full synthesis log
 
 Nothing lands in `out_dir` until everything has succeeded: the folder is built in a temporary
@@ -33,7 +35,8 @@ from ..boards.catalog import Board
 from ..spec.config import EngineConfig
 from ..spec.errors import SpecError
 from ..toolchain import VERILATOR_HINT, verilator_env
-from . import resources
+from . import resources, timing
+from .clock import EngineClock, clock_for, clock_from_estimate
 from .axi_lite import verilog_ports
 from .top import EngineTop
 
@@ -64,6 +67,8 @@ class GenerateReport:
     synth: resources.SynthResult | None       # yosys result; None when synth=False
     lint_warnings: dict[str, int] | None       # Verilator -Wall warnings by rule; None: no lint
     warnings: list[str] = field(default_factory=list)  # things to know that did not stop us
+    timing: timing.TimingReport | None = None  # estimate on the same netlist; None when synth=False
+    clock: EngineClock | None = None           # the clock speed figures use for this engine
 
     def summary(self, board: Board) -> str:
         lines = [f"wrote {self.out_dir} (top {self.top})"]
@@ -73,6 +78,11 @@ class GenerateReport:
         if self.synth is not None:
             lines.append(f"synthesis: {self.synth.tool}, {self.synth.seconds:.1f} s")
             lines.append(resources.format_table(self.synth.usage, board).rstrip())
+        if self.timing is not None and self.clock is not None:
+            fmax = self.timing.fmax_mhz
+            lines.append(f"timing: estimated Fmax {fmax:.1f} MHz (reports/timing.txt); "
+                         f"speed figures use {self.clock.source}" if fmax else
+                         "timing: no register-to-register path found")
         lines += [f"warning: {w}" for w in self.warnings]
         return "\n".join(lines)
 
@@ -135,18 +145,33 @@ def generate(board: Board, config: EngineConfig, out_dir: str | Path, *, synth: 
         if lint:
             lint_warnings = _lint(source, top, reports / "lint.txt")
 
-        result = None
+        result = estimate = clock = None
         if synth:
+            netlist = stage / "netlist.json"          # outside rtl/ and reports/: not kept
             try:
                 result = resources.synthesize(source, top, board.family, timeout_s=synth_timeout_s,
-                                              log_path=reports / "yosys.log")
-            except resources.SynthError as exc:
+                                              log_path=reports / "yosys.log", netlist_path=netlist)
+                estimate = timing.analyse(timing.load_netlist(netlist, top), board.family,
+                                          verilog=source.read_text())
+            except (resources.SynthError, timing.TimingError) as exc:
                 raise GenerateError(str(exc)) from None
+            netlist.unlink()
             over = resources.over_capacity(result.usage, board)
             if over:
                 raise FitError(f"engine config {config.name} does not fit {board.display_name} "
                                f"({board.part}): " + "; ".join(over))
-            (reports / "resources.json").write_text(_resources_json(board, config, top, result))
+            timing_json = reports / "timing.json"
+            timing_json.write_text(_timing_json(board, config, top, estimate))
+            final = str(out_dir / "reports" / timing_json.name)    # where it will be
+            clock = (clock_from_estimate(config, estimate.fmax_mhz, final) if estimate.fmax_mhz
+                     else clock_for(board, config))
+            (reports / "timing.txt").write_text(_timing_txt(board, config, top, estimate, clock))
+            if clock.limited_by_timing:
+                warnings.append(f"estimated Fmax {estimate.fmax_mhz:.1f} MHz is below the "
+                                f"{config.clock_mhz:g} MHz clock (reports/timing.txt): speed "
+                                f"figures use {clock.mhz:.1f} MHz")
+            (reports / "resources.json").write_text(_resources_json(board, config, top, result,
+                                                                    clock))
             (reports / "resources.txt").write_text(_resources_txt(board, top, result))
         else:
             warnings.append("synthesis skipped: resources not checked against the board")
@@ -159,7 +184,7 @@ def generate(board: Board, config: EngineConfig, out_dir: str | Path, *, synth: 
 
     files = sorted(p for d in _SUBDIRS for p in (out_dir / d).iterdir())
     return GenerateReport(out_dir, top, out_dir / "rtl" / source.name, files, result,
-                          lint_warnings, warnings)
+                          lint_warnings, warnings, estimate, clock)
 
 
 def engine_verilog(config: EngineConfig, top: str) -> str:
@@ -220,7 +245,7 @@ def _lint(source: Path, top: str, report: Path) -> dict[str, int]:
 
 
 def _resources_json(board: Board, config: EngineConfig, top: str,
-                    result: resources.SynthResult) -> str:
+                    result: resources.SynthResult, clock: EngineClock) -> str:
     util = {r.label.lower(): {"used": r.used, "available": r.available,
                               "percent": round(r.percent, 2)}
             for r in resources.utilisation(result.usage, board)}
@@ -233,7 +258,32 @@ def _resources_json(board: Board, config: EngineConfig, top: str,
         "utilisation": util,
         "detail": result.usage.to_dict(),
         "cells": dict(sorted(result.cells.items())),
+        "clock": clock.to_dict(),                 # the timing estimate (reports/timing.json)
     }, indent=2) + "\n"
+
+
+def _timing_json(board: Board, config: EngineConfig, top: str, report: timing.TimingReport) -> str:
+    fmax = report.fmax_mhz
+    return json.dumps({
+        "board": board.name, "part": board.part, "part_speed_grade": board.speed_grade,
+        "top": top, "engine": config.name, "config_hash": f"0x{config.config_hash:08x}",
+        "engine_config": config.to_dict(), "clock_mhz": config.clock_mhz,
+        "meets_clock": fmax is not None and fmax >= config.clock_mhz,
+        "estimate": "register-to-register delay on yosys's synth_xilinx netlist under a "
+                    "datasheet-based delay model (hwconv/rtl/timing.py); unplaced, not Vivado's",
+        **report.to_dict(),
+    }, indent=2) + "\n"
+
+
+def _timing_txt(board: Board, config: EngineConfig, top: str, report: timing.TimingReport,
+                clock: EngineClock) -> str:
+    grade = ""
+    if board.speed_grade not in (None, report.model.speed_grade):
+        grade = (f"\nthe part is speed grade {board.speed_grade}; the model is "
+                 f"{report.model.speed_grade}, so the estimate is conservative")
+    title = (f"{top} on {board.display_name} ({board.part}), timing estimate{grade}\n"
+             f"speed figures use {clock.source}\n")
+    return timing.format_report(report, title=title, clock_mhz=config.clock_mhz)
 
 
 def _resources_txt(board: Board, top: str, result: resources.SynthResult) -> str:

@@ -152,14 +152,18 @@ def _script(verilog_name: str, top: str, family: str) -> str:
         # -flatten: count after cross-module optimisation, as Vivado's default synthesis does.
         f"synth_xilinx -flatten -family {family} -noiopad -noclkbuf -top {top}",
         "tee -q -o stat.json stat -json",
+        # The mapped netlist, for the timing estimate (timing.py).
+        "write_json netlist.json",
     ])
 
 
 def synthesize(verilog: str | Path, top: str, family: str, *, timeout_s: float | None = None,
-               log_path: str | Path | None = None) -> SynthResult:
+               log_path: str | Path | None = None,
+               netlist_path: str | Path | None = None) -> SynthResult:
     """Run `synth_xilinx -family <family>` on one Verilog file; count its cells.
 
     `log_path`: where to copy yosys's full log (kept on failure too, when given).
+    `netlist_path`: where to move the mapped netlist (yosys `write_json`), for timing.py.
     """
     verilog = Path(verilog)
     if not verilog.is_file():
@@ -187,6 +191,11 @@ def synthesize(verilog: str | Path, top: str, family: str, *, timeout_s: float |
         if not stat.is_file():
             raise SynthError("yosys finished but wrote no statistics")
         cells = parse_stat_json(stat.read_text(), top)
+        if netlist_path is not None:
+            netlist = Path(scratch) / "netlist.json"
+            if not netlist.is_file():
+                raise SynthError("yosys finished but wrote no netlist")
+            shutil.move(netlist, netlist_path)
     return SynthResult(usage_from_cells(cells), cells, seconds, tool, script)
 
 
