@@ -13,7 +13,7 @@ from amaranth.sim import Simulator
 
 from hwconv.rtl import resources
 from hwconv.rtl.packed_mac import (DSP48E1, DSP48E2, LATENCY, PackedMac, PackedMacColumn,
-                                   accumulate,
+                                   accumulate, lane_sums_fit,
                                    lane_products, max_k, max_terms, pack_operand, packing_for,
                                    product_range, split_lanes, to_verilog, weight_bounds)
 from hwconv.spec.params import act_range
@@ -60,7 +60,7 @@ def test_k_is_the_largest_that_fits_the_wide_input(dsp, narrow):
     assert not np.array_equal(pack_operand(w0, w1, k + 1, dsp), over)  # k+1 wraps some pair
 
 
-# -- one product, exhaustively ---------------------------------------------------------------------
+# -- one product, exhaustively --------------------------------------------------------------------
 @pytest.mark.parametrize("dsp", DSPS, ids=lambda d: d.name)
 @pytest.mark.parametrize("narrow", [False, True], ids=["w-8..7", "w-7..7"])
 @pytest.mark.parametrize("act_signed", [True, False], ids=["int8", "uint8"])
@@ -89,7 +89,7 @@ def test_the_sign_of_the_low_lane_is_the_correction_operand_signs_are_not():
     assert np.array_equal(hi, w1 * a)
 
 
-# -- sums in P --------------------------------------------------------------------------------------
+# -- sums in P ------------------------------------------------------------------------------------
 def _extreme_terms(rng, n_seq, n, narrow, act_signed):
     """Random terms drawn mostly from the operand extremes, where sums reach the lane's ends."""
     wlo, whi = weight_bounds(narrow)
@@ -163,7 +163,34 @@ def test_max_terms_counts_the_binding_lane():
     assert max_terms(22, 11, False, None) == 0
 
 
-# -- the unit, simulated ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("act_signed", [None, True, False], ids=["both", "int8", "uint8"])
+def test_lane_sums_fit_agrees_with_the_bound_and_brute_force(act_signed):
+    p = packing_for(DSP48E2, False, act_signed)
+    wlo, _ = weight_bounds(False)
+    worst = np.full(p.terms, wlo)
+    assert lane_sums_fit(worst, worst, p.k, p.lane_bits, act_signed)
+    worst1 = np.full(p.terms + 1, wlo)
+    assert not lane_sums_fit(worst1, np.zeros_like(worst1), p.k, p.lane_bits, act_signed)
+    assert not lane_sums_fit(np.zeros_like(worst1), worst1, p.k, p.lane_bits, act_signed)
+    # Brute force on narrow lanes (so sequences of 6 terms can fail): sums are linear in each
+    # activation, so their extremes are at the activation range's ends, term by term.
+    kinds = [True, False] if act_signed is None else [act_signed]
+    ends = [min(act_range(8, s)[0] for s in kinds), max(act_range(8, s)[1] for s in kinds)]
+    grid = np.array(np.meshgrid(*[ends] * 6, indexing="ij")).reshape(6, -1).T   # 64 x 6
+    rng = np.random.default_rng(5)
+    w0, w1 = rng.integers(-8, 8, (2, 400, 6))
+    s0, s1 = w0 @ grid.T, w1 @ grid.T                                            # 400 x 64
+    mixed = 0
+    for bits in range(11, 16):
+        half = 1 << (bits - 1)
+        want = ((s0 >= -half) & (s0 < half)).all(1) & ((s1 >= -half) & (s1 < half)).all(1)
+        assert np.array_equal(lane_sums_fit(w0, w1, bits, bits, act_signed), want)
+        mixed += want.any() and not want.all()
+    assert mixed  # some lane width splits the sequences into fitting and not
+
+
+# -- the unit, simulated --------------------------------------------------------------------------
 def _sequences(rng, dsp, count):
     """Sum sequences (w0, w1, a, a_signed arrays): corners, random lengths, one at the bound."""
     p = packing_for(dsp)
@@ -257,7 +284,7 @@ def test_packed_mac_clear_and_idle_beats():
     assert [g[1:] for g in got] == [want0, (-3 * 77, 4 * 77)]
 
 
-# -- lint and mapping --------------------------------------------------------------------------------
+# -- lint and mapping -----------------------------------------------------------------------------
 # Rules Amaranth's Verilog always trips (as in `hwconv generate`'s lint report): init values on
 # registers it also resets, its debug aliases of struct fields, its own sign extensions.
 AMARANTH_STYLE_RULES = {"PROCASSINIT", "UNUSEDSIGNAL", "WIDTHEXPAND"}
@@ -401,7 +428,8 @@ def test_packed_mac_column_maps_one_dsp48e1_per_two_channels(column_dsps):
 @needs_yosys
 @pytest.mark.xfail(strict=True, reason="yosys 0.70 packs the accumulator (post-adder + PREG) into "
                    "the first DSP only when several DSPs share a B register whose upper bits "
-                   "repeat one flip-flop (the activation's sign extension); docs/notes/packed_mac.md")
+                   "repeat one flip-flop (the activation's sign extension); see "
+                   "docs/notes/packed_mac.md")
 def test_packed_mac_column_keeps_every_accumulator_in_its_dsp(column_dsps):
     _, params = column_dsps
     assert all(p["PREG"] == 1 for p in params)

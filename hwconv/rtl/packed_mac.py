@@ -29,9 +29,9 @@ from amaranth.lib.wiring import In, Out
 from ..spec.params import act_range, weight_range
 
 __all__ = ["DSP48E1", "DSP48E2", "LATENCY", "DspShape", "PackedMac", "PackedMacColumn", "Packing",
-           "accumulate", "beat_layout", "column_beat_layout", "lane_products", "lanes_layout",
-           "max_k", "max_terms", "pack_operand", "packing_for", "product_range", "split_lanes",
-           "to_verilog", "weight_bounds"]
+           "accumulate", "beat_layout", "column_beat_layout", "lane_products", "lane_sums_fit",
+           "lanes_layout", "max_k", "max_terms", "pack_operand", "packing_for", "product_range",
+           "split_lanes", "to_verilog", "weight_bounds"]
 
 WEIGHT_BITS = 4
 ACT_BITS = 8
@@ -114,6 +114,23 @@ def packing_for(dsp: DspShape, narrow: bool = False, act_signed: bool | None = N
     return Packing(dsp, k, max_terms(k, k, narrow, act_signed), narrow, act_signed)
 
 
+
+def lane_sums_fit(w0, w1, k: int, lane_bits: int, act_signed: bool | None = None) -> np.ndarray:
+    """Whether the sums over the last axis of these weight sequences stay exact in P for *any*
+    activations of the kind: the bound from the real weights, which allows far longer sums than
+    `Packing.terms` (the all-extreme worst case) when the weights are not all -8."""
+    kinds = (True, False) if act_signed is None else (act_signed,)
+    a_lo = min(act_range(ACT_BITS, s)[0] for s in kinds)
+    a_hi = max(act_range(ACT_BITS, s)[1] for s in kinds)
+
+    def fits(w, bits):
+        w = np.asarray(w, dtype=np.int64)
+        lo = np.minimum(w * a_lo, w * a_hi).sum(-1)   # each term's worst end, terms independent
+        hi = np.maximum(w * a_lo, w * a_hi).sum(-1)
+        return (lo >= -(1 << (bits - 1))) & (hi <= (1 << (bits - 1)) - 1)
+
+    return fits(w0, k) & fits(w1, lane_bits)
+
 # -- the bit-accurate model (numpy, vectorised; int64 holds every P value) ------------------------
 def _wrap(x: np.ndarray, bits: int) -> np.ndarray:
     """Two's complement wrap to `bits` signed bits, as a register of that width holds it."""
@@ -122,7 +139,7 @@ def _wrap(x: np.ndarray, bits: int) -> np.ndarray:
 
 
 def pack_operand(w0, w1, k: int, dsp: DspShape) -> np.ndarray:
-    """The wide multiplier input: (w1 << k) + w0, wrapped to the input's width as the DSP sees it."""
+    """The wide multiplier input: (w1 << k) + w0, wrapped to its width as the DSP sees it."""
     return _wrap((np.asarray(w1, dtype=np.int64) << k) + np.asarray(w0, dtype=np.int64),
                  dsp.wide_bits)
 
@@ -133,7 +150,7 @@ def lane_products(w0, w1, a, k: int, dsp: DspShape) -> np.ndarray:
 
 
 def accumulate(products: np.ndarray, dsp: DspShape, axis: int = -1) -> np.ndarray:
-    """P after summing `products` along `axis`, wrapped to P's width (the DSP's ALU does not saturate)."""
+    """P after summing `products` along `axis`, wrapped to P's width (the ALU does not saturate)."""
     return _wrap(np.sum(np.asarray(products, dtype=np.int64), axis=axis), dsp.p_bits)
 
 
