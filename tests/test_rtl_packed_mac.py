@@ -404,7 +404,6 @@ def test_packed_mac_column_matches_the_model():
     assert got == want
 
 
-@pytest.mark.filterwarnings("ignore:.*created but never used")
 def test_packed_mac_column_refuses_no_dsps():
     with pytest.raises(ValueError, match="dsps=0"):
         PackedMacColumn(0)

@@ -263,6 +263,7 @@ class PackedMacColumn(wiring.Component):
 
     def __init__(self, dsps: int, dsp: DspShape = DSP48E2, narrow: bool = False):
         if dsps < 1:
+            self._MustUse__silence = True  # refused, so not "created but never used"
             raise ValueError(f"PackedMacColumn: dsps={dsps}, must be at least 1")
         self.dsps, self.dsp, self.narrow = dsps, dsp, narrow
         self.packing = packing_for(dsp, narrow)
