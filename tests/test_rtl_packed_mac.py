@@ -338,13 +338,18 @@ def test_dsp48e1_maps_one_dsp_with_every_pipeline_register(tmp_path):
     assert usage.ff <= 2 * 20 + 12 and usage.lut_logic <= 16, cells
 
 
+@pytest.fixture(scope="module")
+def e2_dsps(tmp_path_factory):
+    return _dsp_cells(tmp_path_factory.mktemp("e2"), DSP48E2)
+
+
 @pytest.mark.slow
 @needs_yosys
 @pytest.mark.xfail(strict=True, reason="yosys 0.70's xilinx_dsp packs registers, pre- and post-"
                    "adders for family xc7 only (techlibs/xilinx/xilinx_dsp.cc); a DSP48E2 gets "
                    "the multiplier alone, and Vivado pulls the registers in (UG901)")
-def test_dsp48e2_maps_one_dsp_with_every_pipeline_register(tmp_path):
-    cells, params = _dsp_cells(tmp_path, DSP48E2)
+def test_dsp48e2_maps_one_dsp_with_every_pipeline_register(e2_dsps):
+    cells, params = e2_dsps
     assert cells.get("DSP48E2") == 1 and len(params) == 1
     assert params[0]["USE_MULT"] == "MULTIPLY"
     p = params[0]
@@ -353,9 +358,9 @@ def test_dsp48e2_maps_one_dsp_with_every_pipeline_register(tmp_path):
 
 @pytest.mark.slow
 @needs_yosys
-def test_dsp48e2_maps_one_dsp_for_both_products(tmp_path):
+def test_dsp48e2_maps_one_dsp_for_both_products(e2_dsps):
     """What yosys does map on UltraScale+: the 27 x 18 multiply of both products, one DSP48E2."""
-    cells, params = _dsp_cells(tmp_path, DSP48E2)
+    cells, params = e2_dsps
     assert cells.get("DSP48E2") == 1 and len(params) == 1
     assert params[0]["USE_MULT"] == "MULTIPLY" and params[0]["AMULTSEL"] == "A"
 
