@@ -206,7 +206,7 @@ def _sequences(rng, dsp, count):
         a = np.where(signed, rng.integers(-128, 128, n), rng.integers(0, 256, n))
         seqs.append((rng.integers(wlo, whi + 1, n), rng.integers(wlo, whi + 1, n), a,
                      signed.astype(int)))
-    # N terms, each the low lane's most negative product and the high lane's most positive.
+    # N terms at the bound: the low lane at its most negative product (-8 * 255), the high -7 * 255.
     n = p.terms
     seqs.append((np.full(n, wlo), np.full(n, -7), np.full(n, 255), np.zeros(n, int)))
     return seqs
