@@ -1,0 +1,79 @@
+"""The regression's report: verdict, speed and the coverage table, as JSON and markdown."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ...fileio import atomic_write_text
+from .coverage import AXES
+from .run import RunSummary
+
+__all__ = ["report_data", "write_report"]
+
+
+def report_data(s: RunSummary, board: str | None = None) -> dict:
+    cov = s.coverage.summary()
+    hits = s.coverage.hits()
+    run_s = s.wall_s - s.build_s
+    return {
+        "engine": s.config.name, "board": board, "config_hash": f"0x{s.config.config_hash:08x}",
+        "config": s.config.to_dict(),
+        "seed": s.seed, "programs": s.programs, "layers_per_program": s.layers_per_program,
+        "layers": s.layers, "mismatching_programs": len(s.failures),
+        "failures": [{"seed": o.seed, "layers": o.layers, "why": o.why} for o in s.failures],
+        "wall_seconds": round(s.wall_s, 1), "build_seconds": round(s.build_s, 1),
+        "layers_per_second": round(s.layers / max(run_s, 1e-9), 3),
+        "workers": s.workers,
+        "simulated_cycles": sum(o.cycles for o in s.outcomes),
+        "coverage": cov,
+        "bins": [{"bin": dict(zip(AXES, b)), "hits": n} for b, n in hits.items()],
+    }
+
+
+def _md(data: dict) -> str:
+    cov = data["coverage"]
+    lines = [
+        f"# hwconv verify: {data['engine']}" + (f" ({data['board']})" if data["board"] else ""),
+        "",
+        f"- programs: {data['programs']} (seeds {data['seed']}..{data['seed'] + data['programs'] - 1}, "
+        f"{data['layers_per_program']} targeted layers each), layers run: **{data['layers']}**",
+        f"- mismatching programs: **{data['mismatching_programs']}**",
+        f"- wall time {data['wall_seconds']} s (Verilator build {data['build_seconds']} s), "
+        f"{data['workers']} workers: **{data['layers_per_second']} layers/s**; "
+        f"{data['simulated_cycles']:,} simulated engine cycles",
+        f"- coverage: {cov['bins_hit']} of {cov['legal_bins']} legal bins hit (fewest hits in a "
+        f"hit bin: {min([b['hits'] for b in data['bins'] if b['hits']] or [0])}); "
+        f"{cov['unreachable_bins']} bins of the full cross are unreachable (below)",
+        "",
+    ]
+    if data["failures"]:
+        lines += ["## Failures", ""] + [f"- seed {f['seed']}: {f['why']}" for f in data["failures"]] + [""]
+    lines += ["## Hits per axis value", "", "| axis | value: layers |", "|---|---|"]
+    for axis, counts in cov["axes"].items():
+        lines.append(f"| {axis} | " + ", ".join(f"{k}: {v}" for k, v in counts.items()) + " |")
+    lines += ["", "## Other coverage", "", "| what | counts |", "|---|---|"]
+    for k, v in cov["secondary"].items():
+        lines.append(f"| {k} | " + (", ".join(f"{a}: {b}" for a, b in v.items()) or "none") + " |")
+    lines += ["", "## Bins never hit", ""]
+    lines += [f"- {tuple(b)}" for b in cov["bins_never_hit"]] or ["none: every legal bin was hit"]
+    lines += ["", "## Unreachable bins (by the spec)", "", "| reason | bins |", "|---|---|"]
+    lines += [f"| {r} | {n} |" for r, n in cov["unreachable_reasons"].items()]
+    lines += ["", "## Hits per legal bin", "",
+              "| " + " | ".join(AXES) + " | hits |", "|" + "---|" * (len(AXES) + 1)]
+    for b in data["bins"]:
+        lines.append("| " + " | ".join(str(v) for v in b["bin"].values()) + f" | {b['hits']} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(s: RunSummary, out_dir: Path, stem: str = "verify",
+                 board: str | None = None) -> list[Path]:
+    """<stem>.json and <stem>.md in `out_dir` (atomic)."""
+    data = report_data(s, board)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / f"{stem}.json", out_dir / f"{stem}.md"]
+    atomic_write_text(paths[0], json.dumps(data, indent=1) + "\n")
+    atomic_write_text(paths[1], _md(data))
+    return paths
+
