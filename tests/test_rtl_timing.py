@@ -292,3 +292,76 @@ def test_every_model_figure_states_its_source():
         assert all(v["source"] for v in figs.values())
         assert all("DS925" in v["source"] or "DS187" in v["source"] or "estimate" in v["source"]
                    for k, v in figs.items() if k != "dsp_stage_ns")
+
+
+# ==================================================================================================
+# Real yosys on small Amaranth designs
+# ==================================================================================================
+from hwconv.toolchain import find_yosys  # noqa: E402
+
+needs_yosys = pytest.mark.skipif(not find_yosys().found, reason="yosys not installed")
+
+
+def _two_multipliers_verilog() -> str:
+    """An unregistered multiply-add (operands registered, product and sum in one cycle) beside a
+    registered multiplier (operands, product and output each registered)."""
+    from amaranth import Elaboratable, Module, Signal
+    from amaranth.back import verilog
+
+    class TwoMultipliers(Elaboratable):
+        def __init__(self):
+            self.a, self.b, self.c = Signal(8), Signal(8), Signal(16)
+            self.slow, self.fast = Signal(17), Signal(16)
+
+        def elaborate(self, platform):
+            m = Module()
+            ua, ub, uc = Signal(8, name="ua"), Signal(8, name="ub"), Signal(16, name="uc")
+            m.d.sync += [ua.eq(self.a), ub.eq(self.b), uc.eq(self.c), self.slow.eq(ua * ub + uc)]
+            ra, rb = Signal(8, name="ra", reset_less=True), Signal(8, name="rb", reset_less=True)
+            rp, rq = Signal(16, name="rp", reset_less=True), Signal(16, name="rq", reset_less=True)
+            m.d.sync += [ra.eq(self.a), rb.eq(self.b), rp.eq(ra * rb), rq.eq(rp), self.fast.eq(rq)]
+            return m
+
+    d = TwoMultipliers()
+    return verilog.convert(d, name="two", ports=[d.a, d.b, d.c, d.slow, d.fast], emit_src=False)
+
+
+def _variant_fmax(report, names: set[str]) -> float:
+    """Fmax of the paths that start or end at one of `names` (whole words)."""
+    import re
+    pat = re.compile(r"\b(" + "|".join(names) + r")\b")
+    delays = [p.delay_ns for p in report.paths if pat.search(p.start) or pat.search(p.end)]
+    assert delays, f"no path of {names} in {[(p.start, p.end) for p in report.paths]}"
+    return 1e3 / max(delays)
+
+
+def _synth_two(tmp_path, family):
+    from hwconv.rtl import resources
+    src = tmp_path / "two.v"
+    src.write_text(_two_multipliers_verilog())
+    resources.synthesize(src, "two", family, netlist_path=tmp_path / "n.json")
+    return analyse(load_netlist(tmp_path / "n.json", "two"), family, verilog=src.read_text())
+
+
+@needs_yosys
+def test_real_netlist_registered_multiplier_is_faster_xc7(tmp_path):
+    """yosys packs the registers into DSP48E1 (AREG/BREG/MREG/PREG): the registered multiplier's
+    worst stage is DS187's all-registers Fmax; the multiply-add without MREG is slower."""
+    r = _synth_two(tmp_path, "xc7")
+    registered = _variant_fmax(r, {"ra", "rb", "rp", "rq", "fast"})
+    unregistered = _variant_fmax(r, {"ua", "ub", "uc", "slow"})
+    assert registered > unregistered
+    assert registered == pytest.approx(1e3 / XC7.dsp_mult)           # 464 MHz: the MREG stage
+    assert unregistered < 1e3 / (XC7.dsp_mult + XC7.dsp_alu) + 1e-6    # mult + ALU in one cycle
+
+
+@pytest.mark.slow
+@needs_yosys
+def test_real_netlist_registered_multiplier_is_faster_xcup(tmp_path):
+    """yosys 0.70 leaves DSP48E2 registers unused (fabric FFs around a combinational DSP); the
+    multiply-add still has the longer path (DSP, then the adder's carry chain)."""
+    r = _synth_two(tmp_path, "xcup")
+    registered = _variant_fmax(r, {"ra", "rb", "rp", "rq", "fast"})
+    unregistered = _variant_fmax(r, {"ua", "ub", "uc", "slow"})
+    assert registered > unregistered
+    assert r.paths[0].cells[0] == "FDRE" and "DSP48E2" in r.paths[0].cells

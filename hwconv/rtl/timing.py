@@ -632,6 +632,9 @@ class _Namer:
             for ln in text:
                 a = self._ASSIGN.match(ln)
                 if a and not ln.lstrip().startswith(("always", "if", "case", "end", "begin")):
+                    if a.group(1).startswith("$"):      # an unnamed temporary: say what it is
+                        rhs = " ".join(ln[a.end():].rstrip(" ;").replace("\\", "").split())
+                        return f"{a.group(1)} = {rhs[:48]}"
                     return a.group(1)
             for ln in text:
                 d = self._DECL.match(ln)
