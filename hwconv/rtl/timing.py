@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = ["DelayModel", "Figure", "MODELS", "TimingError", "TimingPath", "TimingReport", "analyse",
-           "format_report", "load_netlist"]
+           "format_report", "load_netlist", "unregistered_multipliers"]
 
 
 class TimingError(RuntimeError):
@@ -194,6 +194,7 @@ class TimingReport:
     cells: int
     unknown_cells: dict[str, int] = field(default_factory=dict)
     loops_broken: int = 0                 # combinational cells left out of a cycle
+    unregistered: list[str] = field(default_factory=list)  # unregistered_multipliers()
 
     @property
     def critical_ns(self) -> float:
@@ -211,6 +212,7 @@ class TimingReport:
                 "datasheet": self.model.datasheet, "cells": self.cells,
                 "unknown_cells": dict(sorted(self.unknown_cells.items())),
                 "loops_broken": self.loops_broken,
+                "unregistered_multipliers": self.unregistered,
                 "paths": [p.to_dict() for p in self.paths],
                 "model": self.model.figures()}
 
@@ -255,6 +257,9 @@ def format_report(report: TimingReport, *, title: str = "", clock_mhz: float | N
                      + ", ".join(f"{c} {n}" for c, n in sorted(report.unknown_cells.items())))
     if report.loops_broken:
         lines.append(f"{report.loops_broken} cell(s) in combinational cycles left out")
+    if report.unregistered:
+        lines.append(f"{len(report.unregistered)} multiplier(s) without registered operands and "
+                     f"product, e.g. {report.unregistered[0]}")
     lines += ["", f"worst paths (one per end signal, top {min(top, len(report.paths))}):"]
     for i, p in enumerate(report.paths[:top], 1):
         lv = ", ".join(f"{n} {k}" for k, n in sorted(p.to_dict()["levels"].items())) or "direct"
@@ -594,7 +599,51 @@ def analyse(netlist: dict, family: str, *, verilog: str | None = None, top_n: in
                 break
             b = pb
         paths.append(TimingPath(delay, start or "?", key, tuple(reversed(chain))))
-    return TimingReport(m, paths, len(names), dict(unknown), loops)
+    return TimingReport(m, paths, len(names), dict(unknown), loops,
+                        unregistered_multipliers(netlist, verilog))
+
+
+def unregistered_multipliers(netlist: dict, verilog: str | None = None) -> list[str]:
+    """The DSP48 multipliers whose operands or product are not registered, one line each.
+
+    Registered means by the DSP's own registers (AREG/BREG, MREG or PREG) or by fabric flip-flops
+    right at its pins (yosys 0.70 does not pack registers into DSP48E2; Vivado does): every
+    operand bit comes from an FD* output or a constant, and the product bits go only to FD*
+    inputs (a product only cascaded on through PCOUT is not registered).
+    """
+    cells = netlist.get("cells", {})
+    namer = _Namer(verilog, netlist)
+    driver_type: dict[int, str] = {}
+    load_types: dict[int, set[str]] = defaultdict(set)
+    for cell in cells.values():
+        dirs = cell.get("port_directions", {})
+        for port, bits in cell.get("connections", {}).items():
+            for b in bits:
+                if isinstance(b, int):
+                    if dirs.get(port) == "output":
+                        driver_type[b] = cell["type"]
+                    else:
+                        load_types[b].add(cell["type"])
+    out = []
+    for cell in cells.values():
+        if not cell["type"].startswith("DSP48") or \
+                str(_param(cell, "USE_MULT", "MULTIPLY")).upper() == "NONE":
+            continue
+        conns = cell.get("connections", {})
+
+        def fed_by_ffs(port: str) -> bool:
+            return all(not isinstance(b, int) or driver_type.get(b) in _FF
+                       for b in conns.get(port, ()))
+
+        problems = [f"{port} not registered" for port, reg in (("A", "AREG"), ("B", "BREG"))
+                    if port in conns and _param(cell, reg) == 0 and not fed_by_ffs(port)]
+        if _param(cell, "MREG") == 0 and _param(cell, "PREG") == 0:
+            used = [b for b in conns.get("P", ()) if isinstance(b, int) and load_types.get(b)]
+            if not used or not all(load_types[b] <= _FF for b in used):
+                problems.append("product not registered")
+        if problems:
+            out.append(f"{namer.cell(cell, cell['type'], '')}: {', '.join(problems)}")
+    return sorted(out)
 
 
 class _Namer:
