@@ -168,13 +168,24 @@ def test_conv_too_big_for_the_weight_buffer_is_split_by_output_channels():
     assert np.array_equal(run_program(prog, {"x": img})["y"], _requantized(conv2d(img, w, 1, 0), 6))
 
 
-def test_conv_split_cannot_write_an_interleaved_view():
+def test_conv_split_into_an_interleaved_view_keeps_the_shuffle():
+    """A split conv writing one half of a ShuffleNet concat (channels 0, 2, 4, ...) puts every
+    output channel where the unsplit conv would."""
     small = EngineConfig(weight_buffer_bytes=16 * 16 * 16)
+    rng = np.random.default_rng(8)
+    w = rng.integers(-7, 8, (128, 1, 1, 64))
     b = ProgramBuilder(small)
-    x = b.input("x", 2, 2, 64)
-    cat = b.buffer("cat", 2, 2, 256, signed=False)
-    with pytest.raises(SpecError, match="'big': too big for the engine in one layer.*interleaved"):
-        b.conv("big", x, np.zeros((128, 1, 1, 64), int), out=b.view(cat, 0, 128, group_channels=1, group_stride=2))
+    x = b.input("x", 2, 3, 64)
+    cat = b.buffer("cat", 2, 3, 256, signed=False)
+    b.conv("big", x, w, shift=6, out=b.view(cat, 0, 128, group_channels=1, group_stride=2))
+    b.conv("other", x, w, shift=7, out=b.view(cat, 1, 128, group_channels=1, group_stride=2))
+    b.output("cat", cat)
+    prog = b.build()
+    assert prog.layer_names == ["big[0:64]", "big[64:128]", "other[0:64]", "other[64:128]"]
+    img = rng.integers(0, 256, (2, 3, 64))
+    got = run_program(prog, {"x": img})["cat"]
+    acc = conv2d(img, w, 1, 0)
+    assert np.array_equal(got[..., 0::2], _requantized(acc, 6)) and np.array_equal(got[..., 1::2], _requantized(acc, 7))
 
 
 def test_deform_too_wide_for_the_line_buffer_reads_compact_copies():

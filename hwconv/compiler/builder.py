@@ -96,6 +96,11 @@ def _ref(h: int, w: int, c: int, pixel_stride: int = 0) -> TensorRef:
     return TensorRef(0, h, w, c, pixel_stride or c)
 
 
+def _shape_ref(t: "Tensor", f: int = 1) -> TensorRef:
+    """`t`'s geometry (height and width times f) as a TensorRef at address 0."""
+    return TensorRef(0, t.height * f, t.width * f, t.channels, t.buffer.channels, t.group_channels, t.group_stride)
+
+
 def _fits(d: LayerDescriptor, cfg: EngineConfig) -> bool:
     return (weight_words(d, cfg) <= cfg.weight_depth and line_buffer_words(d, cfg) <= cfg.line_buffer_depth
             and row_buffer_need(d, cfg) <= cfg.row_buffer_bytes // 2)
@@ -146,6 +151,17 @@ class ProgramBuilder:
                             f"outside its {t.channels} channels")
         return Tensor(t.buffer, t.channel_offset + channel_offset, channels, t.signed,
                       t.scale if scale is None else scale, group_channels, group_stride)
+
+    def _piece(self, t: Tensor, lo: int, channels: int) -> Tensor:
+        """Channels [lo, lo + channels) of `t`, also of an interleaved (grouped) view, whose
+        pieces start on a run boundary: the output of one piece of a split layer."""
+        g = t.group_channels
+        if not g or g == t.channels:
+            return t if (lo, channels) == (0, t.channels) else self.view(t, lo, channels)
+        if lo % g:
+            raise SpecError(f"view of {t.buffer.name!r}: a piece at channel {lo} splits a run of {g}")
+        return Tensor(t.buffer, t.channel_offset + (lo // g) * t.group_stride, channels, t.signed, t.scale, g,
+                      t.group_stride)
 
     def input(self, name: str, height: int, width: int, channels: int, *, signed: bool = False,
               scale: float = 1.0) -> Tensor:
@@ -213,22 +229,21 @@ class ProgramBuilder:
         ho, wo = conv_out_size(x.height, k, stride, pad), conv_out_size(x.width, k, stride, pad)
         rq, cl = self._requant_args(name, cout, bias, mult, shift, out_signed, clamp)
         y = self._out(name, out, ho, wo, cout, out_signed, scale, upsample)
-        f = 2 if upsample else 1
-        x_ref = TensorRef(0, x.height, x.width, x.channels, x.buffer.channels)
+        x_ref = _shape_ref(x)
         flags = Flag.UPSAMPLE2X if upsample else Flag(0)
-        stride_out = y.buffer.channels
+        unit = self.config.pe_out
+        if y.group_channels and y.group_channels != y.channels and y.group_channels % unit:
+            unit = y.group_channels * unit  # pieces of an interleaved view start on a run boundary
 
         def fits(lo, hi):
-            return _fits(LayerDescriptor(Opcode.CONV, x_ref, _ref(ho * f, wo * f, hi - lo, stride_out),
-                                         flags=flags, kernel=k, stride=stride, pad=pad), self.config)
+            out_ref = _shape_ref(self._piece(y, lo, hi - lo), 2 if upsample else 1)
+            return _fits(LayerDescriptor(Opcode.CONV, x_ref, out_ref, flags=flags, kernel=k, stride=stride,
+                                         pad=pad), self.config)
 
-        pieces = [(0, cout)] if fits(0, cout) else channel_pieces(cout, self.config.pe_out, fits)
-        if len(pieces) > 1 and y.group_channels and y.group_channels != y.channels:
-            raise SpecError(f"layer {name!r}: too big for the engine in one layer, and its output is an "
-                            "interleaved view, which cannot be split by channels")
+        pieces = [(0, cout)] if fits(0, cout) else channel_pieces(cout, unit, fits)
         for lo, hi in pieces:
             part = name if len(pieces) == 1 else self._new_name(f"{name}[{lo}:{hi}]")
-            yo = y if len(pieces) == 1 else self.view(y, lo, hi - lo)
+            yo = y if len(pieces) == 1 else self._piece(y, lo, hi - lo)
             self._add(_Layer(part, Opcode.CONV, x, yo, None, k, stride, pad, weight_bits, upsample,
                              weights[lo:hi], tuple(v[lo:hi] for v in rq), cl))
         return y
@@ -264,17 +279,17 @@ class ProgramBuilder:
         flags = Flag.UPSAMPLE2X if upsample else Flag(0)
 
         def desc(lo, hi, in_stride):
-            return LayerDescriptor(Opcode.DEFORM_DW, _ref(h, w, hi - lo, in_stride), _ref(h * f, w * f, hi - lo,
-                                   y.buffer.channels), _ref(h, w, 1), flags=flags, kernel=3, pad=1)
+            return LayerDescriptor(Opcode.DEFORM_DW, _ref(h, w, hi - lo, in_stride),
+                                   _shape_ref(self._piece(y, lo, hi - lo), f), _ref(h, w, 1), flags=flags,
+                                   kernel=3, pad=1)
 
         def fits(lo, hi):  # reading a compact copy of its channels if need be
             return _fits(desc(lo, hi, hi - lo), self.config)
 
         pieces = [(0, c)] if _fits(desc(0, c, x.buffer.channels), self.config) else \
             channel_pieces(c, self.config.pe_out, fits)
-        if len(pieces) > 1 and (y.group_channels and y.group_channels != y.channels
-                                or x.group_channels and x.group_channels != x.channels):
-            raise SpecError(f"layer {name!r}: too big for the engine in one layer, and it reads or writes an "
+        if len(pieces) > 1 and x.group_channels and x.group_channels != x.channels:
+            raise SpecError(f"layer {name!r}: too big for the engine in one layer, and it reads an "
                             "interleaved view, which cannot be split by channels")
         for lo, hi in pieces:
             if len(pieces) == 1:
@@ -284,7 +299,7 @@ class ProgramBuilder:
             src = self.view(x, lo, hi - lo)
             if line_buffer_words(desc(lo, hi, x.buffer.channels), self.config) > self.config.line_buffer_depth:
                 src = self.copy(f"{name}.in[{lo}:{hi}]", src)  # compact rows: 15 of them fit the line buffer
-            self._add(_Layer(self._new_name(f"{name}[{lo}:{hi}]"), Opcode.DEFORM_DW, src, self.view(y, lo, hi - lo),
+            self._add(_Layer(self._new_name(f"{name}[{lo}:{hi}]"), Opcode.DEFORM_DW, src, self._piece(y, lo, hi - lo),
                              dilation, 3, 1, 1, weight_bits, upsample, weights[lo:hi],
                              tuple(v[lo:hi] for v in rq), cl))
         return y
