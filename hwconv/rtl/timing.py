@@ -374,6 +374,13 @@ def _cell_timing(cell: dict, m: DelayModel) -> _CellTiming | None:
     return ct
 
 
+def _unknown_timing(cell: dict, m: DelayModel) -> _CellTiming:
+    """A cell type without a model: one LUT level from every input to every output."""
+    dirs = cell.get("port_directions", {})
+    return _CellTiming(comb=[(tuple(p for p, d in dirs.items() if d == "input"),
+                              tuple(p for p, d in dirs.items() if d == "output"), m.lut.ns)])
+
+
 def _bram_side(port: str) -> str | None:
     """'A' or 'B' for a block RAM data output (DOADO, DOUTBDOUT, CASDOUTA, ...), else None."""
     for side in "AB":
@@ -456,6 +463,7 @@ def analyse(netlist: dict, family: str, *, verilog: str | None = None, top_n: in
     namer = _Namer(verilog, netlist)
 
     names, types, timings = [], [], []
+    arcs: dict[tuple, tuple[_CellTiming, bool]] = {}
     unknown: dict[str, int] = defaultdict(int)
     driver: dict[int, tuple[int, str]] = {}
     loads: dict[int, list[tuple[int, str]]] = defaultdict(list)
@@ -463,12 +471,16 @@ def analyse(netlist: dict, family: str, *, verilog: str | None = None, top_n: in
         t = cell.get("type", "")
         if t in _FREE:
             continue
-        ct = _cell_timing(cell, m)
-        if ct is None:                           # no model: one LUT level, and say so
+        # Arcs depend on the type, the ports and (DSP, BRAM) the parameters: shared, not rebuilt.
+        key = (t, tuple(cell.get("port_directions", {}).items()),
+               tuple(cell.get("parameters", {}).items()) if t in _BRAM or t.startswith("DSP")
+               else ())
+        if key not in arcs:
+            modelled = _cell_timing(cell, m)
+            arcs[key] = (modelled or _unknown_timing(cell, m), modelled is None)
+        ct, no_model = arcs[key]
+        if no_model:
             unknown[t] += 1
-            dirs = cell.get("port_directions", {})
-            ct = _CellTiming(comb=[(tuple(p for p, d in dirs.items() if d == "input"),
-                                    tuple(p for p, d in dirs.items() if d == "output"), m.lut.ns)])
         i = len(names)
         names.append(cname)
         types.append(t)
