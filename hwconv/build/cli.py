@@ -17,11 +17,23 @@ def register(add) -> None:
     sp.add_argument("--pe", help="PE array as IxO (default: the engine config's)")
     sp.add_argument("--engine", help="engine config (.toml or .json); default: the board's")
     sp.add_argument("-o", "--out", default="out/build", help="output folder (default: out/build)")
-    sp.add_argument("--jobs", type=int, help="parallel Vivado jobs (default: the CPUs available)")
+    sp.add_argument("--jobs", type=_positive_int, help="parallel Vivado jobs (default: the CPUs available)")
     sp.add_argument("--scripts-only", action="store_true",
                     help="write the Vivado scripts but do not run Vivado even if it is installed")
     sp.add_argument("--no-synth", action="store_true", help="skip the yosys resource report")
     sp.add_argument("--no-lint", action="store_true", help="skip verilator --lint-only")
+
+
+def _positive_int(text: str) -> int:
+    import argparse
+
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{v}: must be at least 1")
+    return v
 
 
 def engine_config(args, board) -> EngineConfig:
@@ -29,7 +41,7 @@ def engine_config(args, board) -> EngineConfig:
     cfg = EngineConfig.load(args.engine) if args.engine else board.default_engine_config()
     if args.pe:
         try:
-            pe_in, pe_out = (int(v) for v in args.pe.lower().split("x"))
+            pe_in, pe_out = (int(v, 10) for v in args.pe.lower().split("x"))
         except ValueError:
             raise SpecError(f"--pe {args.pe!r}: expected IxO, e.g. 16x16") from None
         cfg = cfg.with_(pe_in=pe_in, pe_out=pe_out)
@@ -44,6 +56,9 @@ def cmd_build(args) -> int:
     from .project import write_scripts
     from .vivado import BuildError, clear_bitfile, run_vivado
 
+    from ..fileio import check_output_path
+
+    check_output_path(args.out, option="-o", kind="dir")     # a file there: one line, before any work
     board = load_board(args.board)
     cfg = engine_config(args, board)
     plan = make_plan(board, cfg, args.out, args.jobs)        # refuses an unbuildable board first

@@ -11,6 +11,12 @@ during collection, and loading a `value` ends collection. A plain state_dict rou
 neither loads into a fresh model strictly nor resumes mid-calibration. The checkpoint stores each
 quantiser's raw (counter, buffer, value) beside the state_dict and restores them after loading.
 
+A checkpoint is untrusted input. It must be a regular file of at most CHECKPOINT_MAX_BYTES; the
+stored detector config is checked field by field and its size bounded (CONFIG_LIMITS, at most
+MAX_MODEL_PARAMS parameters estimated from the widths) before a model is built; every part the
+loader uses is type-checked, tensor shapes must match the model and weights must be finite. All
+of it fails as CheckpointError (a ValueError) naming the file and the field.
+
 Quantisation mode. "qat": every quantiser on (what the engine computes). "float": activation and
 weight quantisers off except the parts that are architecture rather than precision: the dilation
 quantiser of square deformable convs (rounds and clamps the offsets the engine uses) and the tap
@@ -36,7 +42,7 @@ from brevitas.core.scaling.standalone import ParameterFromRuntimeStatsScaling
 from brevitas.proxy.parameter_quant import BiasQuantProxyFromInjectorBase, WeightQuantProxyFromInjectorBase
 from brevitas.proxy.runtime_quant import ActQuantProxyFromInjectorBase
 
-from hwconv.fileio import atomic_write_bytes
+from hwconv.fileio import InputFileError, atomic_write_bytes, check_regular_file
 
 from .deform import QuantDeformConv
 from .models import CONFIGS, CenterNet, DetectorConfig, build_detector, fold_batchnorm, unfolded
@@ -49,6 +55,102 @@ _TUPLE_FIELDS = {f.name for f in dataclasses.fields(DetectorConfig) if "tuple" i
 
 class CheckpointError(ValueError):
     """A file is not a (compatible) hwconv checkpoint; the message names the file."""
+
+
+CHECKPOINT_MAX_BYTES = 2 * 1024 ** 3     # config e with optimizer state is ~100 MB
+MAX_MODEL_PARAMS = 50_000_000            # CoDeNet config e has ~5.8 M
+CONFIG_LIMITS = {                        # (low, high) of every integer a stored config may hold
+    "input_size": (32, 2048), "widths": (1, 4096), "repeats": (0, 16), "decoder": (1, 4096),
+    "head_conv": (1, 4096), "num_classes": (1, 1000), "max_dilation": (0, 15), "weight_bits": (2, 8),
+    "stem_weight_bits": (2, 8), "layer4": (0, 4096),
+}
+CONFIG_LENGTHS = {"widths": (4, 4), "repeats": (3, 3), "decoder": (1, 6)}
+
+
+def estimated_params(d: dict[str, Any]) -> int:
+    """An upper estimate of a config's parameter count from its widths (ShuffleNetV2 units of 1x1
+    and depthwise convs, decoder, heads; about 2.5x the real count), so a config claiming width
+    100000 is refused before anything is allocated."""
+    w, rep, dec = list(d["widths"]), list(d["repeats"]), list(d["decoder"])
+    n = 27 * w[0]
+    for i in range(3):
+        n += (rep[i] + 1) * (w[i + 1] * w[i + 1] + w[i] * w[i + 1] + 18 * w[i + 1])
+    last = w[3]
+    if d.get("layer4"):
+        n += last * d["layer4"]
+        last = d["layer4"]
+    for c in dec:
+        n += 2 * 9 * last + last * c + 18 * c
+        last = c
+    n += 3 * (9 * last * d["head_conv"] + d["head_conv"] * (d["num_classes"] + 4))
+    return n
+
+
+def check_config_dict(d: Any, source: str) -> dict[str, Any]:
+    """The stored detector config, type- and size-checked before DetectorConfig or a model exists."""
+    if not isinstance(d, dict):
+        raise CheckpointError(f"{source}: config must be a dict, got {type(d).__name__}")
+    known = {f.name for f in dataclasses.fields(DetectorConfig)}
+    unknown = sorted(str(k) for k in set(d) - known)
+    if unknown:
+        raise CheckpointError(f"{source}: config has unknown field(s) {', '.join(unknown[:5])}")
+    for key in ("name", "input_size", "widths"):
+        if key not in d:
+            raise CheckpointError(f"{source}: config lacks the field {key!r}")
+    for key, (lo, hi) in CONFIG_LIMITS.items():
+        if key not in d:
+            continue
+        v = d[key]
+        if key in CONFIG_LENGTHS:
+            nlo, nhi = CONFIG_LENGTHS[key]
+            if not isinstance(v, (list, tuple)) or not nlo <= len(v) <= nhi:
+                raise CheckpointError(f"{source}: config.{key} must be a list of {nlo}..{nhi} integers, got "
+                                      f"{type(v).__name__}{'' if not isinstance(v, (list, tuple)) else f' of {len(v)}'}")
+            items = list(v)
+        else:
+            items = [v]
+        for x in items:
+            if isinstance(x, bool) or not isinstance(x, int) or not lo <= x <= hi:
+                raise CheckpointError(f"{source}: config.{key} = {v!r:.80}: must be integer(s) in [{lo}, {hi}]")
+    for key in ("name", "stem", "variant", "sampling", "head"):
+        if key in d and (not isinstance(d[key], str) or len(d[key]) > 64):
+            raise CheckpointError(f"{source}: config.{key} must be a string of at most 64 characters")
+    if "published" in d and not isinstance(d["published"], dict):
+        raise CheckpointError(f"{source}: config.published must be a dict")
+    full = {"repeats": (3, 7, 3), "decoder": (256, 128, 64), "head_conv": 64, "num_classes": 20, "layer4": 0, **d}
+    n = estimated_params(full)
+    if n > MAX_MODEL_PARAMS:
+        raise CheckpointError(f"{source}: config describes a model of about {n:,} parameters, more than the "
+                              f"{MAX_MODEL_PARAMS:,} hwconv builds (hwconv.quant.checkpoint.MAX_MODEL_PARAMS)")
+    return d
+
+
+def _check_structure(ckpt: dict[str, Any], path: Path) -> None:
+    """Every part the loader reads, with the type it must have (a missing or mistyped part is one
+    CheckpointError naming it, never a KeyError/AttributeError from deep inside)."""
+    def need(key: str, kind, what: str) -> Any:
+        if key not in ckpt:
+            raise CheckpointError(f"{path}: checkpoint has no {key!r} ({what})")
+        if not isinstance(ckpt[key], kind):
+            raise CheckpointError(f"{path}: checkpoint {key!r} must be {what}, got {type(ckpt[key]).__name__}")
+        return ckpt[key]
+
+    check_config_dict(need("config", dict, "the detector config, a dict"), f"{path}")
+    need("config_name", str, "a string")
+    model = need("model", dict, "the model state_dict")
+    for k, v in model.items():
+        if not isinstance(k, str) or not isinstance(v, torch.Tensor):
+            raise CheckpointError(f"{path}: model state_dict entry {str(k)[:80]!r} is not a named tensor")
+    qs = need("quant_state", dict, "the quantiser state, a dict")
+    for name, s in qs.items():
+        ok = (isinstance(name, str) and isinstance(s, dict) and isinstance(s.get("counter"), int)
+              and isinstance(s.get("buffer"), torch.Tensor) and isinstance(s.get("value"), torch.Tensor))
+        if not ok:
+            raise CheckpointError(f"{path}: quant_state[{str(name)[:80]!r}] must hold counter (int), buffer and "
+                                  "value (tensors)")
+    need("quant_mode", str, "a string")
+    if "bn_folded" in ckpt and not isinstance(ckpt["bn_folded"], bool):
+        raise CheckpointError(f"{path}: checkpoint 'bn_folded' must be true or false")
 
 
 # ------------------------------------------------------------------ model access
@@ -216,8 +318,12 @@ def save_checkpoint(path: str | Path, model: nn.Module, *, epoch: int, optimizer
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """The checkpoint dict, loaded with weights_only=True; CheckpointError if it is not one."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        check_regular_file(path, what="checkpoint", limit=CHECKPOINT_MAX_BYTES)
+    except InputFileError as exc:
+        raise CheckpointError(str(exc)) from None
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -231,12 +337,31 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"{path} is not a hwconv checkpoint (a torch file without the "
                               f"'format': {FORMAT!r} marker)")
     if ckpt.get("version") != VERSION:
-        raise CheckpointError(f"{path}: hwconv checkpoint version {ckpt.get('version')!r}, this "
+        raise CheckpointError(f"{path}: hwconv checkpoint version {str(ckpt.get('version'))[:40]!r}, this "
                               f"hwconv reads version {VERSION}")
+    _check_structure(ckpt, path)
     return ckpt
 
 
 def _load_weights(path: Path, net: CenterNet, ckpt: dict[str, Any]) -> None:
+    own = net.state_dict()
+    for k, v in ckpt["model"].items():
+        if k in own and tuple(v.shape) != tuple(own[k].shape):
+            raise CheckpointError(f"{path}: weights do not fit the model: {k} has shape {tuple(v.shape)}, the "
+                                  f"model's is {tuple(own[k].shape)}")
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise CheckpointError(f"{path}: {k} holds NaN or infinite values")
+    modules = dict(net.named_modules())
+    for name, s in ckpt["quant_state"].items():
+        m = modules.get(name)
+        if not isinstance(m, ParameterFromRuntimeStatsScaling):
+            raise CheckpointError(f"{path}: quant_state names {name[:80]!r}, not a quantiser scale of this model")
+        for part in ("buffer", "value"):
+            if tuple(s[part].shape) != tuple(getattr(m, part).shape):
+                raise CheckpointError(f"{path}: quant_state[{name!r}].{part} has shape {tuple(s[part].shape)}, "
+                                      f"the model's is {tuple(getattr(m, part).shape)}")
+            if s[part].is_floating_point() and not bool(torch.isfinite(s[part]).all()):
+                raise CheckpointError(f"{path}: quant_state[{name!r}].{part} holds NaN or infinite values")
     missing, unexpected = net.load_state_dict(ckpt["model"], strict=False)
     # Scales of never-run quantisers are legitimately absent (restored from quant_state below),
     # under every name of a shared quantiser (a stage's units share their output quantiser).
@@ -276,11 +401,14 @@ def load_checkpoint(path: str | Path, model: nn.Module, *, optimizer: torch.opti
 def model_from_checkpoint(path: str | Path) -> tuple[CenterNet, dict[str, Any]]:
     """Build the detector the checkpoint describes and load it (eval mode; run a float-mode model
     under `eval_mode(model)`, which keeps BN unfolded)."""
-    ckpt = read_checkpoint(path)
+    ckpt = read_checkpoint(path)   # the config is checked and its size bounded there
     try:
         cfg = config_from_dict(ckpt["config"])
-    except TypeError as e:
+    except (TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: stored detector config is not a DetectorConfig ({e})") from None
-    model = build_detector(cfg)
+    try:
+        model = build_detector(cfg)
+    except (ValueError, TypeError) as e:  # a field the model builder refuses (variant, bit widths, ...)
+        raise CheckpointError(f"{path}: stored detector config cannot be built: {e}") from None
     _load_weights(Path(path), model, ckpt)
     return model.eval(), ckpt

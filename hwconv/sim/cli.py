@@ -32,11 +32,24 @@ def register(add) -> None:
     sp.add_argument("--sim", choices=["verilator", "icarus"],
                     help="simulator (default: $SIM, else verilator)")
     sp.add_argument("--waves", action="store_true", help="record an FST waveform of the run")
-    sp.add_argument("--backpressure", type=float, default=0.0, metavar="P",
+    sp.add_argument("--backpressure", type=_probability, default=0.0, metavar="P",
                     help="random stalls on every AXI channel with probability P (default 0)")
     sp.add_argument("-o", "--out", default="out/simulate", help="output folder")
     sp.add_argument("--speed", action="store_true",
                     help="only measure simulation speed (cycles per wall-clock second)")
+
+
+def _probability(text: str) -> float:
+    import argparse
+    import math
+
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(v) or not 0.0 <= v < 1.0:
+        raise argparse.ArgumentTypeError(f"{text}: a stall probability must be in [0, 1)")
+    return v
 
 
 def cmd_simulate(args) -> int:
@@ -45,8 +58,11 @@ def cmd_simulate(args) -> int:
     if not args.program:
         print("hwconv simulate: error: --program is required (or --speed)", file=sys.stderr)
         return 2
+    from ..fileio import check_output_path
     from ..spec.program import Program
     from .runner import NOT_YET, engine_runs_programs
+
+    check_output_path(args.out, option="-o", kind="dir")  # before any work: one line naming -o
 
     if not engine_runs_programs():  # refuse before any work, with the reason
         print(f"hwconv simulate: error: {NOT_YET}: hwconv/rtl/top.py is still the integration "
@@ -69,19 +85,18 @@ def _inputs(program, args) -> dict[str, np.ndarray]:
     if not args.image:
         return random_inputs(program, args.random_input or 0,
                              max_dilation=program.config.max_dilation)
-    from PIL import Image
-
     from ..driver.preprocess import as_rgb_uint8, letterbox, quantize_image
+    from ..imageio import read_image
+    from ..spec.errors import printable
 
     images = [t for t in program.inputs if t.ref.channels == 3]
     if len(program.inputs) != 1 or not images:
         raise ValueError(f"--image needs a program with one 3-channel input; {args.program} has "
-                         f"{', '.join(f'{t.name} ({t.ref.channels} ch)' for t in program.inputs)}")
+                         f"{', '.join(f'{printable(t.name)} ({t.ref.channels} ch)' for t in program.inputs)}")
     try:
-        with Image.open(args.image) as im:
-            pixels = np.asarray(im.convert("RGB"))
-    except OSError as exc:
-        raise ValueError(f"--image {args.image}: cannot read it as an image ({exc})") from None
+        pixels = read_image(args.image)   # regular files only, pixel cap, 16-bit grey scaled
+    except ValueError as exc:
+        raise ValueError(f"--image {exc}") from None
     t = images[0]
     pic, _ = letterbox(as_rgb_uint8(pixels, where=args.image), t.ref.height, t.ref.width)
     return {t.name: quantize_image(pic, t)}
@@ -117,12 +132,14 @@ def _simulate(program, inputs, args, clock_mhz) -> int:
 
 
 def _print_report(d: dict) -> None:
-    print(f"{d['program']}: engine {d['engine']} ({d['pe'][0]}x{d['pe'][1]} MACs) on "
+    from ..spec.errors import printable
+
+    print(f"{printable(d['program'], 200)}: engine {d['engine']} ({d['pe'][0]}x{d['pe'][1]} MACs) on "
           f"{d['sim']['simulator']}, {d['sim']['cycles_per_second']:,} simulated cycles/s")
     print(f"{'#':>3} {'layer':32s} {'op':10s} {'cycles':>12s} {'MACs':>14s} {'util':>6s}")
     for layer in d["layers"]:
         util = f"{100 * layer['utilisation']:5.1f}%" if layer["utilisation"] is not None else "    -"
-        print(f"{layer['index']:3d} {layer['name'][:32]:32s} {layer['op']:10s} "
+        print(f"{layer['index']:3d} {printable(layer['name'], 32):32s} {layer['op']:10s} "
               f"{layer['cycles']:12,d} {layer['macs']:14,d} {util}")
     st = d["status"]
     if st["error"] != "NONE" or st["hang"]:
