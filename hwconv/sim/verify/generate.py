@@ -27,6 +27,7 @@ at the end.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,6 +47,7 @@ BACKPRESSURE = (0.2, 0.6)  # stall probability range for programs under backpres
 _TRIES = 40
 
 
+@functools.lru_cache(maxsize=1)
 def bin_order() -> dict[int, list[tuple]]:
     """Legal bins per backpressure value, in a fixed shuffled order (not seed-dependent)."""
     bins = legal_bins()
@@ -102,7 +104,7 @@ class _Generator:
         return View(self._buffer("wide", h, w, c + extra, signed), off, c)
 
     def _input(self, kind: str, signed: bool, max_elems: int,
-               size: tuple[int, int] | None = None) -> tuple[View, int, int]:
+               size: tuple[int, ...] | None = None) -> tuple[View, int, int]:
         """An input of this kind and sign: an earlier layer's output (60 %) or a fresh one;
         `size` = (width, channels) asks for a fresh one of 1-3 rows of that size."""
         if size is not None:
@@ -160,7 +162,9 @@ class _Generator:
         return lo, int(self.rng.integers(lo + 1, min(hi, lo + 20) + 1))
 
     # -- one layer ---------------------------------------------------------------------------
-    def _draw(self, target: tuple, size: tuple[int, int] | None = None) -> list[LayerSpec]:
+    def _draw(self, target: tuple, size: tuple[int, ...] | None = None) -> list[LayerSpec]:
+        """The layers for `target`; `size` = (width, channels[, conv outputs]) of a fresh input
+        (a layer grown to a buffer limit)."""
         op, kernel, stride, dil, sign, view, upsample = target[:7]
         in_kind, out_kind = view.split(">")
         s_in, s_out = sign[0] == "s", sign[2] == "s"
@@ -177,7 +181,8 @@ class _Generator:
         if op in ("conv", "dwconv", "deform"):
             bits = int(self.rng.choice([4, 8]))
         if op == "conv":
-            co = self._channels() if size is None or size[0] > 2 else c
+            co = size[2] if size is not None and len(size) > 2 else \
+                self._channels() if size is None or size[0] > 2 else c
         ho = (h + 2 * pad - kernel) // stride + 1
         wo = (w + 2 * pad - kernel) // stride + 1
         f = 2 if upsample else 1
@@ -229,6 +234,8 @@ class _Generator:
         if limit == "weight":
             best = bisect(1, self.cfg.max_channels, lambda n: (1, n))
             size = None if best is None else (1, best)
+            if best and target[0] == "conv":    # then as many output channels as still fit
+                size = (1, best, bisect(best, self.cfg.max_channels, lambda n: (1, best, n)) or best)
         else:
             best = bisect(1, self.cfg.max_width, lambda n: (n, c0))
             size = None if best is None else (best, c0)
