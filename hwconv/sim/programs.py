@@ -29,6 +29,7 @@ from ..spec.isa import (DESCRIPTOR_FIELDS, PREAMBLE_BYTES, PREAMBLE_FIELDS, DESC
                         Opcode, field_offsets)
 from ..spec.params import act_range, quantize_multiplier, weight_range
 from ..spec.program import Program
+from .verify.spec import random_requant
 
 __all__ = ["ERROR_KINDS", "OPS", "corrupt_image", "expected_error", "random_inputs",
            "random_op_program"]
@@ -71,14 +72,6 @@ def _sink(b: ProgramBuilder, rng, h: int, w: int, c: int, signed: bool) -> Tenso
     return b.view(cat, 0, c, group_channels=g, group_stride=gs)
 
 
-def _requant(rng, c: int, fan_in: int, w_bits: int, x_rms: float):
-    lo, hi = weight_range(w_bits)
-    w_ms = float(np.mean(np.arange(lo, hi + 1) ** 2))
-    real = _TARGET_RMS / math.sqrt(max(1, fan_in) * w_ms * x_rms ** 2)
-    ms = [quantize_multiplier(real * float(f)) for f in rng.uniform(0.5, 2.0, size=c)]
-    return rng.integers(-300, 300, size=c), [m for m, _ in ms], [s for _, s in ms]
-
-
 def random_op_program(config: EngineConfig, op: str, seed: int) -> tuple[Program, dict[str, np.ndarray]]:
     """A random one-op program and random inputs for it (see the module docstring)."""
     if op not in OPS:
@@ -113,7 +106,7 @@ def random_op_program(config: EngineConfig, op: str, seed: int) -> tuple[Program
         if ho < 1 or wo < 1:
             pad, ho, wo = k // 2, (h - 1) // stride + 1, (w - 1) // stride + 1
         lo, hi = weight_range(bits)
-        bias, mult, shift = _requant(rng, co, k * k * c, bits, x_rms)
+        bias, mult, shift = random_requant(rng, co, k * k * c, bits, x_rms)
         y = b.conv("conv", x, rng.integers(lo, hi + 1, size=(co, k, k, c)), bias=bias, mult=mult,
                    shift=shift, stride=stride, pad=pad, weight_bits=bits, out_signed=signed_out,
                    clamp=clamp(signed_out), upsample=upsample,
@@ -122,7 +115,7 @@ def random_op_program(config: EngineConfig, op: str, seed: int) -> tuple[Program
         bits = int(rng.choice([4, 8]))
         lo, hi = weight_range(bits)
         weights = rng.integers(lo, hi + 1, size=(c, 3, 3))
-        bias, mult, shift = _requant(rng, c, 9, bits, x_rms)
+        bias, mult, shift = random_requant(rng, c, 9, bits, x_rms)
         if op == "dwconv":
             stride = int(rng.choice([1, 2]))
             ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1

@@ -1,7 +1,8 @@
 """`hwconv verify` (and `python -m hwconv.sim.verify`): the constrained-random RTL regression.
 
     hwconv verify [--board B | --engine FILE] [--seed S] [--programs N] [--layers L]
-                  [--workers W] [--batch K] [--minimise] [-o DIR] [--stem NAME]
+                  [--workers W] [--batch K] [--budget SECONDS] [--minimise]
+                  [-o DIR] [--stem NAME]
 
 Runs the random programs of seeds S .. S+N-1 (L targeted layers each) on the Verilator engine
 of the board's default config (Ultra96-V2 unless --board/--engine), every arena compared with
@@ -55,6 +56,8 @@ def add_arguments(sp) -> None:
                     help="parallel simulator processes (default: every core)")
     sp.add_argument("--batch", type=_positive, default=4,
                     help="programs per simulator process (default 4)")
+    sp.add_argument("--budget", type=_positive, default=None, metavar="SECONDS",
+                    help="stop starting batches after this many seconds; report what ran")
     sp.add_argument("--minimise", action="store_true",
                     help="shrink each failing program and write it under DIR/failures/")
     sp.add_argument("-o", "--out", default="out/verify", help="output folder (default out/verify)")
@@ -99,6 +102,7 @@ def cmd_verify(args) -> int:
     try:
         summary = verify(config, seed=args.seed, programs=args.programs, layers=args.layers,
                          workers=args.workers, batch=args.batch, out_dir=out,
+                         budget_s=args.budget,
                          log=lambda s: print(s, flush=True))
     except SimError as exc:
         print(f"hwconv verify: error: {str(exc).splitlines()[0]}", file=sys.stderr)

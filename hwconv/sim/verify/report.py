@@ -20,6 +20,7 @@ def report_data(s: RunSummary, board: str | None = None) -> dict:
         "engine": s.config.name, "board": board, "config_hash": f"0x{s.config.config_hash:08x}",
         "config": s.config.to_dict(),
         "seed": s.seed, "programs": s.programs, "layers_per_program": s.layers_per_program,
+        "seeds_run": _ranges(sorted(o.seed for o in s.outcomes)),
         "layers": s.layers, "mismatching_programs": len(s.failures),
         "failures": [{"seed": o.seed, "layers": o.layers, "why": o.why} for o in s.failures],
         "wall_seconds": round(s.wall_s, 1), "build_seconds": round(s.build_s, 1),
@@ -31,12 +32,24 @@ def report_data(s: RunSummary, board: str | None = None) -> dict:
     }
 
 
+def _ranges(seeds: list[int]) -> str:
+    """'0..9, 12..15': the seeds that ran (a budget may stop a run early)."""
+    parts, i = [], 0
+    while i < len(seeds):
+        j = i
+        while j + 1 < len(seeds) and seeds[j + 1] == seeds[j] + 1:
+            j += 1
+        parts.append(f"{seeds[i]}..{seeds[j]}" if j > i else str(seeds[i]))
+        i = j + 1
+    return ", ".join(parts)
+
+
 def _md(data: dict) -> str:
     cov = data["coverage"]
     lines = [
         f"# hwconv verify: {data['engine']}" + (f" ({data['board']})" if data["board"] else ""),
         "",
-        f"- programs: {data['programs']} (seeds {data['seed']}..{data['seed'] + data['programs'] - 1}, "
+        f"- programs: {data['programs']} (seeds {data['seeds_run']}, "
         f"{data['layers_per_program']} targeted layers each), layers run: **{data['layers']}**",
         f"- mismatching programs: **{data['mismatching_programs']}**",
         f"- wall time {data['wall_seconds']} s (Verilator build {data['build_seconds']} s), "

@@ -173,9 +173,11 @@ class RunSummary:
 
 def verify(config: EngineConfig, *, seed: int = 0, programs: int = 200,
            layers: int = DEFAULT_LAYERS, workers: int | None = None, batch: int = DEFAULT_BATCH,
-           out_dir: Path = Path("out/verify"),
+           out_dir: Path = Path("out/verify"), budget_s: float | None = None,
            log: Callable[[str], None] | None = None) -> RunSummary:
-    """Run the regression (module docstring) and return its summary (nothing written here)."""
+    """Run the regression (module docstring) and return its summary (nothing written here).
+    With `budget_s`, batches not started within that many seconds are dropped (the summary
+    counts only the programs that ran)."""
     say = log or (lambda s: None)
     workers = workers or os.cpu_count() or 1
     t0 = time.perf_counter()
@@ -191,6 +193,11 @@ def verify(config: EngineConfig, *, seed: int = 0, programs: int = 200,
         futures = {pool.submit(_batch, config.canonical_json(), c, layers, str(root)): c
                    for c in chunks}
         for fut in as_completed(futures):
+            if budget_s is not None and time.perf_counter() - t0 > budget_s:
+                for f in futures:
+                    f.cancel()      # batches already running finish; the rest never start
+            if fut.cancelled():
+                continue
             try:
                 got = fut.result()
             except Exception as exc:  # noqa: BLE001  (a worker crash fails its seeds, loudly)
@@ -209,5 +216,5 @@ def verify(config: EngineConfig, *, seed: int = 0, programs: int = 200,
                                                   for o in got if not o.ok))
     outcomes.sort(key=lambda o: o.seed)
     del sim
-    return RunSummary(config, seed, programs, layers, outcomes, coverage,
+    return RunSummary(config, seed, len(outcomes), layers, outcomes, coverage,
                       time.perf_counter() - t0, build_s, workers)

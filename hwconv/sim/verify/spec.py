@@ -27,7 +27,7 @@ from ...spec.params import act_range, quantize_multiplier, weight_range
 from ...spec.program import Program
 
 __all__ = ["DILATION_FILLS", "OPS", "BufferSpec", "LayerSpec", "ProgramSpec", "View", "build",
-           "input_values"]
+           "input_values", "random_requant"]
 
 OPS = ("conv", "dwconv", "deform", "maxpool", "add", "copy")
 # How a dilation-map input is filled: all 0, below the clamp, up to the clamp, past it.
@@ -97,8 +97,9 @@ class ProgramSpec:
 
 
 # -- building --------------------------------------------------------------------------------
-def _requant(rng, c: int, fan_in: int, w_bits: int, x_rms: float):
-    """Bias and per-channel (mult, shift) that put outputs across the 8-bit range."""
+def random_requant(rng, c: int, fan_in: int, w_bits: int, x_rms: float):
+    """Random bias and per-channel (mult, shift) that follow the fan-in, so outputs use the
+    8-bit range rather than saturating or dying (weights and inputs uniform)."""
     lo, hi = weight_range(w_bits)
     w_ms = float(np.mean(np.arange(lo, hi + 1) ** 2))
     real = _TARGET_RMS / math.sqrt(max(1, fan_in) * w_ms * x_rms ** 2)
@@ -118,14 +119,14 @@ def _layer(b: ProgramBuilder, name: str, L: LayerSpec, x: Tensor, x1: Tensor | N
         lo, hi = weight_range(L.weight_bits)
         co = out.channels
         w = rng.integers(lo, hi + 1, size=(co, L.kernel, L.kernel, c))
-        bias, mult, shift = _requant(rng, co, L.kernel ** 2 * c, L.weight_bits, _rms(x.signed))
+        bias, mult, shift = random_requant(rng, co, L.kernel ** 2 * c, L.weight_bits, _rms(x.signed))
         b.conv(name, x, w, bias=bias, mult=mult, shift=shift, stride=L.stride, pad=L.pad,
                weight_bits=L.weight_bits, out_signed=out_signed, clamp=L.clamp,
                upsample=L.upsample, out=out)
     elif L.op in ("dwconv", "deform"):
         lo, hi = weight_range(L.weight_bits)
         w = rng.integers(lo, hi + 1, size=(c, 3, 3))
-        bias, mult, shift = _requant(rng, c, 9, L.weight_bits, _rms(x.signed))
+        bias, mult, shift = random_requant(rng, c, 9, L.weight_bits, _rms(x.signed))
         kw = dict(bias=bias, mult=mult, shift=shift, weight_bits=L.weight_bits,
                   out_signed=out_signed, clamp=L.clamp, upsample=L.upsample, out=out)
         if L.op == "dwconv":
