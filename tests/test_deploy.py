@@ -365,3 +365,41 @@ def test_changed_host_key_warning_is_shown(tmp_path, detector_hwc, sshd):
     msg = str(ei.value)
     assert "has CHANGED" in msg and "SHA256:" in msg and "ssh-keyscan" not in msg
     assert not (tmp_path / "r").exists()
+
+
+# ------------------------------------------------------------------------------ issue 14 item 3: the notebook
+
+def test_notebook_runs_headless_and_draws_the_picture(tmp_path, detector_hwc):
+    """The notebook deploy ships, executed as Jupyter would (nbclient + ipykernel), golden backend."""
+    nbformat = pytest.importorskip("nbformat", reason="pip install nbformat nbclient ipykernel")
+    nbclient = pytest.importorskip("nbclient", reason="pip install nbclient ipykernel")
+    pytest.importorskip("ipykernel", reason="pip install ipykernel")
+    pytest.importorskip("matplotlib")
+    folder = build_folder(tmp_path / "pkg", detector_hwc, load_board("ultra96v2"))
+    nb = nbformat.read(folder.path / "hwconv_engine.ipynb", as_version=4)
+    nbformat.validate(nb)
+    client = nbclient.NotebookClient(nb, timeout=300, kernel_name="python3",
+                                     resources={"metadata": {"path": str(folder.path)}})
+    client.execute()
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    pictures = [o for o in outputs if o.output_type == "display_data" and "image/png" in o.get("data", {})]
+    assert len(pictures) == 1
+    import base64
+
+    assert base64.b64decode(pictures[0]["data"]["image/png"]).startswith(b"\x89PNG")
+    text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    assert "matplotlib not installed" not in text
+    assert any("'frames': 3" in str(o.get("data", {}).get("text/plain", "")) for o in outputs)
+
+
+def test_notebook_program_name_is_a_python_literal(tmp_path, detector_hwc):
+    odd = tmp_path / 'we"ird\'name.hwc'
+    shutil.copy(detector_hwc, odd)
+    folder = build_folder(tmp_path / "pkg", odd, load_board("ultra96v2"))
+    nb = json.loads((folder.path / "hwconv_engine.ipynb").read_text())
+    src = "".join(nb["cells"][2]["source"])
+    import ast
+
+    ast.parse(src)   # the name cannot break (or inject into) the cell's code
+    assert repr(odd.name) in src

@@ -188,7 +188,7 @@ def _notebook(program_name: str, has_bitstream: bool) -> dict:
 
     backend = "pynq" if has_bitstream else "golden"
     cells = [
-        md(f"""# hwconv engine: {program_name}
+        md(f"""# hwconv engine: {printable(program_name).replace('`', "'")}
 Runs the detector program on the FPGA engine through PYNQ (or on the golden model when this folder
 has no bitstream). Every import below is the `hwconv/` copy in this folder."""),
         code("""
@@ -198,7 +198,7 @@ import numpy as np
 from run_engine import open_driver, read_image
 from hwconv.spec import Program"""),
         code(f"""
-program = Program.load("{program_name}")
+program = Program.load({program_name!r})
 BACKEND = "{backend}"   # "pynq" on the board with bitfile/, "golden" anywhere
 engine = open_driver(BACKEND, program, None)
 engine.load(program)
@@ -218,7 +218,7 @@ try:
     plt.show()
 except ImportError:
     print("matplotlib not installed: boxes printed above")"""),
-        code("engine.throughput_test(20)"),
+        code("engine.throughput_test(20 if BACKEND == \"pynq\" else 3)   # the golden model is slow on a board's CPU"),
         code("engine.close()"),
     ]
     return {"cells": cells, "metadata": {"kernelspec": {"display_name": "Python 3", "language": "python",
