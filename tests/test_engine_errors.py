@@ -332,3 +332,42 @@ def test_accumulator_overflow_in_add():
     b.output("o", b.add("sum", x, x, mult_a=100, mult_b=-29, shift=7))  # 129 * 255 = 32895
     with pytest.raises(SpecError, match=r"layer 0 \(sum\): accumulator of output channel 0 can reach 32895"):
         b.build()
+
+
+# -- requant records: reserved bits (issue 11 item 4) -------------------------------------------------
+@pytest.mark.parametrize("name", ["c1", "dw", "pw", "sum"])
+@pytest.mark.parametrize("bit", [30, 31])
+def test_reserved_requant_bits_stop_the_layer(prog, img, name, bit):
+    """Bits 31:30 of a record's mult/shift word are reserved: the layer stops with BAD_REQUANT before
+    it computes (they used to leak into the shift and change results silently)."""
+    from hwconv.golden.engine import compute_layer, store_layer
+    from hwconv.golden.memory import read_tensor
+
+    i = prog.layer_names.index(name)
+    d = prog.layers[i]
+    channel = d.out.channels - 1
+    params = bytearray(prog.params)
+    pos = d.params_offset + channel * 8 + 4
+    struct.pack_into("<I", params, pos, struct.unpack_from("<I", params, pos)[0] | (1 << bit))
+    arena = loaded_arena(prog, img)
+    before = arena.copy()
+    res = run(prog, params=bytes(params), arena=arena)
+    assert_error(res, ErrorCode.BAD_REQUANT, i, f"output channel {channel}", "reserved bits 31:30")
+    # the stopped layer wrote nothing: the arena is what the layers before it left
+    prefix = loaded_arena(prog, img)
+    for j in range(i):
+        store_layer(prog.layers[j], prefix, compute_layer(prog.layers[j], CFG, prefix, prog.params))
+    assert np.array_equal(arena, prefix)
+    assert np.array_equal(arena, before) == (i == 0)
+    with pytest.raises(EngineError) as ei:
+        run_program(dataclasses.replace(prog, params=bytes(params)), {"x": img})
+    assert ei.value.code == ErrorCode.BAD_REQUANT and ei.value.layer == i
+
+
+def test_reserved_requant_bits_refused_by_the_program_checks(prog):
+    d = prog.layers[0]
+    params = bytearray(prog.params)
+    params[d.params_offset + 7] |= 0x80
+    with pytest.raises(SpecError, match=r"layer 0 \(c1\): requant record of output channel 0 sets reserved "
+                                        r"bits 31:30 \(word 0x8"):
+        dataclasses.replace(prog, params=bytes(params)).validate()
