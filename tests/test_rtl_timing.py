@@ -404,3 +404,29 @@ def test_unregistered_multipliers_are_named():
     report = analyse(n.module(), "xcup", verilog=verilog)
     assert report.unregistered == unregistered_multipliers(n.module(), verilog)
     assert "1 multiplier(s) without registered operands" in format_report(report)
+
+
+def test_names_fall_back_to_memory_cells_and_public_nets():
+    n = Net()
+    do = n.bit()
+    n.cell("RAMB18E2", {"CLKARDCLK": CLK}, {"DOUTADOUT": [do]}, src="/share/xilinx/brams_xcu_map.v:1.1-2.2",
+           DOA_REG=1, DOB_REG=0)
+    n.cells["big.0.0"] = n.cells.pop(f"$c{n.n}")
+    q = n.bit()
+    n.cell("FDRE", {"C": CLK, "D": do}, {"Q": q}, src="/share/xilinx/ff_map.v:68.41-68.95")
+    module = {**n.module(), "netnames": {"result": {"hide_name": 0, "bits": [q, n.bit()]}}}
+    r = analyse(module, "xcup", verilog="module t;\nendmodule")
+    assert (r.paths[0].start, r.paths[0].end) == ("big.0.0 (RAMB18E2.DOUTADOUT)", "result (FDRE.D)")
+
+
+def test_lutram_read_addresses_are_not_end_points():
+    n = Net()
+    q = n.ff(n.bit())
+    o = n.bit()
+    n.cell("RAM32M", {"WCLK": CLK, "ADDRA": [q], "ADDRD": [q], "DIA": [q], "WE": "1"}, {"DOA": [o]})
+    n.ff(o)
+    r = analyse(n.module(), "xcup")
+    ends = [p.end for p in r.paths]
+    assert not any("ADDRA" in e for e in ends) and any("ADDRD" in e for e in ends)
+    assert r.critical_ns == pytest.approx(XCUP.ff_clk_to_q.ns + net(3) + XCUP.lutram_read.ns + net()
+                                          + XCUP.ff_setup.ns)

@@ -357,7 +357,11 @@ def _cell_timing(cell: dict, m: DelayModel) -> _CellTiming | None:
     elif t.startswith("RAM") and t not in _BRAM:           # LUTRAM: RAM32M, RAM64X1D, ...
         ct.launch.append((outs, m.lutram_clk_to_out.ns))
         ct.comb.append((tuple(p for p in ins if _ADDR.match(p)), outs, m.lutram_read.ns))
-        ct.capture.append((data_ins, m.lutram_setup.ns))
+        # Read-only addresses are no end point: RAM32M/64M's ADDRA..C (ADDRD writes), RAM32M16/
+        # 64M8's ADDRA..G (ADDRH writes), the X1D's DPRA.
+        letters = sorted(p for p in ins if re.fullmatch(r"ADDR[A-H]", p))
+        read_only = set(letters[:-1]) | {p for p in ins if p.startswith("DPRA")}
+        ct.capture.append((tuple(p for p in data_ins if p not in read_only), m.lutram_setup.ns))
     elif t in _BRAM:
         for port_reg in ("DOA_REG", "DOB_REG"):
             side = port_reg[2]
@@ -585,11 +589,11 @@ def analyse(netlist: dict, family: str, *, verilog: str | None = None, top_n: in
                     a = pin_arrival(b, i, p)
                     if a is None:
                         continue
-                    key = namer.cell(cells[names[i]], types[i], p)
+                    key = namer.cell(cells[names[i]], types[i], p, names[i], b)
                     if key not in worst or a + setup > worst[key][0]:
                         worst[key] = (a + setup, b, i, p)
         for delay, frm, to in ct.internal:
-            nm = namer.cell(cells[names[i]], types[i], "P")
+            nm = namer.cell(cells[names[i]], types[i], "P", names[i])
             key = f"{nm} ({to})"
             if key not in worst or delay > worst[key][0]:
                 worst[key] = (delay, -1, i, f"{frm}->{to}")
@@ -607,7 +611,8 @@ def analyse(netlist: dict, family: str, *, verilog: str | None = None, top_n: in
             pb, ci = pred[b]
             chain.append(types[ci])
             if pb is None:
-                start = namer.cell(cells[names[ci]], types[ci], driver[b][1] if b in driver else "")
+                start = namer.cell(cells[names[ci]], types[ci], driver[b][1] if b in driver else "",
+                                   names[ci], b)
                 break
             b = pb
         paths.append(TimingPath(delay, start or "?", key, tuple(reversed(chain))))
@@ -637,7 +642,7 @@ def unregistered_multipliers(netlist: dict, verilog: str | None = None) -> list[
                     else:
                         load_types[b].add(cell["type"])
     out = []
-    for cell in cells.values():
+    for cname, cell in cells.items():
         if not cell["type"].startswith("DSP48") or \
                 str(_param(cell, "USE_MULT", "MULTIPLY")).upper() == "NONE":
             continue
@@ -654,7 +659,7 @@ def unregistered_multipliers(netlist: dict, verilog: str | None = None) -> list[
             if not used or not all(load_types[b] <= _FF for b in used):
                 problems.append("product not registered")
         if problems:
-            out.append(f"{namer.cell(cell, cell['type'], '')}: {', '.join(problems)}")
+            out.append(f"{namer.cell(cell, cell['type'], '', cname)}: {', '.join(problems)}")
     return sorted(out)
 
 
@@ -676,11 +681,25 @@ class _Namer:
                     self.public.setdefault(b, name if len(net["bits"]) == 1 else f"{name}[{k}]")
         self.cache: dict[str, str] = {}
 
-    def cell(self, cell: dict, cell_type: str, port: str) -> str:
+    def cell(self, cell: dict, cell_type: str, port: str, cell_name: str = "",
+             bit: int | None = None) -> str:
+        """`name (TYPE.port)`: the Verilog statement at the cell's src line, else the cell's own
+        name when public (memories: `big.0.0`), else a public net on `bit`, else yosys's name."""
         src = str(cell.get("attributes", {}).get("src", ""))
-        key = f"{src}|{cell_type}|{port}"
+        key = f"{src}|{cell_type}|{port}|{cell_name if '/share/' in src or not src else ''}"
         if key not in self.cache:
-            self.cache[key] = f"{self._from_src(src) or '?'} ({cell_type}{'.' + port if port else ''})"
+            name = self._from_src(src)
+            if name is None and cell_name and not cell_name.startswith("$"):
+                name = cell_name
+            if name is None:                  # a public net on the pin, or on the cell's output
+                dirs = cell.get("port_directions", {})
+                outs = [b for p, d in dirs.items() if d == "output"
+                        for b in cell.get("connections", {}).get(p, ())]
+                name = next((re.sub(r"\[\d+\]$", "", self.public[b]) for b in [bit, *outs]
+                             if b in self.public), None)
+            if name is None:
+                name = cell_name[-40:] or "?"
+            self.cache[key] = f"{name} ({cell_type}{'.' + port if port else ''})"
         return self.cache[key]
 
     def _from_src(self, src: str) -> str | None:
