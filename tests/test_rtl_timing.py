@@ -430,3 +430,13 @@ def test_lutram_read_addresses_are_not_end_points():
     assert not any("ADDRA" in e for e in ends) and any("ADDRD" in e for e in ends)
     assert r.critical_ns == pytest.approx(XCUP.ff_clk_to_q.ns + net(3) + XCUP.lutram_read.ns + net()
                                           + XCUP.ff_setup.ns)
+
+
+def test_names_carry_the_module_path():
+    verilog = "\n".join(["module top(clk);", "endmodule", "module \\top.core.rq (clk);",
+                         "  always @(posedge clk)", "    sum1 <= \\$5 ;", "endmodule"])
+    n = Net()
+    q = n.ff(n.bit(), src="design.v:4.3-5.20")
+    n.ff(q, src="design.v:4.3-5.20")
+    r = analyse(n.module(), "xcup", verilog=verilog)
+    assert (r.paths[0].start, r.paths[0].end) == ("core.rq.sum1 (FDRE.Q)", "core.rq.sum1 (FDRE.D)")

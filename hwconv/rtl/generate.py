@@ -283,7 +283,7 @@ def _timing_txt(board: Board, config: EngineConfig, top: str, report: timing.Tim
                  f"{report.model.speed_grade}, so the estimate is conservative")
     title = (f"{top} on {board.display_name} ({board.part}), timing estimate{grade}\n"
              f"speed figures use {clock.source}\n")
-    return timing.format_report(report, title=title, clock_mhz=config.clock_mhz)
+    return timing.format_report(report, title=title, clock_mhz=config.clock_mhz, top=20)
 
 
 def _resources_txt(board: Board, top: str, result: resources.SynthResult) -> str:

@@ -23,6 +23,7 @@ are named by the Verilog statement at that line (the register assigned there), e
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 import re
@@ -672,6 +673,15 @@ class _Namer:
 
     def __init__(self, verilog: str | None, netlist: dict) -> None:
         self.lines = verilog.splitlines() if verilog else []
+        # Where each module starts: names get the module's path (core.rq.sum1), the top's
+        # own name (the first module) left off.
+        self.modules: list[tuple[int, str]] = []
+        top = None
+        for k, ln in enumerate(self.lines, 1):
+            if ln.startswith("module "):
+                mod = ln[7:].split("(")[0].strip().lstrip("\\")
+                top = top or mod
+                self.modules.append((k, mod[len(top) + 1:] if mod.startswith(top + ".") else ""))
         self.public: dict[int, str] = {}
         for name, net in netlist.get("netnames", {}).items():
             if net.get("hide_name", 1) or name.startswith("$"):
@@ -708,17 +718,22 @@ class _Namer:
             if not mt or "/share/" in mt.group(1) or not self.lines:
                 continue
             lo, hi = int(mt.group(2)), int(mt.group(3))
-            text = self.lines[lo - 1: min(hi, lo + 40)]
-            for ln in text:
-                a = self._ASSIGN.match(ln)
-                if a and not ln.lstrip().startswith(("always", "if", "case", "end", "begin")):
-                    if a.group(1).startswith("$"):      # an unnamed temporary: say what it is
-                        rhs = " ".join(ln[a.end():].rstrip(" ;").replace("\\", "").split())
-                        return f"{a.group(1)} = {rhs[:48]}"
-                    return a.group(1)
-            for ln in text:
-                d = self._DECL.match(ln)
-                if d:
-                    return d.group(1)
-            return " ".join(" ".join(text).split())[:60] or None
+            k = bisect.bisect_right(self.modules, (lo, "\uffff")) - 1
+            prefix = self.modules[k][1] + "." if k >= 0 and self.modules[k][1] else ""
+            name = self._statement(self.lines[lo - 1: min(hi, lo + 40)])
+            return prefix + name if name else None
         return None
+
+    def _statement(self, text: list[str]) -> str | None:
+        for ln in text:
+            a = self._ASSIGN.match(ln)
+            if a and not ln.lstrip().startswith(("always", "if", "case", "end", "begin")):
+                if a.group(1).startswith("$"):      # an unnamed temporary: say what it is
+                    rhs = " ".join(ln[a.end():].rstrip(" ;").replace("\\", "").split())
+                    return f"{a.group(1)} = {rhs[:48]}"
+                return a.group(1)
+        for ln in text:
+            d = self._DECL.match(ln)
+            if d:
+                return d.group(1)
+        return " ".join(" ".join(text).split())[:60] or None
