@@ -252,3 +252,14 @@ def test_bad_timing_table_names_the_file_and_field(tmp_path, old, new, field):
     with pytest.raises(BoardError) as info:
         load_board(path)
     assert str(info.value).startswith(f"{path}: ") and repr(field) in str(info.value)
+
+
+@pytest.mark.parametrize("name", PACKAGED)
+def test_shipped_timing_estimate_is_for_the_boards_default_engine(name):
+    board = load_board(name)
+    if board.timing is None:
+        pytest.skip(f"{name} ships no timing estimate")
+    assert board.timing.config_hash == f"0x{board.default_engine_config().config_hash:08x}"
+    report = Path(__file__).parents[1] / board.timing.report.split(",")[0]
+    assert report.is_file()                               # the full report is in the repository
+    assert f"estimated Fmax {board.timing.fmax_mhz:.1f} MHz" in report.read_text()
