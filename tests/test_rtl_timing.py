@@ -336,11 +336,10 @@ def _variant_fmax(report, names: set[str]) -> float:
 
 
 def _synth_two(tmp_path, family):
-    from hwconv.rtl import resources
+    from hwconv.rtl.timing import estimate_verilog
     src = tmp_path / "two.v"
     src.write_text(_two_multipliers_verilog())
-    resources.synthesize(src, "two", family, netlist_path=tmp_path / "n.json")
-    return analyse(load_netlist(tmp_path / "n.json", "two"), family, verilog=src.read_text())
+    return estimate_verilog(src, "two", family)
 
 
 @needs_yosys
@@ -353,6 +352,19 @@ def test_real_netlist_registered_multiplier_is_faster_xc7(tmp_path):
     assert registered > unregistered
     assert registered == pytest.approx(1e3 / XC7.dsp_mult)           # 464 MHz: the MREG stage
     assert unregistered < 1e3 / (XC7.dsp_mult + XC7.dsp_alu) + 1e-6    # mult + ALU in one cycle
+
+
+@needs_yosys
+def test_command_line_estimate_of_one_file(tmp_path, capsys):
+    from hwconv.rtl.timing import main
+    src = tmp_path / "inv.v"
+    src.write_text("module inv(input clk, input a, output reg q);\n  reg r;\n  always @(posedge clk)\n"
+                   "    r <= a;\n  always @(posedge clk)\n    q <= ~r;\nendmodule\n")
+    assert main([str(src), "--top", "inv", "--family", "xc7", "--clock", "100"]) == 0
+    out = capsys.readouterr().out
+    assert "estimated Fmax" in out and "(meets the 100 MHz clock)" in out and "r (FDRE.Q)" in out
+    assert main([str(tmp_path / "missing.v"), "--top", "x", "--family", "xc7"]) == 2
+    assert "missing.v: no such Verilog file" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = ["DelayModel", "Figure", "MODELS", "TimingError", "TimingPath", "TimingReport", "analyse",
-           "format_report", "load_netlist", "unregistered_multipliers"]
+           "estimate_verilog", "format_report", "load_netlist", "main", "unregistered_multipliers"]
 
 
 class TimingError(RuntimeError):
@@ -737,3 +737,52 @@ class _Namer:
             if d:
                 return d.group(1)
         return " ".join(" ".join(text).split())[:60] or None
+
+
+# -- one Verilog file, from the command line --------------------------------------------------------
+def estimate_verilog(verilog: str | Path, top: str, family: str, *,
+                     timeout_s: float | None = None) -> TimingReport:
+    """Synthesise one Verilog file as `hwconv generate` does (resources.synthesize) and estimate
+    its timing: for checking one unit of the engine without generating the whole design."""
+    import tempfile
+
+    from . import resources
+
+    verilog = Path(verilog)
+    with tempfile.TemporaryDirectory(prefix="hwconv-timing-") as scratch:
+        netlist = Path(scratch) / "netlist.json"
+        try:
+            resources.synthesize(verilog, top, family, timeout_s=timeout_s, netlist_path=netlist)
+        except resources.SynthError as exc:
+            raise TimingError(str(exc)) from None
+        return analyse(load_netlist(netlist, top), family, verilog=verilog.read_text())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """python -m hwconv.rtl.timing DESIGN.v --top NAME --family xcup|xc7 [--clock MHZ] [-n N]"""
+    import argparse
+    import sys
+
+    ap = argparse.ArgumentParser(prog="python -m hwconv.rtl.timing", description=(
+        "Timing estimate of one Verilog file on yosys's synth_xilinx netlist"))
+    ap.add_argument("verilog")
+    ap.add_argument("--top", required=True, help="top module name")
+    ap.add_argument("--family", required=True, choices=sorted(MODELS))
+    ap.add_argument("--clock", type=float, default=None, help="target clock in MHz, for the verdict")
+    ap.add_argument("-n", type=int, default=10, help="paths to list (default 10)")
+    args = ap.parse_args(argv)
+    if not Path(args.verilog).is_file():
+        print(f"error: {args.verilog}: no such Verilog file", file=sys.stderr)
+        return 2
+    try:
+        report = estimate_verilog(args.verilog, args.top, args.family)
+    except TimingError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(format_report(report, title=f"{args.top} ({args.verilog})", clock_mhz=args.clock,
+                        top=args.n), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
