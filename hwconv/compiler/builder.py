@@ -96,9 +96,9 @@ def _ref(h: int, w: int, c: int, pixel_stride: int = 0) -> TensorRef:
     return TensorRef(0, h, w, c, pixel_stride or c)
 
 
-def _shape_ref(t: "Tensor", f: int = 1) -> TensorRef:
-    """`t`'s geometry (height and width times f) as a TensorRef at address 0."""
-    return TensorRef(0, t.height * f, t.width * f, t.channels, t.buffer.channels, t.group_channels, t.group_stride)
+def _shape_ref(t: "Tensor") -> TensorRef:
+    """`t`'s geometry as a TensorRef at address 0."""
+    return TensorRef(0, t.height, t.width, t.channels, t.buffer.channels, t.group_channels, t.group_stride)
 
 
 def _fits(d: LayerDescriptor, cfg: EngineConfig) -> bool:
@@ -236,7 +236,7 @@ class ProgramBuilder:
             unit = y.group_channels * unit  # pieces of an interleaved view start on a run boundary
 
         def fits(lo, hi):
-            out_ref = _shape_ref(self._piece(y, lo, hi - lo), 2 if upsample else 1)
+            out_ref = _shape_ref(self._piece(y, lo, hi - lo))  # y is stored upsampled already
             return _fits(LayerDescriptor(Opcode.CONV, x_ref, out_ref, flags=flags, kernel=k, stride=stride,
                                          pad=pad), self.config)
 
@@ -275,12 +275,12 @@ class ProgramBuilder:
                             f"got {'signed' if dilation.signed else 'unsigned'} {dilation.shape}")
         rq, cl = self._requant_args(name, x.channels, bias, mult, shift, out_signed, clamp)
         y = self._out(name, out, x.height, x.width, x.channels, out_signed, scale, upsample)
-        h, w, c, f = x.height, x.width, x.channels, 2 if upsample else 1
+        h, w, c = x.height, x.width, x.channels
         flags = Flag.UPSAMPLE2X if upsample else Flag(0)
 
         def desc(lo, hi, in_stride):
             return LayerDescriptor(Opcode.DEFORM_DW, _ref(h, w, hi - lo, in_stride),
-                                   _shape_ref(self._piece(y, lo, hi - lo), f), _ref(h, w, 1), flags=flags,
+                                   _shape_ref(self._piece(y, lo, hi - lo)), _ref(h, w, 1), flags=flags,
                                    kernel=3, pad=1)
 
         def fits(lo, hi):  # reading a compact copy of its channels if need be

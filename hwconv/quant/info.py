@@ -91,7 +91,7 @@ def layer_stats(model: CenterNet, input_size: int | None = None) -> list[LayerSt
 
     def conv_hook(mod, args, out):
         name = names[id(mod)]
-        cin, cout = mod.in_channels, mod.out_channels
+        cin = mod.in_channels
         k = mod.kernel_size[0] * mod.kernel_size[1]
         n_out = math.prod(out.shape[1:])
         macs = n_out * (cin // mod.groups) * k
