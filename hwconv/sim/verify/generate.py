@@ -41,7 +41,7 @@ from .spec import BufferSpec, LayerSpec, ProgramSpec, View, build
 __all__ = ["DEFAULT_LAYERS", "bin_order", "generate", "target_bins"]
 
 DEFAULT_LAYERS = 50
-MAX_ELEMENTS = 2048        # input h*w*c of an ordinary (not at-the-limit) layer
+MAX_ELEMENTS = 1024        # input h*w*c of an ordinary (not at-the-limit) layer: keeps layers quick
 LIMIT_PROBABILITY = 1 / 12
 BACKPRESSURE = (0.2, 0.6)  # stall probability range for programs under backpressure
 _TRIES = 40

@@ -5,8 +5,10 @@ simulator batch (`run.run_specs`: the simulator starts once per round, not per c
 keeps the smallest candidate that still fails (any failure: mismatch, hang, violation, error).
 Rounds repeat until no candidate fails.
 
-1. Layers: cut everything after the first failing layer; then try each layer alone (its inputs
-   become fresh program inputs) and the program without each single layer.
+1. Layers: cut everything after the first failing layer and try each layer up to it alone (its
+   inputs become fresh program inputs); only if none of those fails, the program without each
+   single layer (the cheap candidates first: under load a round of near-whole programs costs
+   minutes).
 2. Shapes, once one layer is left: input height, width and channels halved or less one, output
    channels (conv) likewise, 8-bit weights to 4, upsample off, narrow clamp off, plain views,
    backpressure off.
@@ -52,17 +54,20 @@ def _used(spec: ProgramSpec) -> ProgramSpec:
     return ProgramSpec(spec.seed, [spec.buffers[i] for i in used], layers, spec.backpressure)
 
 
-def _layer_candidates(spec: ProgramSpec, first_bad: int | None) -> list[ProgramSpec]:
+def _layer_tiers(spec: ProgramSpec, first_bad: int | None) -> list[list[ProgramSpec]]:
+    """Layer reductions, cheapest first: (1) cut after the first failing layer, and each layer
+    up to it alone; (2) each of those layers removed."""
     n = len(spec.layers)
-    out = []
-    if first_bad is not None and first_bad + 1 < n:
-        out.append(dataclasses.replace(spec, layers=spec.layers[:first_bad + 1]))
+    last = n - 1 if first_bad is None else min(first_bad, n - 1)
+    alone, removed = [], []
+    if last + 1 < n:
+        alone.append(dataclasses.replace(spec, layers=spec.layers[:last + 1]))
     if n > 1:
-        for j in range(n):
-            out.append(dataclasses.replace(spec, layers=[spec.layers[j]]))
-        for j in range(n):
-            out.append(dataclasses.replace(spec, layers=spec.layers[:j] + spec.layers[j + 1:]))
-    return [_used(s) for s in out]
+        alone += [dataclasses.replace(spec, layers=[spec.layers[j]]) for j in range(last, -1, -1)]
+        kept = spec.layers[:last + 1]
+        removed = [dataclasses.replace(spec, layers=kept[:j] + kept[j + 1:])
+                   for j in range(len(kept))]
+    return [[_used(s) for s in alone], [_used(s) for s in removed]]
 
 
 def _out_hw(L: LayerSpec, h: int, w: int) -> tuple[int, int]:
@@ -155,25 +160,30 @@ def minimise(config: EngineConfig, spec: ProgramSpec, outcome: Outcome, work: Pa
     best, best_out = spec, outcome
     best_size = size_of(config, spec)
     for rnd in range(MAX_ROUNDS):
-        cands = _layer_candidates(best, _first_bad_layer(best_out)) + _shape_candidates(best)
-        legal = []
-        for s in cands:
-            try:
-                size = size_of(config, s)
-            except SpecError:
+        tiers = _layer_tiers(best, _first_bad_layer(best_out)) + [_shape_candidates(best)]
+        found = None
+        for t, cands in enumerate(tiers):
+            legal = []
+            for s in cands:
+                try:
+                    size = size_of(config, s)
+                except SpecError:
+                    continue
+                if size < best_size:
+                    legal.append((size, s))
+            if not legal:
                 continue
-            if size < best_size:
-                legal.append((size, s))
-        if not legal:
+            legal.sort(key=lambda x: x[0])
+            outs = run_specs(config, [(f"cand{i}", s) for i, (_, s) in enumerate(legal)],
+                             work / f"round{rnd}-{t}")
+            failing = [(size, s, o) for (size, s), o in zip(legal, outs) if not o.ok]
+            say(f"minimise round {rnd}.{t}: {len(legal)} candidates, {len(failing)} still fail")
+            if failing:
+                found = failing[0]
+                break
+        if found is None:
             break
-        legal.sort(key=lambda t: t[0])
-        outs = run_specs(config, [(f"cand{i}", s) for i, (_, s) in enumerate(legal)],
-                         work / f"round{rnd}")
-        failing = [(size, s, o) for (size, s), o in zip(legal, outs) if not o.ok]
-        say(f"minimise round {rnd}: {len(legal)} candidates, {len(failing)} still fail")
-        if not failing:
-            break
-        best_size, best, best_out = failing[0]
+        best_size, best, best_out = found
         say(f"  now {best_size[0]} layer(s), arena {best_size[1]} B")
     return best, best_out
 
