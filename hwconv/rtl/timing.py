@@ -528,7 +528,6 @@ def analyse(netlist: dict, family: str, *, verilog: str | None = None, top_n: in
         return a + m.net.ns + m.net_fanout.ns * math.log2(max(1, fanout.get(bit, 1)))
 
     # Kahn over combinational cells: a cell is ready when every comb input's driver is done.
-    comb_in_bits: list[list[int]] = []
     pending = [0] * len(timings)
     waiting: dict[int, list[int]] = defaultdict(list)   # driver cell -> comb cells waiting on it
     is_comb_out: dict[int, bool] = {}
@@ -543,7 +542,6 @@ def analyse(netlist: dict, family: str, *, verilog: str | None = None, top_n: in
         conns = cells[names[i]]["connections"]
         bits = sorted({b for ins, _o, _d in ct.comb for p in ins for b in conns.get(p, ())
                        if isinstance(b, int)})
-        comb_in_bits.append(bits)
         deps = {driver[b][0] for b in bits if b in driver and is_comb_out.get(b)}
         deps.discard(i)
         pending[i] = len(deps)
