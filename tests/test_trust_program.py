@@ -255,3 +255,13 @@ def test_engine_file_deep_or_huge(tmp_path):
     with pytest.raises(SpecError, match="engine config must be a table"):
         (tmp_path / "l.json").write_text("[1]")
         EngineConfig.load(tmp_path / "l.json")
+
+
+def test_missing_tensor_message_escapes_names():
+    data = small_program().to_bytes()
+    meta = meta_of(data)
+    meta["tensors"][0]["name"] = "x\x1b[31m"
+    prog = Program.from_bytes(with_meta(data, json.dumps(meta).encode()))
+    with pytest.raises(KeyError) as ei:
+        prog.tensor("nope")
+    assert "\x1b" not in str(ei.value) and "x\\x1b[31m" in str(ei.value)

@@ -129,7 +129,7 @@ class Program:
         for t in self.tensors:
             if t.name == name:
                 return t
-        raise KeyError(f"program has no tensor {name!r}; it has: {', '.join(t.name for t in self.tensors)}")
+        raise KeyError(f"program has no tensor {name!r}; it has: {', '.join(printable(t.name) for t in self.tensors)}")
 
     def layer_weights(self, i: int) -> np.ndarray | None:
         d = self.layers[i]
