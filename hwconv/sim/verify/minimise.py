@@ -35,10 +35,18 @@ __all__ = ["minimise", "size_of", "write_failure"]
 MAX_ROUNDS = 40
 
 
-def size_of(config: EngineConfig, spec: ProgramSpec) -> tuple[int, int]:
-    """(layers, arena bytes): what 'smaller' means, layers first."""
+def size_of(config: EngineConfig, spec: ProgramSpec) -> tuple[int, int, int]:
+    """(layers, tensor elements, features): what 'smaller' means, in that order. Features
+    count what a plainer program would not have: backpressure, 8-bit weights, upsample, a
+    narrow clamp, views that are not whole buffers. Builds the program (SpecError if illegal)."""
     program, _ = build(config, spec)
-    return len(program.layers), program.arena_bytes
+    elements = sum(b.height * b.width * b.channels for b in spec.buffers)
+    features = int(spec.backpressure > 0) + sum(
+        (L.weight_bits == 8) + L.upsample + (L.clamp is not None)
+        + sum(v.offset > 0 or v.group > 0 or v.channels != spec.buffers[v.buf].channels
+              for v in (L.in0, L.in1, L.out) if v is not None)
+        for L in spec.layers)
+    return len(program.layers), elements, features
 
 
 def _used(spec: ProgramSpec) -> ProgramSpec:
@@ -184,7 +192,8 @@ def minimise(config: EngineConfig, spec: ProgramSpec, outcome: Outcome, work: Pa
         if found is None:
             break
         best_size, best, best_out = found
-        say(f"  now {best_size[0]} layer(s), arena {best_size[1]} B")
+        say(f"  now {best_size[0]} layer(s), {best_size[1]} tensor elements, {best_size[2]} "
+            f"features")
     return best, best_out
 
 
