@@ -159,6 +159,25 @@ def test_a_failing_program_is_minimised_and_written(monkeypatch, tmp_path):
     assert "first mismatching layer" in report and "DEFORM_DW" in report
 
 
+def test_reports_of_side_by_side_runs_merge(tmp_path):
+    from hwconv.sim.verify.report import merge_data, report_data
+    from hwconv.sim.verify.run import RunSummary
+
+    def summary(seed, bins):
+        cov = Coverage()
+        for b in bins:
+            cov.add(LayerRecord(b, 4, "<P", (), False))
+        out = Outcome(f"seed{seed}", seed, len(bins), True, cycles=100)
+        return RunSummary(U96, seed, 1, len(bins), [out], cov, 10.0 + seed, 1.0, 1)
+
+    b1, b2 = legal_bins()[:2]
+    data = merge_data([report_data(summary(0, [b1, b2])), report_data(summary(1, [b1]))])
+    hits = {tuple(b["bin"].values()): b["hits"] for b in data["bins"]}
+    assert hits[b1] == 2 and hits[b2] == 1 and data["layers"] == 3 and data["programs"] == 2
+    assert data["coverage"]["bins_hit"] == 2 and data["wall_seconds"] == 11.0
+    assert data["coverage"]["axes"]["op"][b1[0]] >= 2 and data["seeds_run"] == "0; 1"
+
+
 def test_cli_refuses_bad_options(capsys):
     from hwconv.sim.verify.cli import main
 

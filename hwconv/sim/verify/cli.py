@@ -3,6 +3,7 @@
     hwconv verify [--board B | --engine FILE] [--seed S] [--programs N] [--layers L]
                   [--workers W] [--batch K] [--budget SECONDS] [--minimise]
                   [-o DIR] [--stem NAME]
+    hwconv verify --merge A.json B.json [-o DIR] [--stem NAME]
 
 Runs the random programs of seeds S .. S+N-1 (L targeted layers each) on the Verilator engine
 of the board's default config (Ultra96-V2 unless --board/--engine), every arena compared with
@@ -60,6 +61,9 @@ def add_arguments(sp) -> None:
                     help="stop starting batches after this many seconds; report what ran")
     sp.add_argument("--minimise", action="store_true",
                     help="shrink each failing program and write it under DIR/failures/")
+    sp.add_argument("--merge", nargs="+", metavar="JSON",
+                    help="only merge reports of runs made side by side (same engine, disjoint "
+                         "seeds) into DIR/<stem>.json/.md")
     sp.add_argument("-o", "--out", default="out/verify", help="output folder (default out/verify)")
     sp.add_argument("--stem", default="verify", help="report file name stem (default verify)")
 
@@ -82,10 +86,34 @@ def _config(args):
     return board.default_engine_config(), board.name
 
 
+def _merge(args) -> int:
+    import json
+
+    from .report import merge_data, write_data
+
+    parts = []
+    for path in args.merge:
+        try:
+            parts.append(json.loads(Path(path).read_text()))
+        except (OSError, ValueError) as exc:
+            print(f"hwconv verify: error: --merge {path}: {exc}", file=sys.stderr)
+            return 2
+    try:
+        data = merge_data(parts)
+    except (KeyError, TypeError, ValueError) as exc:
+        print(f"hwconv verify: error: --merge: not verify reports of one engine ({exc})",
+              file=sys.stderr)
+        return 2
+    print("report: " + ", ".join(map(str, write_data(data, Path(args.out), args.stem))))
+    return 0 if not data["failures"] else 1
+
+
 def cmd_verify(args) -> int:
     from ...spec.errors import SpecError
     from ..runner import SimError
 
+    if args.merge:
+        return _merge(args)
     try:
         config, board = _config(args)
     except SpecError as exc:

@@ -9,7 +9,7 @@ from ...fileio import atomic_write_text
 from .coverage import AXES
 from .run import RunSummary
 
-__all__ = ["report_data", "write_report"]
+__all__ = ["merge_data", "report_data", "write_data", "write_report"]
 
 
 def report_data(s: RunSummary, board: str | None = None) -> dict:
@@ -60,8 +60,11 @@ def _md(data: dict) -> str:
         f"{cov['unreachable_bins']} bins of the full cross are unreachable (below)",
         "",
     ]
+    if data.get("merged_from"):
+        lines.insert(2, f"- merged from {data['merged_from']} runs made side by side on the same "
+                        f"engine build (disjoint seeds; wall time is the longest run's)")
     if data["failures"]:
-        lines += ["## Failures", ""] + [f"- seed {f['seed']}: {f['why']}" for f in data["failures"]] + [""]
+        lines += ["## Failures", ""] + [f"- seed {f['seed']}: " + f["why"].replace("\n", "; ") for f in data["failures"]] + [""]
     lines += ["## Hits per axis value", "", "| axis | value: layers |", "|---|---|"]
     for axis, counts in cov["axes"].items():
         lines.append(f"| {axis} | " + ", ".join(f"{k}: {v}" for k, v in counts.items()) + " |")
@@ -79,10 +82,47 @@ def _md(data: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(s: RunSummary, out_dir: Path, stem: str = "verify",
-                 board: str | None = None) -> list[Path]:
-    """<stem>.json and <stem>.md in `out_dir` (atomic)."""
-    data = report_data(s, board)
+def merge_data(parts: list[dict]) -> dict:
+    """One report of runs made side by side (same engine, disjoint seeds, started together):
+    counts add up, the wall time is the longest run's, layers/s is layers over that time."""
+    first = parts[0]
+    if any(p["config_hash"] != first["config_hash"] for p in parts):
+        raise ValueError("reports of different engine configs cannot be merged")
+    data = dict(first)
+    for key in ("programs", "layers", "mismatching_programs", "simulated_cycles", "workers"):
+        data[key] = sum(p[key] for p in parts)
+    data["failures"] = [f for p in parts for f in p["failures"]]
+    data["seeds_run"] = "; ".join(p["seeds_run"] for p in parts)
+    data["wall_seconds"] = max(p["wall_seconds"] for p in parts)
+    data["build_seconds"] = max(p["build_seconds"] for p in parts)
+    data["layers_per_second"] = round(sum(p["layers"] for p in parts) / max(
+        1e-9, max(p["wall_seconds"] - p["build_seconds"] for p in parts)), 3)
+    data["merged_from"] = len(parts)
+    bins = {}
+    for p in parts:
+        for b in p["bins"]:
+            key = tuple(b["bin"].values())
+            bins.setdefault(key, {"bin": b["bin"], "hits": 0})["hits"] += b["hits"]
+    data["bins"] = list(bins.values())
+    cov = dict(first["coverage"])
+    cov["layers"] = data["layers"]
+    cov["bins_never_hit"] = [list(k) for k, b in bins.items() if b["hits"] == 0]
+    cov["bins_hit"] = sum(b["hits"] > 0 for b in bins.values())
+    hit = [b["hits"] for b in bins.values() if b["hits"]]
+    cov["min_hits"] = min(hit) if hit else 0
+    for table in ("axes", "secondary"):
+        merged: dict = {}
+        for p in parts:
+            for name, counts in p["coverage"][table].items():
+                m = merged.setdefault(name, {})
+                for k, v in counts.items():
+                    m[k] = m.get(k, 0) + v
+        cov[table] = merged
+    data["coverage"] = cov
+    return data
+
+
+def write_data(data: dict, out_dir: Path, stem: str) -> list[Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{stem}.json", out_dir / f"{stem}.md"]
@@ -90,3 +130,8 @@ def write_report(s: RunSummary, out_dir: Path, stem: str = "verify",
     atomic_write_text(paths[1], _md(data))
     return paths
 
+
+def write_report(s: RunSummary, out_dir: Path, stem: str = "verify",
+                 board: str | None = None) -> list[Path]:
+    """<stem>.json and <stem>.md in `out_dir` (atomic)."""
+    return write_data(report_data(s, board), out_dir, stem)
