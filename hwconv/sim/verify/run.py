@@ -56,10 +56,6 @@ class Outcome:
     records: list = field(default_factory=list)   # LayerRecord.to_list() per layer
     concat_reads: int = 0
 
-    @property
-    def command(self) -> str:
-        return f"hwconv verify --seed {self.seed} --programs 1 --layers {{layers}}"
-
 
 def _timeout_cycles(program: Program, backpressure: float) -> int:
     model = sum(c.total for c in program_cycles(program.layers, program.config))
