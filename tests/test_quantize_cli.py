@@ -113,6 +113,8 @@ def test_voc_500x375_with_a_custom_class_trains_exports_and_records_what_it_was_
     assert r["class_names"] == ["widget"] and r["input_size"] == 128 and r["data"] == "voc"
     assert r["val_split"] == "val" and r["val_images"] == 4 and r["augment"] is True
     assert "(4 images at input 128x128" in run["quantize"]
+    # stdout is not a terminal here: progress comes as log lines, not a progress bar.
+    assert "float epoch 1/1: started" in run["quantize"] and "qat epoch 1/1: started" in run["quantize"]
     assert "float epoch 1/1: loss" in run["quantize"] and "qat epoch 1/1: loss" in run["quantize"]
     from hwconv.spec import Program
 
@@ -215,3 +217,13 @@ def test_resume_continues_the_qat_phase_then_the_float_phase(run, voc_root, tmp_
     fl = read_checkpoint(work / "float" / "last.pt")
     assert [h["epoch"] for h in fl["extra"]["history"]] == [1, 2]
     assert [h["epoch"] for h in read_checkpoint(work / "qat" / "last.pt")["extra"]["history"]] == [1]
+
+
+def test_trained_vs_deployed_is_the_demo_check(run):
+    from hwconv.quant.pipeline import trained_vs_deployed
+
+    r = trained_vs_deployed(run["out"] / "q" / "quantize.json", run["program"])
+    assert r["images"] == r["quantize_images"] == 4 and r["input_size"] == [128, 128]
+    assert r["validate_AP50"] == run["validate"]["AP50"] and r["quantize_AP50"] == run["report"]["w4a8_AP50"]
+    assert r["difference"] is None or abs(r["difference"]) <= 0.005
+    assert r["equal_within_0.005"] is (r["difference"] is not None)

@@ -100,6 +100,21 @@ def test_quantize_bad_data_leaves_no_folder(tmp_path, capsys, voc20):
     assert not out.exists()
 
 
+def test_training_that_fails_before_its_first_checkpoint_leaves_no_folder(tmp_path, monkeypatch):
+    from hwconv.quant import train as train_mod
+    from hwconv.quant.data.prepare import PreparedSet
+
+    def boom(*args, **kw):
+        raise FloatingPointError("epoch 1 step 0: loss is nan")
+
+    monkeypatch.setattr(train_mod, "_run_epoch", boom)
+    data = PreparedSet(load_dataset("synthetic", "train", num_images=2), 128)
+    with pytest.raises(FloatingPointError):
+        train_mod.train(build_detector("tiny"), data, epochs=1, batch_size=2, lr=1e-3, out_dir=tmp_path / "float",
+                        seed=0, progress=False)
+    assert not (tmp_path / "float").exists()
+
+
 def test_quantize_out_must_be_a_folder(tmp_path, capsys):
     f = tmp_path / "file"
     f.write_text("x")
