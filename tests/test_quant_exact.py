@@ -227,8 +227,12 @@ def _pow2_detector(seed: int):
     for blk, x in zip(m.decoder, inputs):  # offsets of a few units: dilations 0..7, not 1 everywhere
         conv = blk.deform.offset_conv
         with torch.no_grad():
-            conv.weight.normal_(generator=g).mul_(3.0 / (float(x.std()) * conv.in_channels ** 0.5))
-            conv.bias.fill_(3.0)
+            # per-pixel spread ~2 around 3.5, from the captured inputs (a random draw alone may put
+            # every pixel of a small map at the same end of 0..7)
+            conv.weight.normal_(generator=g)
+            r = torch.nn.functional.conv2d(x, conv.weight)
+            conv.weight.mul_(2.0 / float(r.std()))
+            conv.bias.fill_(3.5 - 2.0 * float(r.mean()) / float(r.std()))
         _pow2_weights(conv)
     return m
 
