@@ -309,6 +309,15 @@ def test_real_synth_of_a_small_engine(tmp_path):
     assert data["family"] == "xcup" and data["synth_seconds"] > 0
     assert "DSP" in (tmp_path / "out" / "reports" / "resources.txt").read_text()
     assert (tmp_path / "out" / "reports" / "yosys.log").stat().st_size > 0
+    # The timing estimate on the same netlist: named paths, and the clock it implies.
+    timing = json.loads((tmp_path / "out" / "reports" / "timing.json").read_text())
+    assert timing["fmax_mhz"] > 0
+    assert timing["fmax_mhz"] == pytest.approx(report.timing.fmax_mhz, abs=0.05)
+    assert timing["unknown_cells"] == {} and timing["loops_broken"] == 0
+    assert all("?" not in p["start"] + p["end"] for p in timing["paths"])
+    assert data["clock"]["estimated_fmax_mhz"] == timing["fmax_mhz"]
+    print(f"\n4x4 engine: estimated Fmax {timing['fmax_mhz']} MHz, worst "
+          f"{timing['paths'][0]['start']} -> {timing['paths'][0]['end']}")
 
 
 @needs_yosys
