@@ -22,6 +22,7 @@ import numpy as np
 
 from ..compiler.cost import layer_macs
 from ..fileio import atomic_write_bytes, atomic_write_text
+from ..rtl.clock import EngineClock, clock_for
 from ..spec.program import Program
 from ..spec.registers import ErrorCode
 from .compare import Comparison, compare_arenas, golden_arena
@@ -52,11 +53,15 @@ class SimReport:
 
 def simulate_program(program: Program, inputs: dict[str, np.ndarray], out_dir: Path, *,
                      source: str = "program", sim: str | None = None, waves: bool = False,
-                     clock_mhz: float | None = None, backpressure: float = 0.0,
+                     clock_mhz: float | None = None, clock: EngineClock | None = None,
+                     backpressure: float = 0.0,
                      timeout_cycles: int = DEFAULT_TIMEOUT_CYCLES, wall_timeout_s: float = 3600,
                      progress: Callable[[int, int, int], None] | None = None,
                      log: Callable[[str], None] | None = None) -> SimReport:
-    """Run `program` on the RTL; `progress(layers_done, n_layers, cycles)` is called as it goes."""
+    """Run `program` on the RTL; `progress(layers_done, n_layers, cycles)` is called as it goes.
+
+    fps figures use `clock` (from `hwconv.rtl.clock.clock_for`: min(board clock, estimated Fmax));
+    without it, clock_for(program.config); `clock_mhz` forces a clock, labelled unverified."""
     if not engine_runs_programs():
         raise NotReady(f"cannot simulate programs: {NOT_YET} (hwconv/rtl/top.py is the "
                        f"integration shell; EngineTop.RUNS_PROGRAMS marks the real engine)")
@@ -106,14 +111,25 @@ def simulate_program(program: Program, inputs: dict[str, np.ndarray], out_dir: P
     ok_run = status["done"] and not status["busy"] and status["error"] == ErrorCode.NONE
     cmp = compare_arenas(program, got, want) if ok_run else None
     sim_run = outcome["run"]
-    clock = clock_mhz or program.config.clock_mhz
-    data = _report_data(program, source, sim_run.build.sim, clock, result, cmp)
+    clock = _figure_clock(program, clock_mhz, clock)
+    data = _report_data(program, source, sim_run.build.sim, clock.mhz, result, cmp)
+    data["clock"] = clock.to_dict()
     data["sim"] = {"simulator": sim_run.build.sim, "build_seconds": round(sim_run.build.seconds, 1),
                    "wall_seconds": round(result["wall_seconds"], 2),
                    "cycles_per_second": round(result["sim_cycles"] / max(result["wall_seconds"], 1e-9)),
                    "waves": str(sim_run.waves) if sim_run.waves else None,
                    "log": str(sim_run.log)}
-    return SimReport(source, sim_run.build.sim, clock, data, cmp)
+    return SimReport(source, sim_run.build.sim, clock.mhz, data, cmp)
+
+
+def _figure_clock(program: Program, clock_mhz: float | None, clock: EngineClock | None) -> EngineClock:
+    """The clock the report's fps figures use (a speed figure is cycles x a clock it can meet)."""
+    if clock is not None:
+        return clock
+    if clock_mhz is not None:
+        return EngineClock(float(clock_mhz), f"{clock_mhz:g} MHz, given by the caller (unverified)",
+                           float(clock_mhz), None, None)
+    return clock_for(program.config)
 
 
 def _report_data(program: Program, source: str, sim: str, clock_mhz: float, result: dict,
@@ -187,7 +203,7 @@ def _plot(data: dict) -> bytes:
     ax.set_xticklabels([layer["name"] for layer in layers], rotation=90, fontsize=6)
     ax.set_ylabel("cycles")
     fps = f"{data['fps']:.1f} fps" if data["fps"] else "no fps"
-    ax.set_title(f"{data['program']} on {data['engine']} @ {data['clock_mhz']:g} MHz: "
+    ax.set_title(f"{data['program']} on {data['engine']} @ {data['clock_mhz']:.1f} MHz: "
                  f"{data['cycles']:,} cycles, {fps}", fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
