@@ -211,3 +211,14 @@ def test_deform_too_wide_for_the_line_buffer_reads_compact_copies():
     got = run_program(prog, {"x": img, "d": dil})["y"]
     ref = _requantized(deform_depthwise(img, w, dil[..., 0], 7), 5).repeat(2, 0).repeat(2, 1)
     assert np.array_equal(got, ref)
+
+
+def test_benchmark_program_for_an_engine_with_fewer_dilations():
+    """An engine with max_dilation 3 gets the detector with dilations bounded to 0..3 (the
+    exporter refuses a model trained for more than the engine runs)."""
+    from hwconv.compiler.synthetic import BackboneShape
+
+    cfg = EngineConfig(pe_in=8, pe_out=4, weight_bits=8, max_dilation=3)
+    prog, _ = codenet_program(cfg, BackboneShape(32, 4, (8, 16, 32, 64), (1, 1, 1), (32, 16, 16), 16, 2))
+    offsets = [d for d, n in zip(prog.layers, prog.layer_names) if n.endswith(".offset")]
+    assert len(offsets) == 3 and all((d.clamp_lo, d.clamp_hi) == (0, 3) for d in offsets)

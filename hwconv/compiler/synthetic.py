@@ -67,13 +67,16 @@ def codenet_program(cfg: EngineConfig, shape="a", *, seed: int = 0, reuse_memory
                     calibrate: bool = True):
     """The detector `shape` (a registered name such as "a" or "tiny", a BackboneShape or a
     DetectorConfig) with seeded random parameters, lowered for engine `cfg` by the exporter and
-    calibrated (module docstring). Returns (program, true MACs)."""
+    calibrated (module docstring); its dilations bounded by the engine's max_dilation where that
+    is smaller than the config's. Returns (program, true MACs)."""
     import torch
 
     from ..quant.export import export_program
     from ..quant.models import build_detector
 
     det = detector_config(shape)
+    if det.max_dilation > cfg.max_dilation:  # an engine with a shorter line buffer: dilations it can run
+        det = det.with_(max_dilation=cfg.max_dilation)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = build_detector(det).eval()
