@@ -176,6 +176,13 @@ def test_reports_of_side_by_side_runs_merge(tmp_path):
     assert hits[b1] == 2 and hits[b2] == 1 and data["layers"] == 3 and data["programs"] == 2
     assert data["coverage"]["bins_hit"] == 2 and data["wall_seconds"] == 11.0
     assert data["coverage"]["axes"]["op"][b1[0]] >= 2 and data["seeds_run"] == "0; 1"
+    # A program whose pool was killed before it ran is reported apart, not as a mismatch.
+    stopped = report_data(summary(2, [b1]))
+    stopped["failures"] = [{"seed": 3, "layers": 0, "why": "worker failed: BrokenProcessPool()"}]
+    stopped.update(programs=2, mismatching_programs=1, seeds_run="2..3")
+    data = merge_data([stopped])
+    assert data["failures"] == [] and data["not_run"] == [3] and data["programs"] == 1
+    assert data["mismatching_programs"] == 0 and data["seeds_run"] == "2"
 
 
 def test_cli_refuses_bad_options(capsys):

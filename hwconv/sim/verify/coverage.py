@@ -43,6 +43,7 @@ AXES: dict[str, tuple] = {
     "upsample": (0, 1),
     "backpressure": (0, 1),
 }
+_SECTIONS = itertools.count()
 LIMIT_FRACTION = 0.9     # a buffer counts as "at its limit" when a layer uses this much of it
 
 
@@ -148,7 +149,7 @@ class Coverage:
         # A fresh section per Coverage (cocotb-coverage keeps one global database, keyed by name).
         # The cross is one CoverPoint over the legal bins: cocotb-coverage's CoverCross would
         # enumerate all 25,920 products and test each against 24,432 ignored ones (quadratic).
-        self._prefix = f"verify{id(self):x}"
+        self._prefix = f"hwconv_verify{next(_SECTIONS)}"   # never reused (id() can be)
         points = [CoverPoint(f"{self._prefix}.{n}", xf=(lambda b, i=i: b[i]), bins=list(AXES[n]))
                   for i, n in enumerate(AXES)]
         cross = CoverPoint(f"{self._prefix}.cross", xf=lambda b: b, bins=legal_bins())

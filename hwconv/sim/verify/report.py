@@ -21,6 +21,7 @@ def report_data(s: RunSummary, board: str | None = None) -> dict:
         "config": s.config.to_dict(),
         "seed": s.seed, "programs": s.programs, "layers_per_program": s.layers_per_program,
         "seeds_run": _ranges(sorted(o.seed for o in s.outcomes)),
+        "not_run": [],
         "layers": s.layers, "mismatching_programs": len(s.failures),
         "failures": [{"seed": o.seed, "layers": o.layers, "why": o.why} for o in s.failures],
         "wall_seconds": round(s.wall_s, 1), "build_seconds": round(s.build_s, 1),
@@ -63,6 +64,9 @@ def _md(data: dict) -> str:
     if data.get("merged_from"):
         lines.insert(2, f"- merged from {data['merged_from']} runs made side by side on the same "
                         f"engine build (disjoint seeds; wall time is the longest run's)")
+    if data.get("not_run"):
+        lines.insert(5, f"- programs queued but never run (pool stopped at the deadline, not "
+                        f"mismatches): seeds {_ranges(sorted(data['not_run']))}")
     if data["failures"]:
         lines += ["## Failures", ""] + [f"- seed {f['seed']}: " + f["why"].replace("\n", "; ") for f in data["failures"]] + [""]
     lines += ["## Hits per axis value", "", "| axis | value: layers |", "|---|---|"]
@@ -82,9 +86,40 @@ def _md(data: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _not_run(f: dict) -> bool:
+    """A program whose batch never ran: its worker pool was stopped (killed at the deadline)
+    before it simulated a layer. Not a mismatch; reported apart."""
+    return f["layers"] == 0 and "BrokenProcessPool" in f["why"]
+
+
+def separate_not_run(data: dict) -> dict:
+    """`data` with never-run programs moved from failures to not_run (counts adjusted)."""
+    data = dict(data)
+    gone = [f for f in data["failures"] if _not_run(f)]
+    if gone:
+        data["failures"] = [f for f in data["failures"] if not _not_run(f)]
+        data["not_run"] = data.get("not_run", []) + [f["seed"] for f in gone]
+        data["programs"] -= len(gone)
+        data["mismatching_programs"] -= len(gone)
+        ran = [int(x) for x in _expand(data["seeds_run"]) if int(x) not in set(data["not_run"])]
+        data["seeds_run"] = _ranges(sorted(ran))
+    return data
+
+
+def _expand(ranges: str) -> list[int]:
+    out = []
+    for part in ranges.replace(";", ",").split(","):
+        part = part.strip()
+        if part:
+            lo, _, hi = part.partition("..")
+            out += list(range(int(lo), int(hi or lo) + 1))
+    return out
+
+
 def merge_data(parts: list[dict]) -> dict:
     """One report of runs made side by side (same engine, disjoint seeds, started together):
     counts add up, the wall time is the longest run's, layers/s is layers over that time."""
+    parts = [separate_not_run(p) for p in parts]
     first = parts[0]
     if any(p["config_hash"] != first["config_hash"] for p in parts):
         raise ValueError("reports of different engine configs cannot be merged")
@@ -92,6 +127,7 @@ def merge_data(parts: list[dict]) -> dict:
     for key in ("programs", "layers", "mismatching_programs", "simulated_cycles", "workers"):
         data[key] = sum(p[key] for p in parts)
     data["failures"] = [f for p in parts for f in p["failures"]]
+    data["not_run"] = [s for p in parts for s in p.get("not_run", [])]
     data["seeds_run"] = "; ".join(p["seeds_run"] for p in parts)
     data["wall_seconds"] = max(p["wall_seconds"] for p in parts)
     data["build_seconds"] = max(p["build_seconds"] for p in parts)
@@ -134,4 +170,4 @@ def write_data(data: dict, out_dir: Path, stem: str) -> list[Path]:
 def write_report(s: RunSummary, out_dir: Path, stem: str = "verify",
                  board: str | None = None) -> list[Path]:
     """<stem>.json and <stem>.md in `out_dir` (atomic)."""
-    return write_data(report_data(s, board), out_dir, stem)
+    return write_data(separate_not_run(report_data(s, board)), out_dir, stem)
