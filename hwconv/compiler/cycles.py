@@ -32,9 +32,15 @@ __all__ = ["LayerCycles", "layer_cycles", "program_cycles", "DEFAULT_MEM_LATENCY
 # Cycles from an AXI read request to its first beat. 40 is typical of the Zynq UltraScale+ HP
 # ports at 250 MHz; the simulation benches use their own RAM model's figure.
 DEFAULT_MEM_LATENCY = 40
-_CHECK_CYCLES = 3 * 17 + 6   # three 16-step divisions and the registered result
+_CHECK_CYCLES = 3 * 17 + 11  # three 16-step divisions and the checker's pipelined stages (6)
 _READ_OVERHEAD = 4           # command handshakes and the reader's first-beat register
-_PIPE_TAIL = 10              # MAC stage, requantiser (4), FIFO, last store cycles
+_PIPE_TAIL = 10              # issue stage, record lookup, requantiser (4), FIFO, last store cycles
+
+
+def _mac_depth(p: int) -> int:
+    """Stages of the MAC array (rtl.mac_array.PIPELINE_DEPTH): operands, product (M, P), one per
+    adder-tree level, the accumulator."""
+    return 3 + (p - 1).bit_length() + 1
 _ROW_OVERHEAD = 6            # state changes between a row's steps
 
 
@@ -130,7 +136,8 @@ def layer_cycles(d: LayerDescriptor, cfg: EngineConfig, mem_latency: int = DEFAU
         if op == Opcode.DEFORM_DW:
             loads += ho * _read(_row_bytes(d.in1), lat)
 
-    compute = ho * (wo * ob * taps * cbi + _PIPE_TAIL)
+    tail = _PIPE_TAIL + _mac_depth(p)
+    compute = ho * (wo * ob * taps * cbi + tail)
     if d.out.group_channels == d.out.channels:  # one run: a block per cycle (per copy)
         per_pixel = ob * (4 if up else 1)
     elif d.out.group_channels == 1 and d.out.group_stride == 2 and p > 1:  # two-way interleave
@@ -138,7 +145,7 @@ def layer_cycles(d: LayerDescriptor, cfg: EngineConfig, mem_latency: int = DEFAU
     else:  # other grouped stores: a byte per cycle
         valid = [min(p, d.out.channels - b * p) for b in range(ob)]
         per_pixel = sum(v * (4 if up else 1) + (p - v) for v in valid)
-    store = ho * (wo * per_pixel + _PIPE_TAIL)
+    store = ho * (wo * per_pixel + tail)
 
     out_row = _row_bytes(d.out)
     beats = -(-(out_row + bb - 1) // bb)  # the row's bytes plus at most bb-1 of alignment

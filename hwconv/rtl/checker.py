@@ -2,16 +2,19 @@
 
 Before a layer runs, the engine checks its descriptor with the same rules as the golden model and
 reports the same ErrorCode, so a bad program stops cleanly on the layer the golden model names.
-It also hands the layer's derived geometry (each tensor's channel reach and byte span) to the
-sequencer, which needs them for addressing.
+It also computes the layer's geometry record (`geometry.geometry_layout`: loop bounds, row and
+slot sizes, the op's class) that every engine unit reads while the layer runs.
 
 It takes ~60 cycles per layer: the one division the rules need, (channels - 1) // group_channels
 for each tensor, runs on a shared 16-step restoring divider rather than three array dividers.
+The arithmetic after it is pipelined, with no two multipliers or long adders chained in one
+cycle: the descriptor and the quotients hold still, so every product is registered and `done`
+rises `STAGES` cycles after the divisions, when the last stage has settled.
 """
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -19,12 +22,14 @@ from ..spec.config import EngineConfig
 from ..spec.isa import KERNELS, REQUANT_OPS, STRIDES, WEIGHTED_OPS, Flag, Opcode
 from ..spec.params import REQUANT_RECORD_BYTES
 from ..spec.registers import ErrorCode
+from .geometry import geometry_layout
 from .layouts import descriptor_layout
 
-__all__ = ["DescriptorChecker", "REFS"]
+__all__ = ["DescriptorChecker", "REFS", "STAGES"]
 
 REFS = ("in0", "in1", "out")
 SPAN_BITS = 48
+STAGES = 6  # registered stages from the divisions to `done`
 
 
 class DescriptorChecker(wiring.Component):
@@ -41,6 +46,7 @@ class DescriptorChecker(wiring.Component):
             "start": In(1),
             "done": Out(1),
             "code": Out(8),
+            "geo": Out(geometry_layout()),
         }
         for r in REFS:
             members[f"{r}_reach"] = Out(17)
@@ -102,15 +108,47 @@ class DescriptorChecker(wiring.Component):
                     with m.If(which == len(REFS) - 1):
                         m.d.sync += [running.eq(0), ready.eq(1)]
 
-        # Registered geometry, one cycle after the divisions (spans need a multiply).
-        reach = {r: Signal(17, name=f"{r}_reach_c") for r in REFS}
-        span = {r: Signal(SPAN_BITS, name=f"{r}_span_r") for r in REFS}
-        geo_ready = Signal()
-        m.d.sync += geo_ready.eq(ready & ~self.start)
+        # -- pipelined arithmetic: every value a register, at most one product deep -------------
+        def stage(value, shape, name):
+            r = Signal(shape, name=name)
+            m.d.sync += r.eq(value)
+            return r
+
+        settled = Signal(STAGES)  # the divisions' `ready`, delayed through the stages
+        with m.If(self.start):
+            m.d.sync += settled.eq(0)
+        with m.Else():
+            m.d.sync += settled.eq(Cat(ready, settled[:-1]))
+
+        P, BB = cfg.pe_in, cfg.bus_bytes
+        # stage 1
+        q_gs = {r: stage(quots[r] * refs[r].group_stride, 32, f"{r}_q_gs") for r in REFS}
+        hw = {r: stage(refs[r].height * refs[r].width, 32, f"{r}_hw") for r in REFS}
+        row_ps = {r: stage((refs[r].width - 1) * refs[r].pixel_stride, 32, f"{r}_row_ps") for r in REFS}
+        kk = stage(d.kernel * d.kernel, 16, "kk")
+        cb_in = stage((d.in0.channels + P - 1) >> (P.bit_length() - 1), 16, "cb_in")
+        cb_out = stage((d.out.channels + cfg.pe_out - 1) >> (cfg.pe_out.bit_length() - 1), 16, "cb_out")
+        # stage 2
+        reach = {r: stage(q_gs[r] + rems[r] + 1, 17, f"{r}_reach_r") for r in REFS}
+        hw_ps = {r: stage((hw[r] - 1) * refs[r].pixel_stride, SPAN_BITS, f"{r}_hw_ps") for r in REFS}
+        kk_out = stage(d.out.channels * kk, 32, "kk_out")
+        kk_cb_out = stage(cb_out * kk, 32, "kk_cb_out")
+        # stage 3
+        span = {r: stage(hw_ps[r] + reach[r], SPAN_BITS, f"{r}_span_r") for r in REFS}
+        row_bytes = {r: stage(row_ps[r] + reach[r], 32, f"{r}_row_bytes") for r in REFS}
+        n_weights = stage(Mux(is_op(Opcode.CONV), kk_out * d.in0.channels, kk_out), 40, "n_weights")
+        weight_words = stage(Mux(is_op(Opcode.CONV), kk_cb_out * cb_in,
+                                 Mux(is_op(Opcode.DWCONV, Opcode.DEFORM_DW), kk_cb_out, 0)), 32, "weight_words")
+        # stage 4
+        longest = Mux(is_op(Opcode.ADD) & (row_bytes["in1"] > row_bytes["in0"]), row_bytes["in1"], row_bytes["in0"])
+        slot_words = stage((longest + BB - 1 + cfg.line_word_bytes - 1) >> (cfg.line_word_bytes.bit_length() - 1),
+                           32, "slot_words")
+        row_need = stage(row_bytes["out"] + BB - 1, 33, "row_need")
+        # stage 5
+        rows = Mux(is_op(Opcode.ADD), 2, Mux(is_op(Opcode.DEFORM_DW), 2 * cfg.max_dilation + 1, d.kernel))
+        line_words = stage(rows * slot_words, 40, "line_words")
+
         for r in REFS:
-            t = refs[r]
-            m.d.comb += reach[r].eq(quots[r] * t.group_stride + rems[r] + 1)
-            m.d.sync += span[r].eq((t.height * t.width - 1) * t.pixel_stride + reach[r])
             m.d.comb += [getattr(self, f"{r}_reach").eq(reach[r]), getattr(self, f"{r}_span").eq(span[r])]
 
         # -- the rules, in validate.check_descriptor's order of codes ---------------------------
@@ -165,22 +203,6 @@ class DescriptorChecker(wiring.Component):
         clamp_bad = is_op(*REQUANT_OPS) & ((d.clamp_lo < lo) | (d.clamp_lo > d.clamp_hi) | (d.clamp_hi > hi))
 
         # On-chip buffer fit (validate.line_buffer_words / weight_words / row_buffer_need).
-        cb_in = (i0.channels + cfg.pe_in - 1) >> (cfg.pe_in.bit_length() - 1)
-        cb_out = (o.channels + cfg.pe_out - 1) >> (cfg.pe_out.bit_length() - 1)
-        rows = Mux(is_op(Opcode.ADD), 2, Mux(is_op(Opcode.DEFORM_DW), 2 * cfg.max_dilation + 1, d.kernel))
-        row_bytes = {r: Signal(32, name=f"{r}_row_bytes") for r in ("in0", "in1")}
-        for r in row_bytes:
-            m.d.comb += row_bytes[r].eq((refs[r].width - 1) * refs[r].pixel_stride + reach[r])
-        longest = Mux(is_op(Opcode.ADD) & (row_bytes["in1"] > row_bytes["in0"]), row_bytes["in1"], row_bytes["in0"])
-        slot_words = (longest + cfg.bus_bytes - 1 + cfg.line_word_bytes - 1) >> (cfg.line_word_bytes.bit_length() - 1)
-        line_words = Signal(40)
-        weight_words = Signal(32)
-        m.d.comb += [
-            line_words.eq(rows * slot_words),
-            weight_words.eq(Mux(is_op(Opcode.CONV), cb_out * d.kernel * d.kernel * cb_in,
-                                Mux(is_op(Opcode.DWCONV, Opcode.DEFORM_DW), cb_out * d.kernel * d.kernel, 0))),
-        ]
-        row_need = (o.width - 1) * o.pixel_stride + reach["out"] + cfg.bus_bytes - 1
         fit_bad = ((line_words > cfg.line_buffer_depth) | (weight_words > cfg.weight_depth)
                    | (row_need > cfg.row_buffer_bytes // 2))
 
@@ -189,19 +211,39 @@ class DescriptorChecker(wiring.Component):
                | add_bad | sign_bad | clamp_bad | fit_bad)
 
         arena_bad = any_of(used[r] & ((refs[r].addr + span[r]) > self.arena_size) for r in REFS)
-        n_weights = Signal(40)
-        m.d.comb += n_weights.eq(Mux(is_op(Opcode.CONV), o.channels * d.kernel * d.kernel * i0.channels,
-                                     o.channels * d.kernel * d.kernel))
         packed = Mux(d.weight_bits == 8, n_weights, (n_weights + 1) >> 1)
         weights_bad = is_op(*WEIGHTED_OPS) & ((d.weights_offset + packed) > self.params_size)
         records_bad = is_op(*REQUANT_OPS) & (
             (d.params_offset + o.channels * REQUANT_RECORD_BYTES) > self.params_size)
 
-        m.d.comb += [
-            self.done.eq(geo_ready),
-            self.code.eq(Mux(bad, ErrorCode.BAD_DESCRIPTOR,
-                             Mux(arena_bad, ErrorCode.ARENA_OUT_OF_BOUNDS,
-                                 Mux(weights_bad | records_bad, ErrorCode.PARAMS_OUT_OF_BOUNDS,
-                                     ErrorCode.NONE)))),
+        # stage 6: the code, and the geometry every unit reads while the layer runs
+        code = Mux(bad, ErrorCode.BAD_DESCRIPTOR,
+                   Mux(arena_bad, ErrorCode.ARENA_OUT_OF_BOUNDS,
+                       Mux(weights_bad | records_bad, ErrorCode.PARAMS_OUT_OF_BOUNDS, ErrorCode.NONE)))
+        m.d.sync += self.code.eq(code)
+        m.d.comb += self.done.eq(settled[-1])
+        g, flags = self.geo, d.flags
+        m.d.sync += [
+            g.conv.eq(is_op(Opcode.CONV)),
+            g.depthwise.eq(is_op(Opcode.DWCONV, Opcode.DEFORM_DW)),
+            g.deform.eq(is_op(Opcode.DEFORM_DW)),
+            g.pool.eq(is_op(Opcode.MAXPOOL)),
+            g.add.eq(is_op(Opcode.ADD)),
+            g.copy.eq(is_op(Opcode.COPY)),
+            g.upsample.eq(up),
+            g.in0_signed.eq((flags & Flag.IN0_SIGNED) != 0),
+            g.in1_signed.eq((flags & Flag.IN1_SIGNED) != 0),
+            g.out_signed.eq(out_signed),
+            g.taps.eq(Mux(is_op(Opcode.ADD), 2, Mux(is_op(Opcode.COPY), 1, kk))),
+            g.rows.eq(rows),
+            g.cb_in.eq(cb_in),
+            g.ob_n.eq(cb_out),
+            g.cbi_n.eq(Mux(is_op(Opcode.CONV), cb_in, 1)),
+            g.ho.eq(ho),
+            g.wo.eq(wo),
+            g.row_len0.eq(row_bytes["in0"]),
+            g.row_len1.eq(row_bytes["in1"]),
+            g.slot_words.eq(slot_words),
+            g.out_reach.eq(reach["out"]),
         ]
         return m

@@ -45,6 +45,7 @@ from .axi4 import AXI4Signature, connect_part
 from .byte_reader import ByteReader
 from .checker import DescriptorChecker
 from .dma import DMAWriter
+from .mac_array import MacArray
 from .layouts import descriptor_layout, preamble_layout, requant_record_layout
 from .requant import Requantizer
 from .split_buffer import SplitBuffer
@@ -104,6 +105,7 @@ class EngineCore(wiring.Component):
         m.submodules.reader = reader = ByteReader(cfg)
         m.submodules.writer = writer = DMAWriter(cfg)
         m.submodules.checker = checker = DescriptorChecker(cfg)
+        m.submodules.mac = mac = MacArray(cfg)
         m.submodules.rq = rq = Requantizer(cfg)
         m.submodules.out_fifo = out_fifo = SyncFIFOBuffered(width=P * 8, depth=8)
         connect_part(m, self.bus, reader.bus)
@@ -169,36 +171,15 @@ class EngineCore(wiring.Component):
         m.d.comb += [checker.desc.eq(desc), checker.arena_size.eq(self.arena_size),
                      checker.params_size.eq(self.params_size)]
 
-        # -- layer geometry (desc is held for the whole layer) ---------------------------------
-        op = desc.opcode
-        is_conv = op == Opcode.CONV
-        is_dw = (op == Opcode.DWCONV) | (op == Opcode.DEFORM_DW)
-        is_deform = op == Opcode.DEFORM_DW
-        is_pool = op == Opcode.MAXPOOL
-        is_add = op == Opcode.ADD
-        is_copy = op == Opcode.COPY
-        upsample = (desc.flags & Flag.UPSAMPLE2X) != 0
-        in0_signed = (desc.flags & Flag.IN0_SIGNED) != 0
-        in1_signed = (desc.flags & Flag.IN1_SIGNED) != 0
-        out_signed = (desc.flags & Flag.OUT_SIGNED) != 0
+        # -- layer geometry: the checker's record, held for the whole layer ----------------------
+        geo = checker.geo
+        is_conv, is_dw, is_deform, is_pool, is_add, is_copy = (geo.conv, geo.depthwise, geo.deform, geo.pool,
+                                                               geo.add, geo.copy)
+        upsample, in0_signed, in1_signed, out_signed = geo.upsample, geo.in0_signed, geo.in1_signed, geo.out_signed
         i0, i1, o = desc.in0, desc.in1, desc.out
         k = desc.kernel
-        taps = Signal(5)
-        cb_in = Signal(16)   # blocks of P input channels
-        ob_n = Signal(16)    # output channel blocks
-        cbi_n = Signal(16)   # input blocks summed per tap (CONV: cb_in, others 1)
-        ho = Signal(16)
-        wo = Signal(16)
-        rows = Signal(5)     # input rows kept (validate.line_buffer_rows); row y in slot y % rows
-        m.d.comb += [
-            taps.eq(Mux(is_add, 2, Mux(is_copy, 1, k * k))),
-            cb_in.eq((i0.channels + P - 1) >> LP),
-            ob_n.eq((o.channels + P - 1) >> LP),
-            cbi_n.eq(Mux(is_conv, cb_in, 1)),
-            ho.eq(Mux(upsample, o.height >> 1, o.height)),
-            wo.eq(Mux(upsample, o.width >> 1, o.width)),
-            rows.eq(Mux(is_add, 2, Mux(is_deform, deform_rows, k))),
-        ]
+        taps, cb_in, ob_n, cbi_n, ho, wo, rows = geo.taps, geo.cb_in, geo.ob_n, geo.cbi_n, geo.ho, geo.wo, geo.rows
+        row_len0, row_len1, slot_words = geo.row_len0, geo.row_len1, geo.slot_words
 
         # -- the sequencer ---------------------------------------------------------------------
         oy = Signal(16)
@@ -227,10 +208,6 @@ class EngineCore(wiring.Component):
 
         # the unpacker's geometry: the tensor being loaded
         ld = Array([i0, i1])[load_tensor]
-        row_len0 = Signal(32)
-        row_len1 = Signal(32)
-        m.d.comb += [row_len0.eq((i0.width - 1) * i0.pixel_stride + checker.in0_reach),
-                     row_len1.eq((i1.width - 1) * i1.pixel_stride + checker.in1_reach)]
 
         # compute / store state shared with the datapath below
         issuing = Signal()
@@ -512,9 +489,6 @@ class EngineCore(wiring.Component):
         # -- input rows -> line buffer, raw beats (LOAD_RECV) ---------------------------------
         # Slot s holds a row's enclosing beats from lane s * slot_words * LW on; the row starts
         # skips[s] lanes in (validate.line_slot_words has the same sizing).
-        slot_words = Signal(16)
-        m.d.comb += slot_words.eq((Mux(is_add & (row_len1 > row_len0), row_len1, row_len0) + BB - 1 + LW - 1)
-                                  >> _log2(LW))
         bk = Signal(16)  # beat of the row
         beat_take = in_rows & ~load_dil & reader.beats.valid
         m.d.comb += [
@@ -544,8 +518,9 @@ class EngineCore(wiring.Component):
         c_ky, c_kx = Signal(2), Signal(2)
         issued_all = Signal()
         s1_valid, s1_first, s1_last, s1_inb, s1_tap1 = Signal(), Signal(), Signal(), Signal(), Signal()
+        s1_ob = Signal(16)
         adv = Signal()
-        m.d.comb += adv.eq(~(s1_valid & s1_last) | rq.i.ready)
+        m.d.comb += adv.eq(mac.i.ready)
         issue = Signal()
         m.d.comb += [issue.eq(issuing & adv & ~issued_all), issue_done.eq(issued_all)]
 
@@ -571,8 +546,7 @@ class EngineCore(wiring.Component):
         r_addr = Signal(range(cfg.weight_depth))
         m.d.comb += r_addr.eq((c_ob * taps + c_t) * cbw + c_cb)
         for b in range(P):
-            m.d.comb += [wb_r[b].addr.eq(r_addr), wb_r[b].en.eq(adv),
-                         pb_r[b].addr.eq(c_ob), pb_r[b].en.eq(adv)]
+            m.d.comb += [wb_r[b].addr.eq(r_addr), wb_r[b].en.eq(adv)]
         last_tap = c_t == taps - 1
         last_cb = c_cb == cbi_n - 1
         n_in = Signal(16)
@@ -607,47 +581,30 @@ class EngineCore(wiring.Component):
                             m.d.sync += c_ox.eq(c_ox + 1)
         with m.If(adv):
             m.d.sync += [s1_valid.eq(issue), s1_first.eq((c_t == 0) & (c_cb == 0)), s1_last.eq(last_tap & last_cb),
-                         s1_inb.eq(inb), s1_tap1.eq(c_t[0])]
+                         s1_inb.eq(inb), s1_tap1.eq(c_t[0]), s1_ob.eq(c_ob)]
 
-        # -- stage 1: the MAC array -------------------------------------------------------------
-        sgn = Mux(is_add & s1_tap1, in1_signed, in0_signed)
-        xv = []
-        for j in range(P):
-            xb = lb.r_data[8 * j:8 * j + 8]
-            x = Signal(signed(10), name=f"x{j}")
-            m.d.comb += x.eq(Mux(s1_inb, Mux(sgn, xb.as_signed(), xb.as_unsigned()),
-                                 Mux(is_pool & sgn, -(1 << (cfg.act_bits - 1)), 0)))
-            xv.append(x)
-        add_mult = Mux(s1_tap1, desc.add_mult1, desc.add_mult0)
-        acc_next = []
+        # -- the MAC array, then the output block's requant records ------------------------------
+        m.d.comb += [mac.mode.conv.eq(is_conv), mac.mode.depthwise.eq(is_dw), mac.mode.add.eq(is_add),
+                     mac.mode.pool.eq(is_pool), mac.mode.in0_signed.eq(in0_signed),
+                     mac.mode.in1_signed.eq(in1_signed), mac.mode.add_mult0.eq(desc.add_mult0),
+                     mac.mode.add_mult1.eq(desc.add_mult1),
+                     mac.i.valid.eq(s1_valid), mac.i.p.x.eq(lb.r_data[:8 * P]),
+                     mac.i.p.w.eq(Cat(*[wb_r[b].data for b in range(P)])), mac.i.p.in_bounds.eq(s1_inb),
+                     mac.i.p.second.eq(s1_tap1), mac.i.p.first.eq(s1_first), mac.i.p.last.eq(s1_last),
+                     mac.i.p.tag.eq(s1_ob)]
+        # One stage that reads the records of the finished block's channels (by its tag).
+        lk_valid = Signal()
+        lk_acc = Signal.like(mac.o.p.acc)
+        lk_adv = ~lk_valid | rq.i.ready
+        m.d.comb += mac.o.ready.eq(lk_adv)
+        with m.If(lk_adv):
+            m.d.sync += [lk_valid.eq(mac.o.valid), lk_acc.eq(mac.o.p.acc)]
         for b in range(P):
-            wv = [wb_r[b].data[8 * j:8 * j + 8].as_signed() for j in range(P)]
-            # Product 0 of each lane also serves the channel-wise ops (its own channel's input
-            # times the depthwise weight, an ADD multiplier or 1), so they cost no multipliers.
-            w0, x0 = Signal(signed(16), name=f"w0_{b}"), Signal(signed(10), name=f"x0_{b}")
-            m.d.comb += [w0.eq(Mux(is_conv | is_dw, wv[0], Mux(is_add, add_mult, 1))),
-                         x0.eq(Mux(is_conv, xv[0], xv[b]))]
-            p0 = Signal(signed(26), name=f"p0_{b}")
-            m.d.comb += p0.eq(w0 * x0)
-            terms = [p0] + [wv[j] * xv[j] for j in range(1, P)]
-            while len(terms) > 1:  # balanced adder tree
-                terms = [terms[i] + terms[i + 1] if i + 1 < len(terms) else terms[i]
-                         for i in range(0, len(terms), 2)]
-            dot = Signal(signed(cfg.acc_bits), name=f"dot{b}")
-            m.d.comb += dot.eq(terms[0])
-            contrib = Signal(signed(cfg.acc_bits), name=f"contrib{b}")
-            m.d.comb += contrib.eq(Mux(is_conv, dot, p0))
-            acc = Signal(signed(cfg.acc_bits), name=f"acc{b}")
-            nxt = Signal(signed(cfg.acc_bits), name=f"acc_next{b}")
-            m.d.comb += nxt.eq(Mux(is_pool, Mux(s1_first | (xv[b] > acc), xv[b], acc),
-                                   Mux(s1_first, 0, acc) + contrib))
-            with m.If(adv & s1_valid):
-                m.d.sync += acc.eq(nxt)
-            acc_next.append(nxt)
+            m.d.comb += [pb_r[b].addr.eq(mac.o.p.tag), pb_r[b].en.eq(lk_adv)]
 
         identity = is_pool | is_copy
         m.d.comb += [
-            rq.i.valid.eq(s1_valid & s1_last),
+            rq.i.valid.eq(lk_valid),
             rq.clamp_lo.eq(Mux(identity, Mux(out_signed, -(1 << (cfg.act_bits - 1)), 0), desc.clamp_lo)),
             rq.clamp_hi.eq(Mux(identity, Mux(out_signed, (1 << (cfg.act_bits - 1)) - 1, (1 << cfg.act_bits) - 1),
                                desc.clamp_hi)),
@@ -655,7 +612,7 @@ class EngineCore(wiring.Component):
         for b in range(P):
             lane = rq.i.payload[b]
             rec_b = pb_r[b].data
-            m.d.comb += [lane.acc.eq(acc_next[b]),
+            m.d.comb += [lane.acc.eq(lk_acc[b]),
                          lane.bias.eq(Mux(identity, 0, rec_b.bias)),
                          lane.mult.eq(Mux(identity, 1, rec_b.mult)),
                          lane.shift.eq(Mux(identity, 0, rec_b.shift))]
@@ -668,7 +625,7 @@ class EngineCore(wiring.Component):
         row_span = Signal(32)
         m.d.comb += [row_stride_out.eq(o.width * o.pixel_stride),
                      row_a.eq(self.arena_base + o.addr + Mux(upsample, oy << 1, oy) * row_stride_out),
-                     row_span.eq((o.width - 1) * o.pixel_stride + checker.out_reach)]
+                     row_span.eq((o.width - 1) * o.pixel_stride + geo.out_reach)]
         align_a = Signal(LB)
         align_b = Signal(LB)
         with m.If(store_start):
@@ -753,7 +710,7 @@ class EngineCore(wiring.Component):
                         m.d.sync += st_ob.eq(st_ob + 1)
                 with m.Else():
                     m.d.sync += st_j.eq(st_j + 1)
-        m.d.comb += [store_row_done.eq(st_done), pipe_busy.eq(s1_valid)]
+        m.d.comb += [store_row_done.eq(st_done), pipe_busy.eq(s1_valid | mac.busy | lk_valid)]
 
         # -- flush: row buffer -> DRAM in bursts, strobes keep what is not ours ------------------
         # The row's addresses are latched at the start: the sequencer moves on to the next row.

@@ -1,0 +1,40 @@
+"""The layer geometry record: what every engine unit needs to know about the running layer beyond
+its descriptor, computed once per layer by the `DescriptorChecker` and held (registered) until
+the next layer's check. Units read fields by name (``geo.taps``, ``geo.row_len0``); nothing
+recomputes them."""
+
+from __future__ import annotations
+
+from amaranth.hdl import unsigned
+from amaranth.lib import data
+
+__all__ = ["geometry_layout"]
+
+
+def geometry_layout() -> data.StructLayout:
+    return data.StructLayout({
+        # the op's class
+        "conv": unsigned(1),
+        "depthwise": unsigned(1),    # DWCONV or DEFORM_DW: a weight per channel and tap
+        "deform": unsigned(1),
+        "pool": unsigned(1),
+        "add": unsigned(1),
+        "copy": unsigned(1),
+        "upsample": unsigned(1),
+        "in0_signed": unsigned(1),
+        "in1_signed": unsigned(1),
+        "out_signed": unsigned(1),
+        # loop bounds
+        "taps": unsigned(5),         # ADD 2, COPY 1, else kernel * kernel
+        "rows": unsigned(5),         # input rows kept in the line buffer (validate.line_buffer_rows)
+        "cb_in": unsigned(16),       # blocks of P input channels
+        "ob_n": unsigned(16),        # blocks of P output channels
+        "cbi_n": unsigned(16),       # input blocks summed per tap (CONV: cb_in, others 1)
+        "ho": unsigned(16),          # output rows / columns computed (before a 2x upsample)
+        "wo": unsigned(16),
+        # byte spans
+        "row_len0": unsigned(32),    # bytes of one in0 / in1 row, first pixel's first channel on
+        "row_len1": unsigned(32),
+        "slot_words": unsigned(16),  # line-buffer words per kept row (validate.line_slot_words)
+        "out_reach": unsigned(17),   # bytes from an output pixel's first to one past its last channel
+    })

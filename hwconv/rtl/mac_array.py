@@ -1,0 +1,185 @@
+"""MacArray: the P x P multiply-accumulate array, pipelined so every multiplier maps onto a DSP
+slice with its input, product and output registers (DSP48E2 AREG/BREG, MREG, PREG; DSP48E1 the
+same), and the adder tree is registered at every level.
+
+One beat in is one (pixel, out block, tap, in block) step: the P input bytes of one pixel and
+P weight words (lane b: the P weights of output channel b). Stages, all moving together on one
+shared advance signal (as the Requantizer does), so the array takes a beat per cycle and never
+drops one under backpressure:
+
+    operands  x[j] (the byte made signed/unsigned, or the padding value) and w[b][j]  (A, B)
+    product   w[b][j] * x[j]                                                        (M)
+    product   registered again                                                      (P)
+    tree      log2(P) registered adder levels
+    acc       acc[b] = first ? dot : acc + dot  (MAXPOOL: the running max); out on `last`
+
+Channel-wise ops (DWCONV, DEFORM_DW, ADD, COPY, MAXPOOL) use product 0 of each lane only: lane
+b's own input byte times its weight (the depthwise weight, an ADD multiplier, or 1), carried
+beside the tree and taken instead of the tree's sum, so the array needs no second datapath. A beat carries a tag (the output block) through to the output, where the
+requant records are looked up.
+
+Product (b, j) is activation j times weight (b, j): the activation is shared down a column, the
+form a packed multiplier wants (two output channels' weights in one DSP operand, one activation).
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from ..spec.config import EngineConfig
+
+__all__ = ["MacArray", "MacMode", "mac_in_layout", "mac_out_layout", "PIPELINE_DEPTH"]
+
+X_BITS = 10       # an 8-bit activation, signed or unsigned, as a signed operand (and the pad value)
+W_BITS = 16       # a weight, or ADD's 16-bit multiplier
+TAG_BITS = 16
+
+
+def mac_in_layout(p: int) -> data.StructLayout:
+    return data.StructLayout({
+        "x": unsigned(8 * p),          # the pixel's P input bytes, lane j in bits 8j..8j+7
+        "w": unsigned(8 * p * p),      # lane b's P weights in bits 8(bP+j)..
+        "in_bounds": unsigned(1),      # 0: a padding tap, x reads the padding value
+        "second": unsigned(1),         # ADD: the beat of the second operand (in1)
+        "first": unsigned(1),          # the first beat of an accumulation
+        "last": unsigned(1),           # the last beat: the sums go out
+        "tag": unsigned(TAG_BITS),
+    })
+
+
+def mac_out_layout(p: int, acc_bits: int) -> data.StructLayout:
+    return data.StructLayout({"acc": data.ArrayLayout(signed(acc_bits), p), "tag": unsigned(TAG_BITS)})
+
+
+MacMode = data.StructLayout({
+    "conv": unsigned(1),        # sum all P x P products (else lane b uses its own channel only)
+    "depthwise": unsigned(1),   # channel-wise with the weight from the weight bank
+    "add": unsigned(1),         # channel-wise with add_mult0 / add_mult1
+    "pool": unsigned(1),        # the running max of the inputs
+    "in0_signed": unsigned(1),
+    "in1_signed": unsigned(1),
+    "add_mult0": signed(16),
+    "add_mult1": signed(16),
+})
+
+
+def PIPELINE_DEPTH(p: int) -> int:
+    """Registered stages from a beat's acceptance to its sums on `o` (operands, the product's two
+    registers, the tree levels, the accumulator)."""
+    return 3 + (p - 1).bit_length() + 1
+
+
+class MacArray(wiring.Component):
+    """``i``: beats (`mac_in_layout`); ``o``: each finished accumulation (`mac_out_layout`);
+    ``mode`` holds for the whole layer. ``busy``: a beat is somewhere in the pipeline."""
+
+    def __init__(self, config: EngineConfig):
+        self.config = config
+        self.p = config.pe_in
+        super().__init__({
+            "i": In(stream.Signature(mac_in_layout(self.p))),
+            "o": Out(stream.Signature(mac_out_layout(self.p, config.acc_bits))),
+            "mode": In(MacMode),
+            "busy": Out(1),
+        })
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        P, acc_bits, act_bits = self.p, self.config.acc_bits, self.config.act_bits
+        mode, beat = self.mode, self.i.payload
+        levels = (P - 1).bit_length()
+        n_stages = PIPELINE_DEPTH(P)
+
+        # Shared advance: every stage moves when the output is empty or being taken.
+        valid = [Signal(name=f"valid{s}") for s in range(n_stages)]
+        advance = Signal()
+        m.d.comb += [advance.eq(~self.o.valid | self.o.ready), self.i.ready.eq(advance)]
+        busy = 0
+        for v in valid:
+            busy = busy | v
+        m.d.comb += self.busy.eq(busy)
+
+        def reg(value, shape, name):
+            """A datapath register that moves with the pipeline (no reset: DSP registers)."""
+            r = Signal(shape, name=name, reset_less=True)
+            with m.If(advance):
+                m.d.sync += r.eq(value)
+            return r
+
+        # Beat flags and the tag travel alongside the data.
+        first, last, tag = beat.first, beat.last, beat.tag
+        with m.If(advance):
+            m.d.sync += valid[0].eq(self.i.valid)
+            for s in range(1, n_stages):
+                m.d.sync += valid[s].eq(valid[s - 1])
+        for s in range(n_stages - 1):  # the accumulator stage uses the flags of the stage before
+            first = reg(first, 1, f"first{s}")
+            last = reg(last, 1, f"last{s}")
+            tag = reg(tag, TAG_BITS, f"tag{s}")
+
+        # -- stage 0: operands ---------------------------------------------------------------
+        sgn = Mux(mode.add & beat.second, mode.in1_signed, mode.in0_signed)
+        pad = Mux(mode.pool & sgn, -(1 << (act_bits - 1)), 0)
+        channelwise = ~mode.conv
+        xs = []
+        for j in range(P):
+            xb = beat.x[8 * j:8 * j + 8]
+            xs.append(Mux(beat.in_bounds, Mux(sgn, xb.as_signed(), xb.as_unsigned()), pad))
+        lane_w0 = Mux(mode.depthwise, 0, Mux(mode.add, Mux(beat.second, mode.add_mult1, mode.add_mult0), 1))
+        # Each multiplier has its own copy of its activation: a register that fans out to one DSP
+        # only is one the DSP can absorb. Channel-wise: lane b's own input byte goes into product 0.
+        x_op = [[reg(Mux(channelwise, xs[b], xs[0]) if j == 0 else xs[j], signed(X_BITS), f"x{b}_{j}")
+                 for j in range(P)] for b in range(P)]
+        w_op = []
+        for b in range(P):
+            row = []
+            for j in range(P):
+                wb = beat.w[8 * (b * P + j):8 * (b * P + j) + 8].as_signed()
+                # Products 1.. are masked after the tree, not here: a register with a mux to 0
+                # in front becomes one with a reset that has no priority over its enable, which
+                # the DSP's B register cannot take.
+                w = Mux(mode.conv | mode.depthwise, wb, lane_w0) if j == 0 else wb
+                row.append(reg(w, signed(W_BITS if j == 0 else 8), f"w{b}_{j}"))
+            w_op.append(row)
+
+        # -- stages 1, 2: products, registered twice (the DSP's M and P registers) -------------
+        sums = []
+        for b in range(P):
+            widths = [W_BITS + X_BITS if j == 0 else 8 + X_BITS for j in range(P)]
+            terms = [reg(w_op[b][j] * x_op[b][j], signed(widths[j]), f"m{b}_{j}") for j in range(P)]
+            terms = [reg(terms[j], signed(widths[j]), f"p{b}_{j}") for j in range(P)]
+            # -- stages 3..: the adder tree, one registered level per halving ------------------
+            p0 = terms[0]
+            for lvl in range(levels):
+                terms = [reg(terms[i] + terms[i + 1], signed(min(acc_bits, len(terms[i]) + 1)),
+                             f"sum{b}_{lvl}_{i // 2}") if i + 1 < len(terms) else
+                         reg(terms[i], signed(len(terms[i])), f"sum{b}_{lvl}_{i // 2}")
+                         for i in range(0, len(terms), 2)]
+                p0 = reg(p0, signed(len(p0)), f"p0_{b}_{lvl}")
+            # Channel-wise ops use product 0 only.
+            dot = Signal(signed(acc_bits), name=f"dot{b}")
+            m.d.comb += dot.eq(Mux(mode.conv, terms[0], p0))
+            sums.append(dot)
+
+        # -- last stage: accumulate; the sums go out with the beat marked last ------------------
+        # first/last/tag here are those of the tree's output beat (delayed with it).
+        accs = []
+        for b in range(P):
+            acc = Signal(signed(acc_bits), name=f"acc{b}", reset_less=True)
+            dot = sums[b]
+            with m.If(advance & valid[n_stages - 2]):
+                with m.If(mode.pool):
+                    m.d.sync += acc.eq(Mux(first | (dot > acc), dot, acc))
+                with m.Else():
+                    m.d.sync += acc.eq(Mux(first, 0, acc) + dot)
+            accs.append(acc)
+        out_last = Signal()
+        out_tag = Signal(TAG_BITS, reset_less=True)
+        with m.If(advance):
+            m.d.sync += [out_last.eq(valid[n_stages - 2] & last), out_tag.eq(tag)]
+        m.d.comb += [self.o.valid.eq(valid[n_stages - 1] & out_last), self.o.payload.tag.eq(out_tag)]
+        for b in range(P):
+            m.d.comb += self.o.payload.acc[b].eq(accs[b])
+        return m
