@@ -1,0 +1,117 @@
+"""RowLoader: input rows into the line buffer, and DEFORM_DW's dilation row into its own buffer.
+
+The line buffer (a `SplitBuffer`) keeps `geo.rows` input rows as they lie in DRAM: slot s holds a
+row's enclosing bus beats from lane ``slot_base[s]`` (s * slot_words * line_word_bytes) on, and
+the row starts ``skips[s]`` lanes in (validate.line_slot_words has the same sizing). Rows come in
+as whole beats, one per cycle; the dilation row as bytes, of which each pixel's first is kept.
+
+The window issuer reads both: the line buffer by lane (``r_addr``/``r_en`` -> ``r_data`` the
+next cycle) and the dilation of pixel ``dil_addr`` on ``dil_data`` in the same cycle.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Array, Module, Signal, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from ..spec.config import EngineConfig
+from .dma import read_beat_layout
+from .geometry import geometry_layout
+from .layouts import descriptor_layout
+from .param_loader import byte_layout
+from .split_buffer import SplitBuffer
+
+__all__ = ["RowLoader"]
+
+
+def n_slots(config: EngineConfig) -> int:
+    return max(2 * config.max_dilation + 1, 3)
+
+
+class RowLoader(wiring.Component):
+    """``start`` (a pulse, when the sequencer's row read is accepted): the next row goes to slot
+    ``slot`` (``dilation``: it is the dilation row instead) and starts ``skip`` lanes into its
+    first beat. ``beats``: the row's beats; ``bytes``: the dilation row's bytes."""
+
+    def __init__(self, config: EngineConfig):
+        self.config = config
+        LW, depth = config.line_word_bytes, config.line_buffer_depth
+        lanes = (LW * depth - 1).bit_length()
+        S = n_slots(config)
+        super().__init__({
+            "beats": In(stream.Signature(read_beat_layout(config.axi_data_width))),
+            "bytes": In(stream.Signature(byte_layout())),
+            "start": In(1),
+            "slot": In(range(S)),
+            "dilation": In(1),
+            "skip": In(range(config.bus_bytes)),
+            "desc": In(descriptor_layout()),
+            "geo": In(geometry_layout()),
+            "slot_base": Out(data.ArrayLayout(unsigned(lanes), S)),
+            "skips": Out(data.ArrayLayout(range(config.bus_bytes), S)),
+            "r_addr": In(lanes),
+            "r_en": In(1),
+            "r_data": Out(8 * LW),
+            "dil_addr": In(range(config.max_width)),
+            "dil_data": Out(8),
+        })
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        cfg = self.config
+        LW, BB = cfg.line_word_bytes, cfg.bus_bytes
+        LB = BB.bit_length() - 1
+        S = n_slots(cfg)
+        m.submodules.linebuf = lb = SplitBuffer(LW, 8, cfg.line_buffer_depth)
+        m.submodules.dil = dilmem = Memory(shape=unsigned(8), depth=cfg.max_width, init=[])
+        dil_w = dilmem.write_port()
+        dil_r = dilmem.read_port(domain="comb")
+        m.d.comb += [lb.r_addr.eq(self.r_addr), lb.r_en.eq(self.r_en), self.r_data.eq(lb.r_data),
+                     dil_r.addr.eq(self.dil_addr), self.dil_data.eq(dil_r.data)]
+
+        # Slot bases: constant multiples of the layer's slot size, registered (no multiplier in
+        # any address path); settled well before the layer's first row.
+        slot_lanes = self.geo.slot_words * LW
+        for s in range(S):
+            m.d.sync += self.slot_base[s].eq(slot_lanes * s)
+
+        slot = Signal.like(self.slot)
+        dilation = Signal()
+        active = Signal()
+        skips = Array(self.skips[s] for s in range(S))
+        with m.If(self.start):
+            m.d.sync += [slot.eq(self.slot), dilation.eq(self.dilation), active.eq(1)]
+            with m.If(~self.dilation):
+                m.d.sync += skips[self.slot].eq(self.skip)
+
+        # -- input row: raw beats into the slot ------------------------------------------------
+        bk = Signal(16)  # beat of the row
+        beat_take = self.beats.valid & self.beats.ready
+        m.d.comb += [
+            self.beats.ready.eq(active & ~dilation),
+            lb.w_addr.eq(Array(self.slot_base[s] for s in range(S))[slot] + (bk << LB)),
+            lb.w_data.eq(self.beats.p.data), lb.w_mask.eq((1 << BB) - 1), lb.w_en.eq(beat_take),
+        ]
+        # -- dilation row: the first byte of each pixel ----------------------------------------
+        u_x, u_p = Signal(16), Signal(16)
+        u_take = self.bytes.valid & self.bytes.ready
+        m.d.comb += [self.bytes.ready.eq(active & dilation),
+                     dil_w.addr.eq(u_x), dil_w.data.eq(self.bytes.p.byte), dil_w.en.eq(u_take & (u_p == 0))]
+
+        with m.If(self.start):
+            m.d.sync += [bk.eq(0), u_x.eq(0), u_p.eq(0)]
+        with m.Else():
+            with m.If(beat_take):
+                m.d.sync += bk.eq(bk + 1)
+                with m.If(self.beats.p.last):
+                    m.d.sync += active.eq(0)
+            with m.If(u_take):
+                with m.If(u_p == self.desc.in1.pixel_stride - 1):
+                    m.d.sync += [u_p.eq(0), u_x.eq(u_x + 1)]
+                with m.Else():
+                    m.d.sync += u_p.eq(u_p + 1)
+                with m.If(self.bytes.p.last):
+                    m.d.sync += active.eq(0)
+        return m
