@@ -1,4 +1,4 @@
-"""Analytical cycle model of the engine (`hwconv.rtl.engine.EngineCore`), per layer.
+"""Analytical cycle model of the engine (`hwconv.rtl.engine.EngineCore` and its units), per layer.
 
 It follows the engine's schedule step by step (docs/architecture.md, "The engine"), with DRAM
 reduced to one number, `mem_latency` (cycles from a read request to its first beat, and from a
@@ -34,7 +34,7 @@ __all__ = ["LayerCycles", "layer_cycles", "program_cycles", "DEFAULT_MEM_LATENCY
 DEFAULT_MEM_LATENCY = 40
 _CHECK_CYCLES = 3 * 17 + 11  # three 16-step divisions and the checker's pipelined stages (6)
 _READ_OVERHEAD = 4           # command handshakes and the reader's first-beat register
-_PIPE_TAIL = 10              # issue stage, record lookup, requantiser (4), FIFO, last store cycles
+_PIPE_TAIL = 12              # issuer (3 stages), record lookup, requantiser (4), FIFO, last store cycles
 
 
 def _mac_depth(p: int) -> int:

@@ -14,7 +14,7 @@ rises `STAGES` cycles after the divisions, when the last stage has settled.
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Module, Mux, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -133,6 +133,7 @@ class DescriptorChecker(wiring.Component):
         hw_ps = {r: stage((hw[r] - 1) * refs[r].pixel_stride, SPAN_BITS, f"{r}_hw_ps") for r in REFS}
         kk_out = stage(d.out.channels * kk, 32, "kk_out")
         kk_cb_out = stage(cb_out * kk, 32, "kk_cb_out")
+        row_stride = {r: stage(row_ps[r] + refs[r].pixel_stride, 32, f"{r}_row_stride") for r in REFS}
         # stage 3
         span = {r: stage(hw_ps[r] + reach[r], SPAN_BITS, f"{r}_span_r") for r in REFS}
         row_bytes = {r: stage(row_ps[r] + reach[r], 32, f"{r}_row_bytes") for r in REFS}
@@ -211,7 +212,7 @@ class DescriptorChecker(wiring.Component):
                | add_bad | sign_bad | clamp_bad | fit_bad)
 
         arena_bad = any_of(used[r] & ((refs[r].addr + span[r]) > self.arena_size) for r in REFS)
-        packed = Mux(d.weight_bits == 8, n_weights, (n_weights + 1) >> 1)
+        packed = stage(Mux(d.weight_bits == 8, n_weights, (n_weights + 1) >> 1), 40, "packed")  # stage 4
         weights_bad = is_op(*WEIGHTED_OPS) & ((d.weights_offset + packed) > self.params_size)
         records_bad = is_op(*REQUANT_OPS) & (
             (d.params_offset + o.channels * REQUANT_RECORD_BYTES) > self.params_size)
@@ -245,5 +246,10 @@ class DescriptorChecker(wiring.Component):
             g.row_len1.eq(row_bytes["in1"]),
             g.slot_words.eq(slot_words),
             g.out_reach.eq(reach["out"]),
+            g.out_row_len.eq(row_bytes["out"]),
+            g.in0_row_stride.eq(row_stride["in0"]),
+            g.in1_row_stride.eq(row_stride["in1"]),
+            g.out_row_stride.eq(row_stride["out"]),
+            g.weight_bytes.eq(packed),
         ]
         return m

@@ -37,4 +37,10 @@ def geometry_layout() -> data.StructLayout:
         "row_len1": unsigned(32),
         "slot_words": unsigned(16),  # line-buffer words per kept row (validate.line_slot_words)
         "out_reach": unsigned(17),   # bytes from an output pixel's first to one past its last channel
+        "out_row_len": unsigned(32), # bytes of one output row, first pixel's first channel on
+        # row to row, in bytes (width * pixel_stride): addresses step, nothing multiplies
+        "in0_row_stride": unsigned(32),
+        "in1_row_stride": unsigned(32),
+        "out_row_stride": unsigned(32),
+        "weight_bytes": unsigned(32),  # the layer's packed weights
     })
