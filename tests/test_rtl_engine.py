@@ -14,6 +14,7 @@ from hwconv.compiler import ProgramBuilder
 from hwconv.compiler.cost import layer_macs
 from hwconv.spec import EngineConfig, ErrorCode
 from hwconv.spec.isa import DESCRIPTOR_BYTES, PREAMBLE_BYTES, PREAMBLE_FIELD_OFFSETS, TensorRef
+from hwconv.spec.params import REQUANT_RECORD_BYTES
 
 # A small engine so that each simulation takes about a second.
 CFG = EngineConfig(pe_in=4, pe_out=4, axi_data_width=64, max_width=32, max_channels=64, max_layers=16,
@@ -168,7 +169,7 @@ def _tensor_ref_of(p, layer, name):
 
 
 @pytest.mark.parametrize("case", ["magic", "hash", "n_layers", "opcode", "kernel", "arena", "params",
-                                  "row_buffer"])
+                                  "row_buffer", "requant_reserved"])
 def test_bad_programs_stop_with_the_golden_error_code(case):
     rng = np.random.default_rng(1)
     p, arena = _small_program(rng)
@@ -188,6 +189,9 @@ def test_bad_programs_stop_with_the_golden_error_code(case):
         image = _patch(image, _desc_field(1, "out"), ref.with_(addr=len(arena) - 8).pack())
     elif case == "params":
         params = params[:len(params) // 2]
+    elif case == "requant_reserved":  # layer 1's third record sets bit 30 of its mult/shift word
+        at = p.layers[1].params_offset + 2 * REQUANT_RECORD_BYTES + 7
+        params = params[:at] + bytes([params[at] | 0x40]) + params[at + 1:]
     elif case == "row_buffer":
         ref = p.layers[1].out
         image = _patch(image, _desc_field(1, "out"), ref.with_(pixel_stride=400).pack())
@@ -199,6 +203,8 @@ def test_bad_programs_stop_with_the_golden_error_code(case):
     assert want.error != ErrorCode.NONE
     run = run_engine(CFG, image, params, arena, arena_size=arena_size)
     assert (run.error, run.error_layer) == (want.error, want.error_layer)
+    if case == "requant_reserved":
+        assert want.error == ErrorCode.BAD_REQUANT and want.error_layer == 1
     assert run.layers_done == want.layers_done
 
 

@@ -113,3 +113,37 @@ def test_records_and_weights_land_in_their_banks(conv, bits, cin, cout, kernel, 
             assert rec == (0, 1, 0)
         elif c < cout:
             assert rec == recs[c]
+
+
+@pytest.mark.parametrize("bit", [30, 31, None])
+def test_a_record_with_reserved_bits_is_flagged_until_the_next_layer(bit):
+    recs = [struct.pack("<iI", -5, 7 | 3 << 24) for _ in range(6)]
+    if bit is not None:
+        recs[4] = struct.pack("<iI", -5, 7 | 3 << 24 | 1 << bit)
+    data = b"".join(recs)
+    dut = ParamLoader(CFG)
+    flags = []
+
+    async def bench(ctx):
+        ctx.set(dut.desc.out.channels, 6)
+        ctx.set(dut.new_layer, 1)
+        await ctx.tick()
+        ctx.set(dut.new_layer, 0)
+        ctx.set(dut.records, 1)
+        for i, byte in enumerate(data):
+            ctx.set(dut.i.valid, 1)
+            ctx.set(dut.i.p.byte, byte)
+            ctx.set(dut.i.p.last, int(i == len(data) - 1))
+            await ctx.tick()
+        ctx.set(dut.i.valid, 0)
+        ctx.set(dut.records, 0)
+        flags.append(ctx.get(dut.bad_record))
+        ctx.set(dut.new_layer, 1)
+        await ctx.tick()
+        flags.append(ctx.get(dut.bad_record))
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    assert flags == [int(bit is not None), 0]

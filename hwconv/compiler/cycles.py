@@ -108,7 +108,7 @@ def layer_cycles(d: LayerDescriptor, cfg: EngineConfig, mem_latency: int = DEFAU
     fetch = _read(DESCRIPTOR_BYTES, lat) + _CHECK_CYCLES + (_read(PREAMBLE_BYTES, lat) if first else 0)
     params = 0
     if op in REQUANT_OPS:
-        params += _read(d.out.channels * REQUANT_RECORD_BYTES, lat)
+        params += _read(d.out.channels * REQUANT_RECORD_BYTES, lat) + 1  # + the records' check
     if op in WEIGHTED_OPS:
         cin = d.in0.channels if op == Opcode.CONV else 1
         params += lat + _READ_OVERHEAD + _weight_cycles(d.out.channels * d.kernel * d.kernel, cin, p, d.weight_bits)

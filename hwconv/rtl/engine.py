@@ -279,10 +279,15 @@ class EngineCore(wiring.Component):
             with m.State("REC_RECV"):
                 m.d.comb += [reader.o.ready.eq(1), in_rec.eq(1)]
                 with m.If(reader.o.valid & reader.o.p.last):
-                    with m.If(is_add):
-                        m.next = "LAYER_SETUP"
-                    with m.Else():
-                        m.next = "W_CMD"
+                    m.next = "REC_CHECK"
+            with m.State("REC_CHECK"):  # spec.validate.check_requant_records: reserved bits clear
+                with m.If(pl.bad_record):
+                    m.d.sync += error.eq(ErrorCode.BAD_REQUANT)
+                    m.next = "FINISH"
+                with m.Elif(is_add):
+                    m.next = "LAYER_SETUP"
+                with m.Else():
+                    m.next = "W_CMD"
             # weights -> weight banks
             with m.State("W_CMD"):
                 m.d.comb += [rd_addr.eq(self.params_base + desc.weights_offset), rd_len.eq(geo.weight_bytes),

@@ -52,6 +52,7 @@ class ParamLoader(wiring.Component):
             "w_data": Out(8 * P * P),
             "lookup_i": In(stream.Signature(mac_out_layout(P, config.acc_bits))),
             "lookup_o": Out(stream.Signature(data.ArrayLayout(lane_layout(config.acc_bits), P))),
+            "bad_record": Out(1),  # a record of this layer sets the reserved bits (ErrorCode.BAD_REQUANT)
         })
 
     def elaborate(self, platform) -> Module:
@@ -80,11 +81,14 @@ class ParamLoader(wiring.Component):
         rec_full = Cat(rec[8:], self.i.p.byte)
         rec_take = self.records & self.i.valid
         with m.If(self.new_layer):
-            m.d.sync += [rec_i.eq(0), rec_c.eq(0)]
+            m.d.sync += [rec_i.eq(0), rec_c.eq(0), self.bad_record.eq(0)]
         with m.Elif(rec_take):
             m.d.sync += [rec.eq(rec_full), rec_i.eq(rec_i + 1)]
             with m.If(rec_i == 7):
                 m.d.sync += rec_c.eq(rec_c + 1)
+                # The word's reserved bits 31:30 (spec.params.REQUANT_RESERVED_MASK) must be 0.
+                with m.If(requant_record_layout()(rec_full)["_reserved"] != 0):
+                    m.d.sync += self.bad_record.eq(1)
         for b in range(P):
             m.d.comb += [pb_w[b].addr.eq(rec_c >> LP), pb_w[b].data.eq(rec_full),
                          pb_w[b].en.eq(rec_take & (rec_i == 7) & (rec_c[:LP] == b))]
