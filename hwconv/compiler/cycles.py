@@ -32,7 +32,7 @@ __all__ = ["LayerCycles", "layer_cycles", "program_cycles", "DEFAULT_MEM_LATENCY
 # Cycles from an AXI read request to its first beat. 40 is typical of the Zynq UltraScale+ HP
 # ports at 250 MHz; the simulation benches use their own RAM model's figure.
 DEFAULT_MEM_LATENCY = 40
-_CHECK_CYCLES = 3 * 17 + 11  # three 16-step divisions and the checker's pipelined stages (6)
+_CHECK_CYCLES = 3 * 17 + 12  # three 16-step divisions and the checker's pipelined stages (7)
 _READ_OVERHEAD = 4           # command handshakes and the reader's first-beat register
 _PIPE_TAIL = 12              # issuer (3 stages), record lookup, requantiser (4), FIFO, last store cycles
 

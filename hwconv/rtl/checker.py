@@ -29,7 +29,7 @@ __all__ = ["DescriptorChecker", "REFS", "STAGES"]
 
 REFS = ("in0", "in1", "out")
 SPAN_BITS = 48
-STAGES = 6  # registered stages from the divisions to `done`
+STAGES = 7  # registered stages from the divisions to `done`
 
 
 class DescriptorChecker(wiring.Component):
@@ -121,32 +121,38 @@ class DescriptorChecker(wiring.Component):
             m.d.sync += settled.eq(Cat(ready, settled[:-1]))
 
         P, BB = cfg.pe_in, cfg.bus_bytes
+        # Every multiplier's operands are registers and its product goes straight into one.
         # stage 1
         q_gs = {r: stage(quots[r] * refs[r].group_stride, 32, f"{r}_q_gs") for r in REFS}
         hw = {r: stage(refs[r].height * refs[r].width, 32, f"{r}_hw") for r in REFS}
-        row_ps = {r: stage((refs[r].width - 1) * refs[r].pixel_stride, 32, f"{r}_row_ps") for r in REFS}
+        w_m1 = {r: stage(refs[r].width - 1, 16, f"{r}_w_m1") for r in REFS}
         kk = stage(d.kernel * d.kernel, 16, "kk")
         cb_in = stage((d.in0.channels + P - 1) >> (P.bit_length() - 1), 16, "cb_in")
         cb_out = stage((d.out.channels + cfg.pe_out - 1) >> (cfg.pe_out.bit_length() - 1), 16, "cb_out")
+        rows = stage(Mux(is_op(Opcode.ADD), 2, Mux(is_op(Opcode.DEFORM_DW), 2 * cfg.max_dilation + 1, d.kernel)),
+                     8, "rows")
         # stage 2
         reach = {r: stage(q_gs[r] + rems[r] + 1, 17, f"{r}_reach_r") for r in REFS}
-        hw_ps = {r: stage((hw[r] - 1) * refs[r].pixel_stride, SPAN_BITS, f"{r}_hw_ps") for r in REFS}
+        row_ps = {r: stage(w_m1[r] * refs[r].pixel_stride, 32, f"{r}_row_ps") for r in REFS}
+        hw_m1 = {r: stage(hw[r] - 1, 32, f"{r}_hw_m1") for r in REFS}
         kk_out = stage(d.out.channels * kk, 32, "kk_out")
         kk_cb_out = stage(cb_out * kk, 32, "kk_cb_out")
-        row_stride = {r: stage(row_ps[r] + refs[r].pixel_stride, 32, f"{r}_row_stride") for r in REFS}
         # stage 3
-        span = {r: stage(hw_ps[r] + reach[r], SPAN_BITS, f"{r}_span_r") for r in REFS}
+        hw_ps = {r: stage(hw_m1[r] * refs[r].pixel_stride, SPAN_BITS, f"{r}_hw_ps") for r in REFS}
         row_bytes = {r: stage(row_ps[r] + reach[r], 32, f"{r}_row_bytes") for r in REFS}
-        n_weights = stage(Mux(is_op(Opcode.CONV), kk_out * d.in0.channels, kk_out), 40, "n_weights")
-        weight_words = stage(Mux(is_op(Opcode.CONV), kk_cb_out * cb_in,
-                                 Mux(is_op(Opcode.DWCONV, Opcode.DEFORM_DW), kk_cb_out, 0)), 32, "weight_words")
+        row_stride = {r: stage(row_ps[r] + refs[r].pixel_stride, 32, f"{r}_row_stride") for r in REFS}
+        kk_out_cin = stage(kk_out * d.in0.channels, 48, "kk_out_cin")
+        kk_cb_out_cin = stage(kk_cb_out * cb_in, 48, "kk_cb_out_cin")
         # stage 4
+        span = {r: stage(hw_ps[r] + reach[r], SPAN_BITS, f"{r}_span_r") for r in REFS}
+        n_weights = stage(Mux(is_op(Opcode.CONV), kk_out_cin, kk_out), 40, "n_weights")
+        weight_words = stage(Mux(is_op(Opcode.CONV), kk_cb_out_cin,
+                                 Mux(is_op(Opcode.DWCONV, Opcode.DEFORM_DW), kk_cb_out, 0)), 32, "weight_words")
         longest = Mux(is_op(Opcode.ADD) & (row_bytes["in1"] > row_bytes["in0"]), row_bytes["in1"], row_bytes["in0"])
         slot_words = stage((longest + BB - 1 + cfg.line_word_bytes - 1) >> (cfg.line_word_bytes.bit_length() - 1),
                            32, "slot_words")
         row_need = stage(row_bytes["out"] + BB - 1, 33, "row_need")
         # stage 5
-        rows = Mux(is_op(Opcode.ADD), 2, Mux(is_op(Opcode.DEFORM_DW), 2 * cfg.max_dilation + 1, d.kernel))
         line_words = stage(rows * slot_words, 40, "line_words")
 
         for r in REFS:
@@ -207,20 +213,24 @@ class DescriptorChecker(wiring.Component):
         fit_bad = ((line_words > cfg.line_buffer_depth) | (weight_words > cfg.weight_depth)
                    | (row_need > cfg.row_buffer_bytes // 2))
 
-        bad = (~kernel_ok | ~stride_ok | ~pad_ok | ~wbits_ok | ((d.flags & ~known_flags) != 0)
-               | any_of(ref_bad) | up_bad | (wo > cfg.max_width) | shape_bad | chan_bad | deform_bad
-               | add_bad | sign_bad | clamp_bad | fit_bad)
+        bad_terms = [~kernel_ok | ~stride_ok | ~pad_ok | ~wbits_ok | ((d.flags & ~known_flags) != 0) | up_bad
+                     | (wo > cfg.max_width) | chan_bad | deform_bad | add_bad | sign_bad,
+                     any_of(ref_bad), shape_bad, clamp_bad, fit_bad]
 
         arena_bad = any_of(used[r] & ((refs[r].addr + span[r]) > self.arena_size) for r in REFS)
-        packed = stage(Mux(d.weight_bits == 8, n_weights, (n_weights + 1) >> 1), 40, "packed")  # stage 4
+        packed = stage(Mux(d.weight_bits == 8, n_weights, (n_weights + 1) >> 1), 40, "packed")  # stage 5
         weights_bad = is_op(*WEIGHTED_OPS) & ((d.weights_offset + packed) > self.params_size)
         records_bad = is_op(*REQUANT_OPS) & (
             (d.params_offset + o.channels * REQUANT_RECORD_BYTES) > self.params_size)
 
-        # stage 6: the code, and the geometry every unit reads while the layer runs
-        code = Mux(bad, ErrorCode.BAD_DESCRIPTOR,
-                   Mux(arena_bad, ErrorCode.ARENA_OUT_OF_BOUNDS,
-                       Mux(weights_bad | records_bad, ErrorCode.PARAMS_OUT_OF_BOUNDS, ErrorCode.NONE)))
+        # stage 6: each rule group registered; stage 7: the code, and the geometry every unit
+        # reads while the layer runs
+        bad_r = [stage(term, 1, f"bad{i}") for i, term in enumerate(bad_terms)]
+        arena_bad_r = stage(arena_bad, 1, "arena_bad")
+        params_bad_r = stage(weights_bad | records_bad, 1, "params_bad")
+        code = Mux(any_of(bad_r), ErrorCode.BAD_DESCRIPTOR,
+                   Mux(arena_bad_r, ErrorCode.ARENA_OUT_OF_BOUNDS,
+                       Mux(params_bad_r, ErrorCode.PARAMS_OUT_OF_BOUNDS, ErrorCode.NONE)))
         m.d.sync += self.code.eq(code)
         m.d.comb += self.done.eq(settled[-1])
         g, flags = self.geo, d.flags

@@ -107,8 +107,10 @@ class WindowIssuer(wiring.Component):
         iy_top = Signal(signed(20))  # oy * stride - pad: the window's top row
         m.d.comb += self.dil_addr.eq(Mux(self.start, 0, c_ox + 1))
         dil_next = Mux(self.dil_data > cfg.max_dilation, cfg.max_dilation, self.dil_data)
+        # d and d * pixel_stride (shifts and adds: d has at most 4 bits) for the next pixel.
         with m.If(self.start | next_pixel):
-            m.d.sync += [dil.eq(dil_next), dil_bytes.eq(dil_next * i0.pixel_stride)]
+            m.d.sync += [dil.eq(dil_next),
+                         dil_bytes.eq(sum(Mux(dil_next[b], i0.pixel_stride << b, 0) for b in range(len(dil))))]
         with m.If(self.start):
             m.d.sync += [c_ox.eq(0), c_ob.eq(0), c_t.eq(0), c_cb.eq(0), c_ky.eq(0), c_kx.eq(0), issued_all.eq(0),
                          px0.eq(0), px1.eq(0), w_word.eq(0), iy_top.eq(times_stride(oy) - pad)]
@@ -137,17 +139,20 @@ class WindowIssuer(wiring.Component):
                             m.d.sync += c_ox.eq(c_ox + 1)
         n_in = Mux(i0.channels - (c_cb << LP) >= P, P, i0.channels - (c_cb << LP))
         n_out = Mux(o.channels - (c_ob << LP) >= P, P, o.channels - (c_ob << LP))
-        with m.If(issue):
-            m.d.comb += self.macs.eq(Mux(is_conv, n_in * n_out, Mux(is_dw, n_out, 0)))
+        # Registered (the counters only sum them): the small product has a cycle of its own.
+        m.d.sync += self.macs.eq(Mux(issue, Mux(is_conv, n_in * n_out, Mux(is_dw, n_out, 0)), 0))
 
         # -- window stage ----------------------------------------------------------------------
+        def dil_times(c):  # (c - 1) * dil for c in 0..2, without a multiplier
+            return Mux(c == 0, -dil, Mux(c == 2, dil, 0))
+
         iy, ix = Signal(signed(20)), Signal(signed(20))
         m.d.comb += [
-            iy.eq(Mux(is_deform, oy + (c_ky - 1) * dil, Mux(is_add, oy, iy_top + c_ky))),
-            ix.eq(Mux(is_deform, c_ox + (c_kx - 1) * dil, Mux(is_add, c_ox, times_stride(c_ox) - pad + c_kx))),
+            iy.eq(Mux(is_deform, oy + dil_times(c_ky), Mux(is_add, oy, iy_top + c_ky))),
+            ix.eq(Mux(is_deform, c_ox + dil_times(c_kx), Mux(is_add, c_ox, times_stride(c_ox) - pad + c_kx))),
         ]
         d_slot = Signal(signed(8))
-        m.d.comb += d_slot.eq(self.base_slot + (c_ky - 1) * dil)
+        m.d.comb += d_slot.eq(self.base_slot + dil_times(c_ky))
         d_slot_fixed = Mux(d_slot < 0, d_slot + rows, Mux(d_slot >= rows, d_slot - rows, d_slot))
         # The tap's byte offset in its row: the pixel's, plus (kx - 1) dilations (deformable) or
         # kx - pad pixels.
