@@ -128,3 +128,24 @@ def test_every_multiplier_maps_to_a_dsp_with_its_operand_product_and_output_regi
     for c in cells:
         regs = {k: int(c["parameters"][k], 2) for k in ("AREG", "BREG", "MREG", "PREG")}
         assert all(regs.values()), regs
+
+
+@pytest.mark.slow
+def test_the_array_alone_meets_250_mhz_on_the_timing_estimate(tmp_path):
+    """hwconv.rtl.timing on the xcup netlist: every multiplier's operands and product registered
+    (fabric flip-flops at the DSP48E2 pins count: Vivado packs them) and an estimated Fmax of at
+    least 250 MHz (the Ultra96-V2 clock) for the array on its own."""
+    from amaranth.back import verilog
+
+    from hwconv.rtl import timing
+    from hwconv.rtl.resources import SynthError, synthesize
+
+    src = tmp_path / "mac.v"
+    src.write_text(verilog.convert(MacArray(CFG), name="mac"))
+    try:
+        synthesize(src, "mac", "xcup", netlist_path=tmp_path / "net.json", timeout_s=900)
+    except SynthError as exc:
+        pytest.skip(str(exc))
+    report = timing.analyse(timing.load_netlist(tmp_path / "net.json", "mac"), "xcup", verilog=src.read_text())
+    assert report.unregistered == []
+    assert report.fmax_mhz >= 250, timing.format_report(report)
