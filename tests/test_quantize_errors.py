@@ -208,3 +208,15 @@ def test_run_refuses_bombs_fifos_and_non_png_output(tiny_program, tmp_path, caps
     _fails(["run", "--program", str(tiny_program), "--image", str(img), "-o", str(tmp_path / "x.jpg")], capsys,
            "x.jpg", ".png")
     assert not (tmp_path / "x.jpg").exists()
+
+
+def test_validate_refuses_a_decompression_bomb_in_the_data_set(tiny_program, tmp_path, capsys):
+    from hwconv.quant.data.voc_writer import voc_xml
+
+    for d in ("Annotations", "JPEGImages", "ImageSets/Main"):
+        (tmp_path / d).mkdir(parents=True)
+    _png_header_only(tmp_path / "JPEGImages" / "a.jpg", 12000, 12000)
+    (tmp_path / "Annotations" / "a.xml").write_text(voc_xml("a.jpg", 12000, 12000, np.float32([[0, 0, 9, 9]]), ["0"]))
+    (tmp_path / "ImageSets" / "Main" / "val.txt").write_text("a\n")
+    _fails(["validate", "--program", str(tiny_program), "--data", "voc", "--data-root", str(tmp_path),
+            "--classes", ",".join(str(i) for i in range(10))], capsys, "a.jpg", "12000x12000")

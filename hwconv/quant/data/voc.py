@@ -110,13 +110,19 @@ def parse_voc_xml(path: str | Path, fallback_size: tuple[int, int] | None = None
     return VocAnnotation(path, filename.strip() if filename else None, width, height, tuple(objects))
 
 
+MAX_IMAGE_PIXELS = 64_000_000  # a larger image (a decompression bomb, say) is refused before decoding
+
+
 def read_image(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as im:
+            if im.width * im.height > MAX_IMAGE_PIXELS:
+                raise DataFormatError(f"{path}: {im.width}x{im.height} pixels, more than the {MAX_IMAGE_PIXELS} "
+                                      "this tool decodes")
             return np.asarray(im.convert("RGB"))
     except FileNotFoundError:
         raise DataFormatError(f"{path}: image missing") from None
-    except OSError as e:
+    except (OSError, Image.DecompressionBombError) as e:
         raise DataFormatError(f"{path}: cannot decode image ({e})") from None
 
 
