@@ -208,7 +208,9 @@ def read_capped(path: str | Path, *, limit: int, what: str = "file") -> bytes:
         if st.st_size > limit:
             raise InputFileError(f"{path}: {what} is {st.st_size} bytes, more than the {limit}-byte limit")
         with os.fdopen(os.dup(fd), "rb") as f:
-            data = f.read(limit + 1)
+            data = f.read(st.st_size + 1)   # the size it has: a buffer of `limit` bytes is never made up front
+            if st.st_size < len(data) <= limit:  # it grew meanwhile: the rest, still bounded
+                data += f.read(limit + 1 - len(data))
         if len(data) > limit:
             raise InputFileError(f"{path}: {what} is more than the {limit}-byte limit")
         return data

@@ -14,6 +14,7 @@ write_image(path, rgb) writes the format the suffix names (.png, .jpg/.jpeg, .bm
 
 from __future__ import annotations
 
+import contextlib
 import io
 import struct
 import warnings
@@ -26,6 +27,8 @@ from .fileio import InputFileError, atomic_write_bytes, check_regular_file
 IMAGE_MAX_PIXELS = 40_000_000          # 40 Mpixel (e.g. 7700 x 5200): 120 MB as RGB
 IMAGE_MAX_BYTES = 256 * 1024 * 1024    # the file itself
 NPY_HEADER_MAX_BYTES = 64 * 1024       # numpy's own header is < 64 KiB (format 2.0 allows more)
+
+EXIF_ORIENTATION = 0x0112             # the EXIF tag ImageOps.exif_transpose applies
 
 WRITE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".tif": "TIFF",
                  ".tiff": "TIFF", ".webp": "WEBP"}
@@ -52,7 +55,22 @@ def read_image(path: str | Path) -> np.ndarray:
     return _read_pillow(path)
 
 
-def _read_npy(path: Path) -> np.ndarray:
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) of the picture at `path` from its header, nothing decoded; the same checks
+    as read_image (regular file, byte and pixel caps), so a size read here can be loaded later."""
+    path = Path(path)
+    check_regular_file(path, what="image", limit=IMAGE_MAX_BYTES, error=ImageError)
+    if path.suffix.lower() == ".npy":
+        shape = _npy_header(path)
+        return int(shape[1]), int(shape[0])
+    with _opened(path, "read the image header") as im:   # reads the header only
+        width, height = im.size
+        turned = im.getexif().get(EXIF_ORIENTATION, 1) in (5, 6, 7, 8)  # read_image turns these
+        return (height, width) if turned else (width, height)
+
+
+def _npy_header(path: Path) -> tuple[int, ...]:
+    """The shape of an image .npy from its header, dtype and shape checked, no data read."""
     fmt = np.lib.format
     try:
         with open(path, "rb") as f:
@@ -68,6 +86,11 @@ def _read_npy(path: Path) -> np.ndarray:
     if len(shape) not in (2, 3) or (len(shape) == 3 and shape[2] not in (1, 3)):
         raise ImageError(f"{path}: .npy shape {shape}, an image is (H, W, 3), (H, W, 1) or (H, W) uint8")
     _check_pixels(path, shape[1], shape[0])
+    return tuple(shape)
+
+
+def _read_npy(path: Path) -> np.ndarray:
+    shape = _npy_header(path)
     try:
         a = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
@@ -80,16 +103,25 @@ def _read_npy(path: Path) -> np.ndarray:
 
 
 def _read_pillow(path: Path) -> np.ndarray:
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import ImageOps
+
+    with _opened(path, "decode the image") as im:
+        im.load()
+        im = ImageOps.exif_transpose(im)
+        return _to_rgb8(path, im)
+
+
+@contextlib.contextmanager
+def _opened(path: Path, action: str):
+    """The Pillow image at `path`, header read and pixel count checked; Pillow's errors as ImageError."""
+    from PIL import Image, UnidentifiedImageError
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our cap is lower
             with Image.open(path) as im:   # reads the header only
                 _check_pixels(path, *im.size)
-                im.load()
-                im = ImageOps.exif_transpose(im)
-                return _to_rgb8(path, im)
+                yield im
     except Image.DecompressionBombError as exc:  # Pillow's own refusal, at twice its MAX_IMAGE_PIXELS
         raise ImageError(f"{path}: image claims more than the {IMAGE_MAX_PIXELS} pixels hwconv reads "
                          f"(hwconv.imageio.IMAGE_MAX_PIXELS; Pillow: {exc})") from None
@@ -98,7 +130,7 @@ def _read_pillow(path: Path) -> np.ndarray:
     except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
         if isinstance(exc, ImageError):
             raise
-        raise ImageError(f"{path}: cannot decode the image ({type(exc).__name__}: {exc})") from None
+        raise ImageError(f"{path}: cannot {action} ({type(exc).__name__}: {exc})") from None
 
 
 def _to_rgb8(path: Path, im) -> np.ndarray:

@@ -2,8 +2,7 @@
 dataset folder whose annotation is damaged must fail as DataFormatError (a ValueError naming the
 file) or load; nothing else may escape, and a load stays under an allocation cap.
 
-Leaks this found are pinned by the named regression tests at the end (strict xfail: they turn
-into failures once the readers are fixed, so the marker is removed then)."""
+Leaks this found are the named regression tests at the end: each is refused as DataFormatError now."""
 
 from __future__ import annotations
 
@@ -142,9 +141,8 @@ def test_fuzz_coco_bytes(tmp_path_factory, data):
     _bounded(lambda: COCODetection(image_dir, ann))
 
 
-# ------------------------------------------------------------------------------ leaks found (not this file's to fix)
-# Each reproduces one leak in hwconv/quant/data (owned by the data engineer, issue 14/16); strict:
-# once the reader refuses the input as DataFormatError the test fails and the marker goes.
+# ------------------------------------------------------------------------------ leaks found, now refused
+# Each reproduced one leak in hwconv/quant/data; the readers now go through hwconv.fileio/imageio.
 
 def _png_claiming(width: int, height: int) -> bytes:
     import struct
@@ -164,25 +162,20 @@ def _refused(fn) -> None:
             ds.load(i)
 
 
-@pytest.mark.xfail(strict=True, raises=OverflowError, reason="coco.py: math.isfinite(huge int bbox) raises OverflowError")
 def test_leak_coco_huge_integer_bbox(tmp_path):
     text = json.dumps(COCO).replace("[2, 3, 10, 8]", "[2, 3, 1" + "0" * 400 + ", 8]")
     _refused(lambda: COCODetection(*_coco(tmp_path, text)))
 
 
-@pytest.mark.xfail(strict=True, raises=RecursionError, reason="coco.py load_coco_json: json.loads of a deep file")
 def test_leak_coco_deep_json(tmp_path):
     text = '{"images": ' + "[" * 100_000 + "]" * 100_000 + ', "annotations": [], "categories": []}'
     _refused(lambda: COCODetection(*_coco(tmp_path, text)))
 
 
-@pytest.mark.xfail(strict=True, raises=UnicodeDecodeError, reason="voc.py: split list read with read_text()")
 def test_leak_voc_non_utf8_split_list(tmp_path):
     _refused(lambda: VOCDetection(_voc(tmp_path, VOC_XML, b"a\n\xff\xfe\n"), classes=("cat", "dog")))
 
 
-@pytest.mark.xfail(strict=True, reason="voc.py/coco.py read images with Pillow directly: DecompressionBombError "
-                                       "escapes, and no pixel cap below Pillow's (use hwconv.imageio.read_image)")
 @pytest.mark.parametrize("reader", ["voc", "coco"])
 def test_leak_decompression_bomb(tmp_path, reader):
     from PIL import Image as PILImage
@@ -207,8 +200,6 @@ class Blocked(BaseException):
     """Raised from SIGALRM: not an OSError (TimeoutError is one, and the readers catch OSError)."""
 
 
-@pytest.mark.xfail(strict=True, raises=Blocked, reason="voc.py/coco.py open annotation files without a "
-                                                            "regular-file check: a FIFO blocks forever")
 @pytest.mark.parametrize("reader", ["voc", "coco"])
 def test_leak_fifo_annotation_hangs(tmp_path, reader):
     import os
@@ -237,11 +228,70 @@ def test_leak_fifo_annotation_hangs(tmp_path, reader):
         signal.signal(signal.SIGALRM, old)
 
 
-@pytest.mark.xfail(strict=True, reason="coco.py: file_name is joined to image_dir unchecked, so an absolute or "
-                                       "../ name reads a file outside the image folder")
 def test_leak_coco_file_name_outside_the_image_folder(tmp_path):
     outside = tmp_path / "outside.jpg"
     _jpeg(outside)
     data = json.loads(json.dumps(COCO))
     data["images"][0]["file_name"] = str(outside)
     _refused(lambda: COCODetection(*_coco(tmp_path / "c", json.dumps(data))))
+
+
+def test_leak_coco_file_name_with_dotdot_or_backslash(tmp_path):
+    _jpeg(tmp_path / "outside.jpg")
+    for name in ("../outside.jpg", "sub/../../outside.jpg", "..\\outside.jpg", "C:\\x.jpg", ""):
+        data = json.loads(json.dumps(COCO))
+        data["images"][0]["file_name"] = name
+        with pytest.raises(DataFormatError, match=r"images\[0\] file_name"):
+            COCODetection(*_coco(tmp_path / "c", json.dumps(data)))
+
+
+def test_coco_file_name_in_a_subfolder_still_loads(tmp_path):
+    image_dir, ann = _coco(tmp_path, json.dumps({**COCO, "images": [
+        {"id": 1, "file_name": "sub/b.jpg", "width": 32, "height": 24}]}))
+    _jpeg(image_dir / "sub" / "b.jpg")
+    assert COCODetection(image_dir, ann).load(0)[0].shape == (24, 32, 3)
+
+
+def test_leak_voc_names_outside_the_folder(tmp_path):
+    outside = tmp_path / "outside.jpg"
+    _jpeg(outside)
+    root = _voc(tmp_path / "v1", VOC_XML.replace("<filename>a.jpg</filename>", f"<filename>{outside}</filename>"))
+    (root / "JPEGImages" / "a.jpg").unlink()
+    with pytest.raises(DataFormatError, match="<filename>.*relative"):
+        VOCDetection(root, classes=("cat", "dog"))
+    root = _voc(tmp_path / "v2", VOC_XML, "../../a\n")
+    with pytest.raises(DataFormatError, match=r"trainval.txt: id #1"):
+        VOCDetection(root, classes=("cat", "dog"))
+
+
+def test_messages_name_the_file(tmp_path):
+    with pytest.raises(DataFormatError, match=r"trainval.txt: split list is not UTF-8"):
+        VOCDetection(_voc(tmp_path / "v", VOC_XML, b"a\n\xff\xfe\n"), classes=("cat", "dog"))
+    text = json.dumps(COCO).replace("[2, 3, 10, 8]", "[2, 3, 1" + "0" * 400 + ", 8]")
+    with pytest.raises(DataFormatError, match=r"ann.json: annotations\[0\]: bbox must be 4 finite"):
+        COCODetection(*_coco(tmp_path / "c1", text))
+    with pytest.raises(DataFormatError, match=r"ann.json: JSON nests 1001 levels"):
+        COCODetection(*_coco(tmp_path / "c2", "[" * 1001 + "]" * 1001))
+
+
+def test_fifo_split_list_and_fifo_image_are_refused(tmp_path):
+    import os
+
+    root = _voc(tmp_path / "v", VOC_XML)
+    ids = root / "ImageSets" / "Main" / "trainval.txt"
+    ids.unlink()
+    os.mkfifo(ids)
+    with pytest.raises(DataFormatError, match="split list must be a regular file, this is a FIFO"):
+        VOCDetection(root, classes=("cat", "dog"))
+    root = _voc(tmp_path / "v2", VOC_XML.replace("<size><width>32</width><height>24</height><depth>3</depth></size>", ""))
+    (root / "JPEGImages" / "a.jpg").unlink()
+    os.mkfifo(root / "JPEGImages" / "a.jpg")
+    with pytest.raises(DataFormatError, match="image missing"):  # not a regular file: never opened
+        VOCDetection(root, classes=("cat", "dog"))
+
+
+def test_voc_without_size_reads_the_capped_header(tmp_path):
+    root = _voc(tmp_path, VOC_XML.replace("<size><width>32</width><height>24</height><depth>3</depth></size>", ""))
+    (root / "JPEGImages" / "a.jpg").write_bytes(_png_claiming(20000, 20000))
+    with pytest.raises(DataFormatError, match=r"a.jpg: image claims more than the \d+ pixels hwconv reads"):
+        VOCDetection(root, classes=("cat", "dog"))

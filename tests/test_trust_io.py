@@ -296,3 +296,45 @@ def test_output_not_writable_message_even_as_root(tmp_path, monkeypatch):
     monkeypatch.setattr(fileio.os, "access", lambda p, mode: False)
     with pytest.raises(OutputPathError, match=r"-o .*x.hwc: .* is not writable"):
         check_output_path(tmp_path / "x.hwc", option="-o")
+
+
+def test_read_capped_allocates_the_file_size_not_the_limit(tmp_path):
+    import tracemalloc
+
+    (tmp_path / "small").write_bytes(b"x" * 100)
+    tracemalloc.start()
+    try:
+        assert read_capped(tmp_path / "small", limit=256 * 1024 * 1024) == b"x" * 100
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1024 * 1024, f"read_capped of 100 bytes allocated {peak} bytes"
+
+
+def test_image_size_reads_the_header_with_read_images_checks(tmp_path):
+    from hwconv.imageio import image_size
+
+    Image.fromarray(np.zeros((24, 32, 3), np.uint8)).save(tmp_path / "ok.png")
+    assert image_size(tmp_path / "ok.png") == (32, 24)
+    np.save(tmp_path / "ok.npy", np.zeros((5, 7, 3), np.uint8))
+    assert image_size(tmp_path / "ok.npy") == (7, 5)
+    (tmp_path / "bomb.png").write_bytes(_png_claiming(8000, 8000))
+    with pytest.raises(ImageError, match=r"bomb.png: image is 8000x8000"):
+        image_size(tmp_path / "bomb.png")
+    os.mkfifo(tmp_path / "pipe.png")
+    with pytest.raises(ImageError, match="pipe.png: image must be a regular file, this is a FIFO"):
+        image_size(tmp_path / "pipe.png")
+    (tmp_path / "junk.png").write_bytes(b"not a picture")
+    with pytest.raises(ImageError, match="junk.png: not an image Pillow can read"):
+        image_size(tmp_path / "junk.png")
+
+
+def test_image_size_follows_exif_orientation_as_read_image_does(tmp_path):
+    from hwconv.imageio import image_size
+
+    im = Image.fromarray(np.zeros((24, 32, 3), np.uint8))
+    exif = im.getexif()
+    exif[imageio.EXIF_ORIENTATION] = 6   # rotated 90 degrees: read_image returns it 32 high, 24 wide
+    im.save(tmp_path / "turned.jpg", exif=exif)
+    assert read_image(tmp_path / "turned.jpg").shape == (32, 24, 3)
+    assert image_size(tmp_path / "turned.jpg") == (24, 32)

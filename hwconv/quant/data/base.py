@@ -9,11 +9,15 @@ Conventions, shared by all loaders, the CenterNet encoder and the COCO export:
 
 from __future__ import annotations
 
-from typing import Callable
+import contextlib
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+
+from ...fileio import InputFileError
 
 Sample = tuple[np.ndarray, np.ndarray, np.ndarray]  # image uint8 HxWx3, boxes (N,4), labels (N,)
 Transform = Callable[[np.ndarray, np.ndarray, np.ndarray], Sample]
@@ -22,6 +26,29 @@ Annotation = tuple[int, int, np.ndarray, np.ndarray]  # height, width, boxes, la
 
 class DataFormatError(ValueError):
     """A user's annotation or image folder is malformed; the message names the file and field."""
+
+
+@contextlib.contextmanager
+def data_errors() -> Iterator[None]:
+    """hwconv.fileio/imageio refusals (a FIFO, a file over its cap, an image bomb, deep JSON) as
+    DataFormatError, the one error a data set raises; their message already names the file."""
+    try:
+        yield
+    except DataFormatError:
+        raise
+    except InputFileError as exc:
+        raise DataFormatError(str(exc)) from None
+
+
+def file_in(folder: Path, name: str, where: str) -> Path:
+    """`folder / name` for a file name read from an annotation; refused by name when it could
+    reach outside `folder` (absolute, a drive, a `..` part), so a data set reads only its own files."""
+    parts = PurePosixPath(name.replace("\\", "/")).parts
+    if (not name or name.startswith(("/", "\\")) or PureWindowsPath(name).drive or ".." in parts
+            or "\0" in name):
+        raise DataFormatError(f"{where}: file name {name!r} must be relative to {folder} (no absolute "
+                              "path, no '..')")
+    return folder / name
 
 
 def empty_boxes() -> tuple[np.ndarray, np.ndarray]:

@@ -6,14 +6,14 @@ Category ids (sparse in COCO: 1..90 for 80 classes) map to contiguous labels in 
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .base import Annotation, DataFormatError, DetectionDataset, Sample, Transform
+from ...fileio import read_json
+from .base import Annotation, DataFormatError, DetectionDataset, Sample, Transform, data_errors, file_in
 from .voc import EDGE_SLACK, image_size, read_image
 
 
@@ -27,14 +27,27 @@ def _field(where: str, record: Any, key: str, kind: type | tuple[type, ...]) -> 
     return value
 
 
-def load_coco_json(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
+COCO_JSON_MAX_BYTES = 2 * 1024 ** 3  # instances_train2017.json is 448 MB
+
+
+def _finite(value: Any) -> bool:
+    """A JSON number usable as a float: an integer too large for one (1 followed by 400 zeros) is not."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise DataFormatError(f"{path}: annotation file missing") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataFormatError(f"{path}: not valid JSON ({e})") from None
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+def load_coco_json(path: str | Path) -> dict[str, Any]:
+    """The annotation file through hwconv.fileio.read_json: a regular file under a size cap, JSON
+    nested at most fileio.JSON_MAX_DEPTH deep (a 100k-deep file is one line, not a RecursionError)."""
+    path = Path(path)
+    if not path.exists():
+        raise DataFormatError(f"{path}: annotation file missing")
+    with data_errors():
+        data = read_json(path, limit=COCO_JSON_MAX_BYTES, what="annotation file")
     if not isinstance(data, dict):
         raise DataFormatError(f"{path}: top level must be an object with images, annotations, categories")
     for key in ("images", "annotations", "categories"):
@@ -74,7 +87,7 @@ class COCODetection(DetectionDataset):
             name = _field(where, img, "file_name", str)
             if iid in images:
                 raise DataFormatError(f"{where}: duplicate image id {iid}")
-            path = self.image_dir / name
+            path = file_in(self.image_dir, name, f"{where} file_name")
             if not path.is_file():
                 raise DataFormatError(f"{where}: image missing: {path}")
             if "width" in img or "height" in img:
@@ -97,8 +110,7 @@ class COCODetection(DetectionDataset):
             if ann.get("iscrowd", 0) and not include_crowd:
                 continue
             bbox = _field(where, ann, "bbox", list)
-            if len(bbox) != 4 or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                         and math.isfinite(v) for v in bbox):
+            if len(bbox) != 4 or not all(_finite(v) for v in bbox):
                 raise DataFormatError(f"{where}: bbox must be 4 finite numbers [x, y, w, h], got {bbox!r}")
             x, y, w, h = (float(v) for v in bbox)
             img = images[iid]

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from .base import Annotation, DataFormatError, DetectionDataset, Sample, Transform
+from ... import imageio
+from ...fileio import read_capped
+from .base import Annotation, DataFormatError, DetectionDataset, Sample, Transform, data_errors, file_in
 
 VOC_CLASSES: tuple[str, ...] = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -23,6 +24,8 @@ VOC_CLASSES: tuple[str, ...] = (
     "tvmonitor",
 )
 COORDS = ("xmin", "ymin", "xmax", "ymax")
+VOC_XML_MAX_BYTES = 16 * 1024 * 1024    # one image's annotation: real ones are ~1 KB
+SPLIT_LIST_MAX_BYTES = 64 * 1024 * 1024  # one id a line: millions of images
 EDGE_SLACK = 1.0  # pixels a box may poke past the image edge (0-based writers) before it is an error
 
 
@@ -70,12 +73,12 @@ def parse_voc_xml(path: str | Path, fallback_size: tuple[int, int] | None = None
     the image (within EDGE_SLACK, then clipped). `fallback_size` (width, height) stands in for a
     missing <size>, typically read from the image header."""
     path = Path(path)
+    with data_errors():   # a FIFO, a device or a huge file: refused before parsing
+        text = read_capped(path, limit=VOC_XML_MAX_BYTES, what="annotation")
     try:
-        root = ET.parse(path).getroot()
+        root = ET.fromstring(text)
     except ET.ParseError as e:
         raise DataFormatError(f"{path}: not well-formed XML ({e})") from None
-    except OSError as e:
-        raise DataFormatError(f"{path}: cannot read annotation ({e.strerror})") from None
     if root.tag != "annotation":
         raise DataFormatError(f"{path}: root element is <{root.tag}>, expected <annotation>")
     width, height = _size(path, root)
@@ -110,31 +113,27 @@ def parse_voc_xml(path: str | Path, fallback_size: tuple[int, int] | None = None
     return VocAnnotation(path, filename.strip() if filename else None, width, height, tuple(objects))
 
 
-MAX_IMAGE_PIXELS = 64_000_000  # a larger image (a decompression bomb, say) is refused before decoding
-
-
 def read_image(path: Path) -> np.ndarray:
-    try:
-        with Image.open(path) as im:
-            if im.width * im.height > MAX_IMAGE_PIXELS:
-                raise DataFormatError(f"{path}: {im.width}x{im.height} pixels, more than the {MAX_IMAGE_PIXELS} "
-                                      "this tool decodes")
-            return np.asarray(im.convert("RGB"))
-    except FileNotFoundError:
-        raise DataFormatError(f"{path}: image missing") from None
-    except (OSError, Image.DecompressionBombError) as e:
-        raise DataFormatError(f"{path}: cannot decode image ({e})") from None
+    """hwconv.imageio.read_image (regular files only, pixel cap, 16-bit grey scaled) as DataFormatError."""
+    with data_errors():
+        return imageio.read_image(path)
 
 
 def image_size(path: Path) -> tuple[int, int]:
-    """(width, height) from the file header, without decoding the pixels."""
+    """(width, height) from the file header, without decoding the pixels (hwconv.imageio.image_size)."""
+    with data_errors():
+        return imageio.image_size(path)
+
+
+def read_split_list(path: Path) -> list[str]:
+    """The image ids of a split list (ImageSets/Main/<split>.txt), one a line, first word of each."""
+    with data_errors():
+        raw = read_capped(path, limit=SPLIT_LIST_MAX_BYTES, what="split list")
     try:
-        with Image.open(path) as im:
-            return im.size
-    except FileNotFoundError:
-        raise DataFormatError(f"{path}: image missing") from None
-    except OSError as e:
-        raise DataFormatError(f"{path}: cannot read image header ({e})") from None
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataFormatError(f"{path}: split list is not UTF-8 text (byte {e.start}: {e.reason})") from None
+    return [line.split()[0] for line in text.splitlines() if line.strip()]
 
 
 def annotation_arrays(ann: VocAnnotation, classes: tuple[str, ...], keep_difficult: bool
@@ -159,12 +158,12 @@ class VOCDetection(DetectionDataset):
                  transform: Transform | None = None) -> None:
         self.root = Path(root)
         ids_file = self.root / "ImageSets" / "Main" / f"{split}.txt"
-        if not ids_file.is_file():
+        if not ids_file.exists():
             raise DataFormatError(f"{ids_file}: split list missing (expected one image id per line)")
-        ids = [line.split()[0] for line in ids_file.read_text().splitlines() if line.strip()]
+        ids = read_split_list(ids_file)
         self.items: list[tuple[Path, VocAnnotation]] = []
-        for image_id in ids:
-            xml = self.root / "Annotations" / f"{image_id}.xml"
+        for line, image_id in enumerate(ids, 1):
+            xml = file_in(self.root / "Annotations", f"{image_id}.xml", f"{ids_file}: id #{line}")
             ann = parse_voc_xml(xml)
             path = self._image_path(image_id, ann)
             if ann.width is None:  # no <size>: validate the boxes against the real image
@@ -184,7 +183,7 @@ class VOCDetection(DetectionDataset):
         images = self.root / "JPEGImages"
         candidates = [images / f"{image_id}.jpg"]
         if ann.filename:
-            candidates.append(images / ann.filename)
+            candidates.append(file_in(images, ann.filename, f"{ann.path}: <filename>"))
         for path in candidates:
             if path.is_file():
                 return path
