@@ -132,5 +132,6 @@ def _simulate(out: Path, program: Program, image: np.ndarray, model: str):
     verdict = "RTL == golden, bit for bit" if rep.passed else f"RTL != golden: {d['comparison']}"
     versus = f" ({d['fps_vs_codenet']:.2f}x CoDeNet's {d['codenet_fps']} fps)" if model == "a" else ""
     print(f"  RTL simulation (Verilator): {verdict}; {d['cycles']:,} cycles = {d['fps']:.1f} fps at "
-          f"{d['clock_mhz']:g} MHz{versus}, MAC utilisation {d['utilisation']:.1%}")
+          f"{d['clock_mhz']:.1f} MHz{versus}, MAC utilisation {d['utilisation']:.1%}")
+    print(f"    clock: {d['clock']['source']}")
     return rep, rep.passed

@@ -47,12 +47,17 @@ def format_program(prog: Program, source: str = "") -> str:
     macs = sum(r["macs"] for r in rows)
     cycles = sum(r["ideal_cycles"] for r in rows)
     cfg = prog.config
-    lines.append(f"  total {macs / 1e9:.3f} GMAC; ideal {cycles} cycles = {cfg.clock_mhz * 1e6 / cycles:.0f} fps "
-                 f"at {cfg.clock_mhz:g} MHz on a {cfg.pe_in}x{cfg.pe_out} array (a lower bound: no stalls)")
+    from .rtl.clock import clock_for
+
+    clock = clock_for(cfg)   # min(board clock, estimated Fmax): a figure needs a clock the design meets
+    mhz = clock.mhz
+    lines.append(f"  total {macs / 1e9:.3f} GMAC; ideal {cycles} cycles = {mhz * 1e6 / cycles:.0f} fps "
+                 f"at {mhz:.1f} MHz on a {cfg.pe_in}x{cfg.pe_out} array (a lower bound: no stalls)")
     modelled = sum(r["model_cycles"] for r in rows)
     lines.append(f"  cycle model (hwconv.compiler.cycles, DRAM latency 40): {modelled} cycles = "
-                 f"{cfg.clock_mhz * 1e6 / modelled:.1f} fps at {cfg.clock_mhz:g} MHz, MAC utilisation "
+                 f"{mhz * 1e6 / modelled:.1f} fps at {mhz:.1f} MHz, MAC utilisation "
                  f"{macs / (modelled * cfg.pe_in * cfg.pe_out):.1%}")
+    lines.append(f"  clock: {clock.source}")
     return "\n".join(lines)
 
 

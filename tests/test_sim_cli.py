@@ -99,9 +99,13 @@ def test_simulate_end_to_end(program_file, tmp_path, capsys):
                "--board", "ultra96v2", "-o", str(tmp_path)])
     out = capsys.readouterr().out
     assert rc == 0, out
-    assert "MATCH: RTL arena == golden arena" in out and "fps at 250 MHz" in out
+    from hwconv.rtl.clock import clock_for
+
+    clock = clock_for("ultra96v2", program_file[0].config)   # min(board clock, estimated Fmax)
+    assert "MATCH: RTL arena == golden arena" in out and f"fps at {clock.mhz:.1f} MHz" in out
+    assert f"clock: {clock.source}" in out
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["match"] and report["cycles"] > 0 and len(report["layers"]) == len(program_file[0].layers)
     assert 0 < report["utilisation"] <= 1
     assert (tmp_path / "cycles_per_layer.png").is_file()
-    assert np.isfinite(report["fps"])
+    assert np.isfinite(report["fps"]) and report["clock"]["mhz"] == clock.mhz

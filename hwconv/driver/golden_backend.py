@@ -217,6 +217,16 @@ class EngineModel:
         self.stored["IRQ_STATUS"] |= IRQ_DONE
 
 
+def _figure_clock_hz(config: EngineConfig) -> float:
+    """min(board clock, estimated Fmax) on the host (hwconv.rtl.clock); the board package carries
+    no timing data, so there the engine config's clock stands (the PYNQ backend reads the real one)."""
+    try:
+        from ..rtl.clock import clock_for
+    except ImportError:
+        return config.clock_mhz * 1e6
+    return clock_for(config).mhz * 1e6
+
+
 class GoldenBackend(Backend):
     """The golden register model behind the Backend interface (no hardware, numpy only)."""
 
@@ -225,7 +235,7 @@ class GoldenBackend(Backend):
 
     def __init__(self, config: EngineConfig | None = None, *, clock_hz: float | None = None):
         self.config = config or EngineConfig()
-        self.clock_hz = float(clock_hz if clock_hz is not None else self.config.clock_mhz * 1e6)
+        self.clock_hz = float(clock_hz if clock_hz is not None else _figure_clock_hz(self.config))
         self.memory = DeviceMemory()
         self.model = EngineModel(self.config, self.memory)
         self._buffers: list[GoldenBuffer] = []

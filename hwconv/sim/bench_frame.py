@@ -36,11 +36,13 @@ def run_frame_bench(model: str = "a", board: str = "ultra96v2", out_dir: str | P
     from ..compiler.cycles import program_cycles
     from ..compiler.synthetic import codenet_program
     from ..quant.registry import get_config
+    from ..rtl.clock import clock_for
     from .simulate import simulate_program, write_report
 
     published_fps = get_config(model).published.get("fps")  # CoDeNet's figure for this config, if any
     b = load_board(board)
     cfg = b.default_engine_config()
+    clock = clock_for(b, cfg)   # min(board clock, estimated Fmax): the clock fps figures use
     program, _ = codenet_program(cfg, model, reuse_memory=False)  # every layer's output survives
     rng = np.random.default_rng(seed)
     inputs = {}
@@ -64,7 +66,7 @@ def run_frame_bench(model: str = "a", board: str = "ultra96v2", out_dir: str | P
 
     try:
         report = simulate_program(program, inputs, out, source=f"config {model} (random weights)", sim=sim,
-                                  clock_mhz=b.default_clock_mhz, backpressure=backpressure, progress=tick)
+                                  clock=clock, backpressure=backpressure, progress=tick)
     finally:
         if bar is not None:
             bar.stop()
@@ -78,7 +80,8 @@ def run_frame_bench(model: str = "a", board: str = "ultra96v2", out_dir: str | P
                      "model": mc.total, "error": (mc.total - got) / got if got else None, "bound": mc.bound})
     errors = [abs(r["error"]) for r in rows if r["error"] is not None]
     summary = {
-        "model": model, "board": board, "engine": cfg.name, "clock_mhz": b.default_clock_mhz,
+        "model": model, "board": board, "engine": cfg.name, "clock_mhz": clock.mhz,
+        "clock": clock.to_dict(), "fps_at_board_clock": data["cycles"] and b.default_clock_mhz * 1e6 / data["cycles"],
         "match": data["match"], "cycles": data["cycles"], "fps": data["fps"],
         "codenet_fps": published_fps, "fps_vs_codenet": data["fps"] / published_fps if published_fps else None,
         "mac_utilisation": data["utilisation"], "macs": data["macs"],
@@ -94,8 +97,9 @@ def run_frame_bench(model: str = "a", board: str = "ultra96v2", out_dir: str | P
 def format_summary(s: dict) -> str:
     verdict = "RTL == golden (bit-exact)" if s["match"] else "RTL != golden: see report.json"
     return "\n".join([
-        f"Detector config {s['model']} frame on {s['board']} ({s['engine']} at {s['clock_mhz']:g} MHz): {verdict}",
-        f"  cycles {s['cycles']:,}  ->  {s['fps']:.1f} fps"
+        f"Detector config {s['model']} frame on {s['board']} ({s['engine']}): {verdict}",
+        f"  clock: {s['clock']['source']}",
+        f"  cycles {s['cycles']:,}  ->  {s['fps']:.1f} fps at {s['clock_mhz']:.1f} MHz"
         + (f", {s['fps_vs_codenet']:.2f}x CoDeNet's {s['codenet_fps']} fps" if s["codenet_fps"] else "")
         + f"; MAC utilisation {s['mac_utilisation']:.1%} of {s['macs'] / 1e9:.3f} GMAC",
         f"  cycle model {s['model_cycles']:,} cycles; {s['model_layers_within_10pct']}/{s['layers']} layers "

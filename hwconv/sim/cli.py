@@ -4,7 +4,7 @@
                     [--sim verilator|icarus] [--waves] [--backpressure P] [-o DIR]
     hwconv simulate --speed [--sim S]     simulated cycles per second (both simulators if no --sim)
 
-Prints per-layer and total cycles, fps at the clock (the board's, with --board), MAC-array
+Prints per-layer and total cycles, fps at min(board clock, estimated Fmax) (hwconv.rtl.clock), MAC-array
 utilisation and the verdict; writes DIR/report.json and DIR/cycles_per_layer.png. Exit status
 0 when the RTL matches golden, 1 when it does not (or the run failed), 2 for bad input.
 """
@@ -28,7 +28,7 @@ def register(add) -> None:
     src.add_argument("--image", help="image file (PNG/JPEG) for the program's input, letterboxed")
     src.add_argument("--random-input", type=int, metavar="SEED",
                      help="random inputs from this seed (default when no --image: seed 0)")
-    sp.add_argument("--board", help="board whose clock gives the fps (default: the program's)")
+    sp.add_argument("--board", help="board whose clock and timing estimate give the fps (default: the board whose default engine the program is for)")
     sp.add_argument("--sim", choices=["verilator", "icarus"],
                     help="simulator (default: $SIM, else verilator)")
     sp.add_argument("--waves", action="store_true", help="record an FST waveform of the run")
@@ -71,11 +71,10 @@ def cmd_simulate(args) -> int:
         return 2
     program = Program.load(args.program)
     inputs = _inputs(program, args)
-    clock = None
-    if args.board:
-        from ..boards import load_board
+    from ..rtl.clock import clock_for
 
-        clock = load_board(args.board).default_clock_mhz
+    # min(board clock, estimated Fmax) of this engine on --board (else the board whose default it is)
+    clock = clock_for(args.board, program.config) if args.board else clock_for(program.config)
     return _simulate(program, inputs, args, clock)
 
 
@@ -102,7 +101,7 @@ def _inputs(program, args) -> dict[str, np.ndarray]:
     return {t.name: quantize_image(pic, t)}
 
 
-def _simulate(program, inputs, args, clock_mhz) -> int:
+def _simulate(program, inputs, args, clock) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -119,7 +118,7 @@ def _simulate(program, inputs, args, clock_mhz) -> int:
             bar.update(task, completed=done, cycles=cycles)
 
         report = simulate_program(program, inputs, out, source=args.program, sim=args.sim,
-                                  waves=args.waves, clock_mhz=clock_mhz,
+                                  waves=args.waves, clock=clock,
                                   backpressure=args.backpressure, progress=progress,
                                   log=lambda m: console.print(m))
     files = write_report(report, out)
@@ -146,8 +145,8 @@ def _print_report(d: dict) -> None:
         print(f"run FAILED: {st['hang'] or st['error'] + ' at layer ' + str(st['error_layer'])}")
     if d["cycles"]:
         print(f"total: {d['cycles']:,} cycles ({d['stall_cycles']:,} stalled on DRAM), "
-              f"{d['fps']:.1f} fps at {d['clock_mhz']:g} MHz ({d['fps_vs_codenet']:.2f}x "
-              f"CoDeNet's {d['codenet_fps']} fps), MAC utilisation {100 * d['utilisation']:.1f}%")
+              f"{d['fps']:.1f} fps at {d['clock_mhz']:.1f} MHz, MAC utilisation {100 * d['utilisation']:.1f}%")
+        print(f"clock: {d['clock']['source']}")
     if d["comparison"] is not None:
         verdict = "MATCH" if d["match"] else "MISMATCH"
         print(f"{verdict}: {d['comparison']['summary']}")
