@@ -144,6 +144,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "hwconv.driver.cli",
     "hwconv.driver.deploy_cli",
     "hwconv.sim.cli",
+    "hwconv.sim.verify.cli",
 )
 
 
