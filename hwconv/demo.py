@@ -66,6 +66,7 @@ def run_demo(out: Path, config: EngineConfig, model: str = "a") -> int:
 
     rtl = _generate(out, config)   # replaces rtl/ and reports/: before anything else goes there
     sim, sim_ok = _simulate(out, loaded, image, model) if rtl else (None, True)
+    trained = _trained_vs_deployed(config)
 
     _save_npz(out / "verification" / "input.npz", {"image": image.astype(np.uint8)})
     _save_npz(out / "verification" / "golden_outputs.npz", outputs)
@@ -75,13 +76,46 @@ def run_demo(out: Path, config: EngineConfig, model: str = "a") -> int:
               "outputs": {k: list(v.shape) for k, v in outputs.items()}, "layer_table": program_table(prog)}
     atomic_write_text(out / "reports" / "demo.json", json.dumps(report, indent=2, default=str) + "\n")
     atomic_write_text(out / "reports" / "program.txt", format_program(loaded, str(program_path)) + "\n")
+    atomic_write_text(out / "reports" / "trained_vs_deployed.json", json.dumps(trained, indent=2) + "\n")
     if sim is not None:
         atomic_write_text(out / "reports" / "simulation.json", json.dumps(sim.data, indent=2) + "\n")
         from .sim.simulate import _plot
         atomic_write_bytes(out / "reports" / "cycles_per_layer.png", _plot(sim.data))
     print(f"  reports in {out / 'reports'}, verification vectors in {out / 'verification'}")
     print("  next: train and export a real detector (README, 'Quantize a detector'), then build and deploy")
-    return 0 if sim_ok else 1
+    return 0 if sim_ok and trained["equal_within_0.005"] else 1
+
+
+def _trained_vs_deployed(config: EngineConfig) -> dict:
+    """What is trained is what the board measures (issue 16), on the built-in default: a tiny
+    detector trained for seconds through the quantize pipeline on a VOC folder of 500x375 images
+    (not the model's input size), exported, then scored by validate's code on the golden backend.
+    The two W4A8 AP50 figures must agree within 0.005 (they are computed by one preprocessing,
+    one decoder and one scorer). Works in a temporary folder; only the report stays."""
+    import tempfile
+
+    from .quant.data import load_dataset
+    from .quant.data.voc_writer import write_voc
+    from .quant.pipeline import export, quantize, trained_vs_deployed
+
+    t = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="hwconv-demo-") as tmp:
+        root = Path(tmp) / "voc"
+        for split, n in (("train", 16), ("val", 8)):
+            digits = load_dataset("synthetic", split, image_size=256, num_images=n, num_classes=1)
+            write_voc(digits, root, split, size=(500, 375), class_names=["digit"])
+        q = quantize("tiny", Path(tmp) / "quantize", data="voc", data_root=str(root), epochs=1,
+                     qat_epochs=1, batch_size=8, progress=False)
+        e = export(q["checkpoint"], Path(tmp) / "export", config, progress=False)
+        r = trained_vs_deployed(Path(tmp) / "quantize" / "quantize.json", e["program"])
+    verdict = "equal" if r["equal_within_0.005"] else "DIFFERENT"
+    print(f"  trained vs deployed (tiny, seconds of training on {r['images']} VOC val images at 500x375, "
+          f"input {r['input_size']}): quantize AP50 {r['quantize_AP50']:.4f}, validate (golden) AP50 "
+          f"{r['validate_AP50']:.4f}: {verdict} ({time.perf_counter() - t:.0f} s)")
+    if not r["quantize_AP50"]:
+        print("    (seconds of training detect little, so this equality is weak; tests/test_quantize_cli.py "
+              "also checks every detection, and docs/results/quantize_voc.md a longer run)")
+    return r
 
 
 def _generate(out: Path, config: EngineConfig):
