@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -35,7 +36,8 @@ def test_run_draws_detections(tmp_path, program_path, capsys):
     assert main(["run", "--backend", "golden", "--program", str(program_path), "--image", str(tmp_path / "in.png"),
                  "--score-threshold", "0.05", "-o", str(tmp_path / "out.png")]) == 0
     out = capsys.readouterr().out
-    assert "golden:" in out and "cycles at 250.00 MHz" in out and "model: ideal cycles" in out
+    # the clock is min(board clock, estimated Fmax) since b236177, so the figure is not pinned here
+    assert "golden:" in out and re.search(r"engine: \d+ cycles at \d+\.\d\d MHz", out) and "model: ideal cycles" in out
     n = int(out.split("golden: ")[1].split(" detection")[0])
     assert n > 0, out
     from hwconv.driver.engine import EngineDriver

@@ -202,12 +202,26 @@ def test_run_refuses_bombs_fifos_and_non_png_output(tiny_program, tmp_path, caps
     _fails(["run", "--program", str(tiny_program), "--image", str(bomb)], capsys, "12000x12000")
     fifo = tmp_path / "fifo.png"
     os.mkfifo(fifo)
-    _fails(["run", "--program", str(tiny_program), "--image", str(fifo)], capsys, "not a regular file")
+    _fails(["run", "--program", str(tiny_program), "--image", str(fifo)], capsys,
+           "--image", "fifo.png: image must be a regular file, this is a FIFO")
     img = tmp_path / "in.png"
     Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(img)
     _fails(["run", "--program", str(tiny_program), "--image", str(img), "-o", str(tmp_path / "x.jpg")], capsys,
            "x.jpg", ".png")
     assert not (tmp_path / "x.jpg").exists()
+
+
+def test_run_refuses_a_bad_png_output_before_running(tiny_program, tmp_path, capsys):
+    img = tmp_path / "in.png"
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(img)
+    (tmp_path / "dir.png").mkdir()
+    _fails(["run", "--program", str(tiny_program), "--image", str(img), "-o", str(tmp_path / "dir.png")], capsys,
+           "-o", "dir.png: is a folder")
+    (tmp_path / "file").write_text("x")
+    _fails(["run", "--program", str(tiny_program), "--image", str(img), "-o", str(tmp_path / "file" / "o.png")],
+           capsys, "-o", "is a file, so nothing can be created under it")
+    _fails(["run", "--program", str(tiny_program), "--image", str(tmp_path / "none.png")], capsys,
+           "--image", "none.png: cannot read image")
 
 
 def test_validate_refuses_a_decompression_bomb_in_the_data_set(tiny_program, tmp_path, capsys):

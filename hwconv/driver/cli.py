@@ -50,16 +50,15 @@ def _load_program(path: str):
     return Program.load(path)
 
 
-MAX_IMAGE_PIXELS = 64_000_000  # an image larger than this (8k x 8k) is refused before decoding
-
-
 def cmd_run(args) -> int:
     from .preprocess import as_rgb_uint8
 
+    from ..fileio import check_output_path
+
     if args.out and Path(args.out).suffix.lower() != ".png":
         raise ValueError(f"-o {args.out}: the picture is written as PNG; name it .png")
-    if args.out and Path(args.out).is_dir():
-        raise ValueError(f"-o {args.out}: is a folder, expected a .png file name")
+    if args.out:
+        check_output_path(args.out, option="-o")   # a folder there, or not writable: before any work
     program = _load_program(args.program)
     image = _read_image(Path(args.image))
     with open_driver(args.backend, program, bitfile=args.bitfile) as engine:
@@ -82,31 +81,14 @@ def cmd_run(args) -> int:
 
 
 def _read_image(path: Path) -> np.ndarray:
-    """--image: a regular file (a FIFO or device would block), .npy or an image Pillow decodes,
-    at most MAX_IMAGE_PIXELS pixels (checked from the header, before decoding)."""
-    if not path.exists():
-        raise FileNotFoundError(f"--image {path}: no such file")
-    if not path.is_file():
-        raise ValueError(f"--image {path}: not a regular file")
-    if path.suffix == ".npy":
-        try:
-            arr = np.load(path, allow_pickle=False, mmap_mode="r")
-        except ValueError as exc:
-            raise ValueError(f"--image {path}: not a plain .npy array ({exc})") from None
-        if arr.ndim not in (2, 3) or arr.size > 4 * MAX_IMAGE_PIXELS:
-            raise ValueError(f"--image {path}: shape {arr.shape}, expected (H, W, 3) of at most "
-                             f"{MAX_IMAGE_PIXELS} pixels")
-        return np.array(arr)
-    from PIL import Image
+    """--image through hwconv.imageio.read_image (regular files only, pixel cap from the header,
+    16-bit grey scaled); its one-line message names the file, prefixed with the option."""
+    from ..imageio import ImageError, read_image
 
     try:
-        with Image.open(path) as im:
-            if im.width * im.height > MAX_IMAGE_PIXELS:
-                raise ValueError(f"--image {path}: {im.width}x{im.height} pixels, more than the "
-                                 f"{MAX_IMAGE_PIXELS} this tool decodes")
-            return np.asarray(im.convert("RGB"))
-    except (OSError, Image.DecompressionBombError) as exc:
-        raise ValueError(f"--image {path}: not an image Pillow can read ({exc})") from None
+        return read_image(path)
+    except ImageError as exc:
+        raise ImageError(f"--image {exc}") from None
 
 
 def validate_program(program_path: str, *, data: str, data_root: str | None = None, split: str | None = None,
