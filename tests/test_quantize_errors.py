@@ -234,3 +234,20 @@ def test_validate_refuses_a_decompression_bomb_in_the_data_set(tiny_program, tmp
     (tmp_path / "ImageSets" / "Main" / "val.txt").write_text("a\n")
     _fails(["validate", "--program", str(tiny_program), "--data", "voc", "--data-root", str(tmp_path),
             "--classes", ",".join(str(i) for i in range(10))], capsys, "a.jpg", "12000x12000")
+
+
+def test_trained_vs_deployed_refuses_a_bad_quantize_report(tmp_path):
+    from hwconv.fileio import InputFileError
+    from hwconv.quant.pipeline import trained_vs_deployed
+
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(InputFileError, match="deep.json: JSON nests 100000 levels"):
+        trained_vs_deployed(deep, tmp_path / "p.hwc")
+    other = tmp_path / "other.json"
+    other.write_text('{"data": "voc"}')
+    with pytest.raises(ValueError, match="other.json: not a quantize.json report, field 'val_split' is missing"):
+        trained_vs_deployed(other, tmp_path / "p.hwc")
+    os.mkfifo(tmp_path / "fifo.json")
+    with pytest.raises(InputFileError, match="fifo.json: quantize report must be a regular file"):
+        trained_vs_deployed(tmp_path / "fifo.json", tmp_path / "p.hwc")

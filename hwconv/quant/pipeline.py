@@ -9,7 +9,6 @@ one `hwconv validate` computes on the golden model or the board (`trained_vs_dep
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any, Callable
 
 import torch
 
-from ..fileio import atomic_write_text
+from ..fileio import atomic_write_text, check_output_path, read_json
 from ..spec import EngineConfig
 from .data import DEFAULT_SPLITS, open_split
 from .data.prepare import Augment, PreparedSet
@@ -40,17 +39,9 @@ def resolve_device(device: str) -> torch.device:
 
 
 def check_out_dir(out: Path, option: str = "-o") -> None:
-    """An output folder must be a folder (or not exist yet) under a writable existing parent."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"{option} {out}: is a file, expected a folder")
-    probe = out
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir():
-        raise ValueError(f"{option} {out}: {probe} is a file, expected a folder")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise ValueError(f"{option} {out}: {probe} is not writable")
+    """An output folder must be a folder (or not exist yet) under a writable existing parent:
+    hwconv.fileio.check_output_path, the one definition of that rule."""
+    check_output_path(out, option=option, kind="dir")
 
 
 def prepare_data(data: str, root: str | None, size: int, *, classes: tuple[str, ...] | None = None,
@@ -306,6 +297,9 @@ def _existing_parent(path: Path) -> Path:
     return path
 
 
+QUANTIZE_REPORT_MAX_BYTES = 16 * 1024 * 1024  # quantize.json is a few KB
+
+
 def trained_vs_deployed(quantize_report: str | Path, program: str | Path, *, max_images: int | None = None,
                         backend: str = "golden") -> dict:
     """The AP50 `hwconv quantize` reported (its quantize.json) next to the AP50 `hwconv validate`
@@ -313,7 +307,10 @@ def trained_vs_deployed(quantize_report: str | Path, program: str | Path, *, max
     demo's report: {"quantize_AP50", "validate_AP50", "difference", "images", "input_size", ...}."""
     from ..driver.cli import validate_program
 
-    q = json.loads(Path(quantize_report).read_text())
+    q = read_json(quantize_report, limit=QUANTIZE_REPORT_MAX_BYTES, what="quantize report")
+    missing = [k for k in ("data", "val_split", "w4a8_AP50") if not isinstance(q, dict) or k not in q]
+    if missing:
+        raise ValueError(f"{quantize_report}: not a quantize.json report, field {missing[0]!r} is missing")
     v = validate_program(str(program), data=q["data"], data_root=q.get("data_root"), split=q["val_split"],
                          backend=backend, max_images=max_images)
     diff = None if q["w4a8_AP50"] is None or v["AP50"] is None else v["AP50"] - q["w4a8_AP50"]
