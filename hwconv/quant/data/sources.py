@@ -13,7 +13,8 @@ from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+
+from ...imageio import read_image
 
 # What to install when a source is missing: versions pinned to what was measured.
 INSTALL_HINT = {
@@ -63,8 +64,7 @@ def load_photos() -> tuple[np.ndarray, ...]:
     """The background photos as HxWx3 uint8 arrays (grey ones replicated to 3 channels)."""
     photos = []
     for path in photo_paths():
-        with Image.open(path) as im:
-            arr = np.asarray(im.convert("RGB"))
+        arr = read_image(path)   # hwconv.imageio: the one image reader (same pixels as Pillow's RGB here)
         arr.setflags(write=False)  # cached and shared: nobody may scribble on it
         photos.append(arr)
     return tuple(photos)
