@@ -61,7 +61,7 @@ def _md(data: dict) -> str:
         f"{cov['unreachable_bins']} bins of the full cross are unreachable (below)",
         "",
     ]
-    if data.get("merged_from"):
+    if data.get("merged_from", 0) > 1:
         lines.insert(2, f"- merged from {data['merged_from']} runs made side by side on the same "
                         f"engine build (disjoint seeds; wall time is the longest run's)")
     if data.get("not_run"):
