@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from typing import Any, Callable
 
 
 def _number(text: str, kind: type) -> float | int:
@@ -17,32 +18,27 @@ def _number(text: str, kind: type) -> float | int:
     return value
 
 
-def positive_int(text: str) -> int:
-    value = int(_number(text, int))
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+def _checked(text: str, kind: type, ok: Callable[[float], bool], rule: str) -> Any:
+    value = kind(_number(text, kind))
+    if not ok(value):
+        raise argparse.ArgumentTypeError(f"{value} {rule}")
     return value
+
+
+def positive_int(text: str) -> int:
+    return _checked(text, int, lambda v: v >= 1, "must be at least 1")
 
 
 def nonnegative_int(text: str) -> int:
-    value = int(_number(text, int))
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} must be 0 or more")
-    return value
+    return _checked(text, int, lambda v: v >= 0, "must be 0 or more")
 
 
 def positive_float(text: str) -> float:
-    value = float(_number(text, float))
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{value} must be more than 0")
-    return value
+    return _checked(text, float, lambda v: v > 0, "must be more than 0")
 
 
 def unit_interval(text: str) -> float:
-    value = float(_number(text, float))
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"{value} must be between 0 and 1")
-    return value
+    return _checked(text, float, lambda v: 0 <= v <= 1, "must be between 0 and 1")
 
 
 def input_size(text: str) -> int:
