@@ -16,7 +16,8 @@ from xml.sax.saxutils import escape
 import numpy as np
 from PIL import Image
 
-from ...fileio import atomic_write_bytes, atomic_write_text
+from ...fileio import OutputPathError, atomic_write_bytes, atomic_write_text, check_output_path
+from ..options import nonnegative_int, positive_int
 from .base import DetectionDataset
 
 
@@ -62,17 +63,28 @@ def write_voc(dataset: DetectionDataset, root: str | Path, split: str, *, size: 
     return len(ids)
 
 
+def _width_x_height(text: str) -> tuple[int, int]:
+    parts = text.lower().split("x")
+    if len(parts) != 2:
+        raise argparse.ArgumentTypeError(f"{text!r}: give WIDTHxHEIGHT, e.g. 500x375")
+    return positive_int(parts[0]), positive_int(parts[1])
+
+
 def main(argv: list[str] | None = None) -> int:
     from . import load_dataset
 
     p = argparse.ArgumentParser(description="semi-synthetic digits on photos as a VOC folder")
     p.add_argument("out")
-    p.add_argument("--train", type=int, default=2000)
-    p.add_argument("--val", type=int, default=300)
-    p.add_argument("--size", default="500x375", help="WIDTHxHEIGHT of the written images")
-    p.add_argument("--render", type=int, default=512, help="side the digits are rendered at before resizing")
+    p.add_argument("--train", type=nonnegative_int, default=2000)
+    p.add_argument("--val", type=nonnegative_int, default=300)
+    p.add_argument("--size", type=_width_x_height, default="500x375", help="WIDTHxHEIGHT of the written images")
+    p.add_argument("--render", type=positive_int, default=512, help="side the digits are rendered at before resizing")
     args = p.parse_args(argv)
-    w, h = (int(v) for v in args.size.lower().split("x"))
+    try:
+        check_output_path(args.out, option="OUT", kind="dir")   # before rendering anything
+    except OutputPathError as exc:
+        p.error(str(exc))
+    w, h = args.size
     digits = tuple(["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"])
     for split, n in (("train", args.train), ("val", args.val)):
         ds = load_dataset("synthetic", split, image_size=args.render, num_images=n)
