@@ -3,7 +3,7 @@
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test test-slow bench bench-rtl bench-train bench-ablation bench-deepforest doctor clean
+.PHONY: setup demo test test-slow bench bench-rtl verify-rtl bench-train bench-ablation bench-deepforest doctor clean
 
 setup:
 	@bash scripts/bootstrap.sh
@@ -22,6 +22,9 @@ bench: setup
 
 bench-rtl: setup  # a CoDeNet config-a frame on the simulated Ultra96-V2 engine (Verilator, minutes)
 	$(BIN)/hwconv bench --rtl --model a --board ultra96v2 -o out/bench_rtl
+
+verify-rtl: setup  # 200 random 50-layer programs on the Verilator engine vs golden, coverage report (hours on 2 cores)
+	$(BIN)/hwconv verify --board ultra96v2 --programs 200 --layers 50 -o out/verify
 
 bench-train: setup  # tiny detector, 10 min on 2 CPU cores: float vs W4A8 AP50 (docs/results/bench_train.json)
 	$(BIN)/python -m hwconv.quant.bench_train out/bench_train.json --minutes 10
