@@ -435,15 +435,13 @@ def test_preview_png_per_dataset_puts_boxes_on_the_objects(tmp_path):
 
 
 def test_voc_writer_refuses_bad_arguments_before_writing(tmp_path, capsys):
-    import pytest as _pytest
-
     from hwconv.quant.data.voc_writer import main as voc_writer
 
     (tmp_path / "file").write_text("x")
     for argv, needle in (([str(tmp_path / "file")], "OUT"), ([str(tmp_path / "o"), "--train", "-1"], "--train"),
                          ([str(tmp_path / "o"), "--size", "500"], "WIDTHxHEIGHT"),
                          ([str(tmp_path / "o"), "--size", "0x3"], "--size")):
-        with _pytest.raises(SystemExit) as exc:
+        with pytest.raises(SystemExit) as exc:
             voc_writer(argv)
         assert exc.value.code == 2
         assert needle in capsys.readouterr().err.strip().splitlines()[-1]
