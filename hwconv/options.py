@@ -55,3 +55,15 @@ def class_list(text: str) -> tuple[str, ...]:
     if len(set(names)) != len(names):
         raise argparse.ArgumentTypeError(f"{text!r}: a class name is repeated")
     return names
+
+
+def int_range(lo: int, hi: int) -> Callable[[str], int]:
+    """An integer in [lo, hi] (a port, a seed)."""
+    def parse(text: str) -> int:
+        return _checked(text, int, lambda v: lo <= v <= hi, f"is outside {lo}..{hi}")
+    return parse
+
+
+def stall_probability(text: str) -> float:
+    """A per-cycle stall probability in [0, 1): at 1 the bus would never move."""
+    return _checked(text, float, lambda v: 0.0 <= v < 1.0, "must be in [0, 1) (a stall probability)")

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from ..spec.config import EngineConfig
+from ..options import positive_int
 from ..spec.errors import SpecError
 
 
@@ -17,23 +18,11 @@ def register(add) -> None:
     sp.add_argument("--pe", help="PE array as IxO (default: the engine config's)")
     sp.add_argument("--engine", help="engine config (.toml or .json); default: the board's")
     sp.add_argument("-o", "--out", default="out/build", help="output folder (default: out/build)")
-    sp.add_argument("--jobs", type=_positive_int, help="parallel Vivado jobs (default: the CPUs available)")
+    sp.add_argument("--jobs", type=positive_int, help="parallel Vivado jobs (default: the CPUs available)")
     sp.add_argument("--scripts-only", action="store_true",
                     help="write the Vivado scripts but do not run Vivado even if it is installed")
     sp.add_argument("--no-synth", action="store_true", help="skip the yosys resource report")
     sp.add_argument("--no-lint", action="store_true", help="skip verilator --lint-only")
-
-
-def _positive_int(text: str) -> int:
-    import argparse
-
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"{v}: must be at least 1")
-    return v
 
 
 def engine_config(args, board) -> EngineConfig:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..quant.options import class_list, positive_int, unit_interval
+from ..options import class_list, positive_int, unit_interval
 
 BACKENDS = ("golden", "pynq", "sim")
 

@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+from ..options import int_range
+
 
 def register(add) -> None:
     sp = add("deploy", cmd_deploy, "build a board package (bitstream, program, driver, runner, notebook) "
@@ -14,7 +16,7 @@ def register(add) -> None:
     sp.add_argument("--program", required=True, help="the .hwc program (hwconv export)")
     sp.add_argument("--host", help="board address; without it the folder is only built")
     sp.add_argument("--user", help="SSH user (PYNQ images: xilinx)")
-    sp.add_argument("--port", type=_port, default=22)
+    sp.add_argument("--port", type=int_range(1, 65535), default=22)
     sp.add_argument("--identity", help="private key file (ssh -i)")
     sp.add_argument("--known-hosts", help="known_hosts file holding the board's host key (default: ssh's)")
     sp.add_argument("--dir", help="folder on the board (default: hwconv/<board>, in the user's home); an "
@@ -26,18 +28,6 @@ def register(add) -> None:
                                         "folder is replaced only if hwconv deploy made it")
     sp.add_argument("--smoke-test", action="store_true", help="run the runner on the board (golden backend)")
     sp.add_argument("--remote-python", default="python3", help="python on the board for --smoke-test")
-
-
-def _port(text: str) -> int:
-    import argparse
-
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
-    if not 1 <= v <= 65535:
-        raise argparse.ArgumentTypeError(f"{v} is outside 1..65535")
-    return v
 
 
 def cmd_deploy(args) -> int:

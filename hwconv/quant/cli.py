@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..spec import EngineConfig
-from .options import class_list, input_size, nonnegative_int, positive_float, positive_int
+from ..options import class_list, input_size, nonnegative_int, positive_float, positive_int
+from .registry import MODEL_NAMES
 
 DATA_CHOICES = ["synthetic", "deepforest", "voc", "coco"]
 
@@ -16,7 +17,7 @@ def _config(args) -> EngineConfig:
 
 def register(add) -> None:
     sp = add("quantize", cmd_quantize, "train a detector in float, then W4A8 QAT; report AP50 of both")
-    sp.add_argument("--model", default="tiny", choices=["tiny", "a", "b", "c", "d", "e"])
+    sp.add_argument("--model", default="tiny", choices=MODEL_NAMES)
     sp.add_argument("--data", default="synthetic", choices=DATA_CHOICES)
     sp.add_argument("--data-root", help="dataset folder for voc/coco")
     sp.add_argument("--classes", type=class_list,

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..options import stall_probability
+
 __all__ = ["register"]
 
 
@@ -32,24 +34,11 @@ def register(add) -> None:
     sp.add_argument("--sim", choices=["verilator", "icarus"],
                     help="simulator (default: $SIM, else verilator)")
     sp.add_argument("--waves", action="store_true", help="record an FST waveform of the run")
-    sp.add_argument("--backpressure", type=_probability, default=0.0, metavar="P",
+    sp.add_argument("--backpressure", type=stall_probability, default=0.0, metavar="P",
                     help="random stalls on every AXI channel with probability P (default 0)")
     sp.add_argument("-o", "--out", default="out/simulate", help="output folder")
     sp.add_argument("--speed", action="store_true",
                     help="only measure simulation speed (cycles per wall-clock second)")
-
-
-def _probability(text: str) -> float:
-    import argparse
-    import math
-
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(v) or not 0.0 <= v < 1.0:
-        raise argparse.ArgumentTypeError(f"{text}: a stall probability must be in [0, 1)")
-    return v
 
 
 def cmd_simulate(args) -> int:

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from ...fileio import OutputPathError, atomic_write_bytes, atomic_write_text, check_output_path
-from ..options import nonnegative_int, positive_int
+from ...options import nonnegative_int, positive_int
 from .base import DetectionDataset
 
 

@@ -19,29 +19,11 @@ import argparse
 import sys
 from pathlib import Path
 
+from ...options import int_range, positive_int
+
 __all__ = ["main", "register"]
 
 NAME = "verify"
-
-
-def _positive(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"{v} must be at least 1")
-    return v
-
-
-def _seed(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if not 0 <= v < 1 << 31:
-        raise argparse.ArgumentTypeError(f"{v} must be in [0, 2**31)")
-    return v
 
 
 def add_arguments(sp) -> None:
@@ -49,15 +31,15 @@ def add_arguments(sp) -> None:
     where.add_argument("--board", default=None,
                        help="board whose default engine config to verify (default: ultra96v2)")
     where.add_argument("--engine", help="engine config file (.toml/.json) instead of a board's")
-    sp.add_argument("--seed", type=_seed, default=0, help="first program seed (default 0)")
-    sp.add_argument("--programs", type=_positive, default=200, help="programs to run (default 200)")
-    sp.add_argument("--layers", type=_positive, default=50,
+    sp.add_argument("--seed", type=int_range(0, (1 << 31) - 1), default=0, help="first program seed (default 0)")
+    sp.add_argument("--programs", type=positive_int, default=200, help="programs to run (default 200)")
+    sp.add_argument("--layers", type=positive_int, default=50,
                     help="targeted layers per program (default 50; at most max_layers - 1)")
-    sp.add_argument("--workers", type=_positive, default=None,
+    sp.add_argument("--workers", type=positive_int, default=None,
                     help="parallel simulator processes (default: every core)")
-    sp.add_argument("--batch", type=_positive, default=4,
+    sp.add_argument("--batch", type=positive_int, default=4,
                     help="programs per simulator process (default 4)")
-    sp.add_argument("--budget", type=_positive, default=None, metavar="SECONDS",
+    sp.add_argument("--budget", type=positive_int, default=None, metavar="SECONDS",
                     help="stop starting batches after this many seconds; report what ran")
     sp.add_argument("--minimise", action="store_true",
                     help="shrink each failing program and write it under DIR/failures/")
