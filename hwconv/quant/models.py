@@ -233,7 +233,18 @@ class _HeadConv(_Folding, nn.Module):
         return self.folded_conv(x, self.conv, None) if self._use_fold() else self.conv(x)
 
 
-class Head(nn.Sequential):
+class _HeadBase(nn.Sequential):
+    """A head's four parts: [first conv, ..., last conv, output quantiser]."""
+
+    @property
+    def out_quant(self) -> nn.Module:
+        return self[3]
+
+    def wire_input(self, q: nn.Module) -> None:
+        self[0].set_input_quant(q)
+
+
+class Head(_HeadBase):
     """CenterNet's plain head (`head="centernet"`): 3x3 conv (bias) + ReLU, then 1x1 to the outputs
     (8-bit signed logits/regressions). Item 3 is the output quantiser in both head styles."""
 
@@ -247,13 +258,6 @@ class Head(nn.Sequential):
                          _HeadConv(last), QuantIdentity(act_quant=act_quant(signed=True)))
         self[2].set_input_quant(self[1])
 
-    @property
-    def out_quant(self) -> nn.Module:
-        return self[3]
-
-    def wire_input(self, q: nn.Module) -> None:
-        self[0].set_input_quant(q)
-
     def forward(self, x):
         if self[0]._exact() and self[2]._exact():
             x = self[0].exact_conv_act(x, self[0].conv, None, self[1], self[0].where)
@@ -261,7 +265,7 @@ class Head(nn.Sequential):
         return super().forward(x)
 
 
-class CoDeNetHead(nn.Sequential):
+class CoDeNetHead(_HeadBase):
     """CoDeNet's head (`head="codenet"`, the default): 1x1 + BN + ReLU, depthwise 3x3 + BN + ReLU,
     then 1x1 to the outputs with a bias (8-bit signed logits/regressions, item 3)."""
 
@@ -274,13 +278,6 @@ class CoDeNetHead(nn.Sequential):
                          _HeadConv(last), QuantIdentity(act_quant=act_quant(signed=True)))
         self[1].set_input_quant(self[0].act)
         self[2].set_input_quant(self[1].act)
-
-    @property
-    def out_quant(self) -> nn.Module:
-        return self[3]
-
-    def wire_input(self, q: nn.Module) -> None:
-        self[0].set_input_quant(q)
 
     def forward(self, x):
         x = self[1](self[0](x))
