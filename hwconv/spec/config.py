@@ -187,7 +187,8 @@ class EngineConfig:
         path = Path(path)
         kind = path.suffix.lower()
         if kind not in (".toml", ".json"):
-            raise SpecError(f"{path}: engine config must be a .toml or .json file, not {kind or 'no suffix'}")
+            got = f"a {kind} file" if kind else "a name without a suffix"
+            raise SpecError(f"{path}: engine config must be a .toml or .json file, not {got}")
         try:
             text = read_capped(path, limit=CONFIG_MAX_BYTES, what="engine config").decode("utf-8")
             if kind == ".toml":
