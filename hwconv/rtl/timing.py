@@ -181,11 +181,12 @@ class TimingPath:
     start: str            # the signal it starts at (yosys/Verilog name) and the cell kind
     end: str
     cells: tuple[str, ...]  # cell types along the path, start to end
+    through: tuple[str, ...] = ()  # the signals it passes, start to end (named like start/end)
 
     def to_dict(self) -> dict:
         return {"delay_ns": round(self.delay_ns, 3), "fmax_mhz": round(1e3 / self.delay_ns, 1),
                 "start": self.start, "end": self.end, "levels": _levels(self.cells),
-                "cells": list(self.cells)}
+                "cells": list(self.cells), "through": list(self.through)}
 
 
 @dataclass
@@ -238,7 +239,8 @@ def _kind(cell_type: str) -> str:
 
 
 def format_report(report: TimingReport, *, title: str = "", clock_mhz: float | None = None,
-                  top: int = 10) -> str:
+                  top: int = 10, through: int = 3) -> str:
+    """The report as text; the first `through` paths also list the signals they pass."""
     m = report.model
     lines = [title] if title else []
     fmax = report.fmax_mhz
@@ -266,6 +268,8 @@ def format_report(report: TimingReport, *, title: str = "", clock_mhz: float | N
         lv = ", ".join(f"{n} {k}" for k, n in sorted(p.to_dict()["levels"].items())) or "direct"
         lines.append(f"{i:3d}. {p.delay_ns:6.2f} ns  {1e3 / p.delay_ns:6.1f} MHz  {p.start}  ->  "
                      f"{p.end}  [{lv}]")
+        if i <= through and p.through:
+            lines.append("       through: " + " > ".join(p.through))
     lines += ["", "delay model (ns):"]
     for k, v in m.figures().items():
         if "ns" in v:
@@ -605,16 +609,23 @@ def analyse(netlist: dict, family: str, *, verilog: str | None = None, top_n: in
             paths.append(TimingPath(delay, f"{nm} ({frm})", key, (types[i], types[i])))
             continue
         chain = [types[i]]
+        via: list[str] = []
         b, start = bit, None
         for _ in range(100000):                       # bounded: a path is at most every cell
             pb, ci = pred[b]
             chain.append(types[ci])
+            if pb is not None:
+                nm = namer.cell(cells[names[ci]], types[ci], "", names[ci], b).rsplit(" (", 1)[0]
+                # yosys's own cells (ABC's LUTs, reintegrated carries) name nothing a reader knows
+                if not nm.startswith("$") and ".cc:" not in nm and (not via or via[-1] != nm):
+                    via.append(nm)
             if pb is None:
                 start = namer.cell(cells[names[ci]], types[ci], driver[b][1] if b in driver else "",
                                    names[ci], b)
                 break
             b = pb
-        paths.append(TimingPath(delay, start or "?", key, tuple(reversed(chain))))
+        paths.append(TimingPath(delay, start or "?", key, tuple(reversed(chain)),
+                                tuple(reversed(via))))
     return TimingReport(m, paths, len(names), dict(unknown), loops,
                         unregistered_multipliers(netlist, verilog))
 
