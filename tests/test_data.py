@@ -440,9 +440,33 @@ def test_voc_writer_refuses_bad_arguments_before_writing(tmp_path, capsys):
     (tmp_path / "file").write_text("x")
     for argv, needle in (([str(tmp_path / "file")], "OUT"), ([str(tmp_path / "o"), "--train", "-1"], "--train"),
                          ([str(tmp_path / "o"), "--size", "500"], "WIDTHxHEIGHT"),
-                         ([str(tmp_path / "o"), "--size", "0x3"], "--size")):
+                         ([str(tmp_path / "o"), "--size", "0x3"], "--size"),
+                         ([str(tmp_path / "o"), "--classes", "11"], "--classes"),
+                         ([str(tmp_path / "o"), "--objects", "2,1"], "--objects"),
+                         ([str(tmp_path / "o"), "--objects", "0,2"], "--objects"),
+                         ([str(tmp_path / "o"), "--scale", "0,0.5"], "--scale"),
+                         ([str(tmp_path / "o"), "--scale", "0.3"], "--scale")):
         with pytest.raises(SystemExit) as exc:
             voc_writer(argv)
         assert exc.value.code == 2
         assert needle in capsys.readouterr().err.strip().splitlines()[-1]
     assert not (tmp_path / "o").exists()
+
+
+def test_voc_writer_fewer_larger_digits_of_fewer_classes(tmp_path):
+    from hwconv.quant.data.voc_writer import main as voc_writer
+
+    out = tmp_path / "voc"
+    assert voc_writer([str(out), "--train", "6", "--val", "2", "--size", "200x150", "--render", "128",
+                       "--classes", "3", "--objects", "1,2", "--scale", "0.4,0.6"]) == 0
+    ds = load_dataset("voc", "train", root=out, classes=None)
+    assert len(ds) == 6 and set(ds.class_names) <= {"zero", "one", "two"}
+    counts = []
+    for i in range(len(ds)):
+        h, w, boxes, labels = ds.annotation(i)
+        assert (h, w) == (150, 200)
+        counts.append(len(boxes))
+        heights = (boxes[:, 3] - boxes[:, 1]) / h   # rendered at 0.4..0.6 of the side, resized per axis
+        assert ((heights > 0.35) & (heights < 0.65)).all(), heights
+    assert 1 <= min(counts) and max(counts) <= 2
+    assert len(load_dataset("voc", "val", root=out, classes=ds.class_names)) == 2

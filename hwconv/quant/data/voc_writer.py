@@ -3,6 +3,12 @@ the semi-synthetic digits at a camera-like size, to train and validate through t
 a user's data takes.
 
     python -m hwconv.quant.data.voc_writer OUT [--train 2000] [--val 300] [--size 500x375]
+        [--classes 10] [--objects 1,4] [--scale 0.15,0.4]
+
+--classes N keeps the digits zero..N-1 (named "zero", "one", ...); --objects and --scale are the
+generator's objects per image and digit height as a fraction of the rendered side (see
+synthetic.render): fewer, larger digits of fewer classes make a set a small network learns in
+minutes on a CPU.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ from PIL import Image
 from ...fileio import OutputPathError, atomic_write_bytes, atomic_write_text, check_output_path
 from ...options import nonnegative_int, positive_int
 from .base import DetectionDataset
+
+DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
 
 def voc_xml(filename: str, width: int, height: int, boxes: np.ndarray, names: Sequence[str]) -> str:
@@ -70,6 +78,40 @@ def _width_x_height(text: str) -> tuple[int, int]:
     return positive_int(parts[0]), positive_int(parts[1])
 
 
+def _pair(text: str, kind: type) -> tuple:
+    parts = text.split(",")
+    if len(parts) != 2:
+        raise argparse.ArgumentTypeError(f"{text!r}: give MIN,MAX")
+    try:
+        lo, hi = kind(parts[0]), kind(parts[1])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: MIN and MAX must be {kind.__name__} numbers") from None
+    if not lo <= hi:
+        raise argparse.ArgumentTypeError(f"{text!r}: MIN must not exceed MAX")
+    return lo, hi
+
+
+def _objects(text: str) -> tuple[int, int]:
+    lo, hi = _pair(text, int)
+    if lo < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: at least 1 object per image")
+    return lo, hi
+
+
+def _scale(text: str) -> tuple[float, float]:
+    lo, hi = _pair(text, float)
+    if not 0 < lo <= hi <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: digit heights are fractions of the side, 0 < MIN <= MAX <= 1")
+    return lo, hi
+
+
+def _class_count(text: str) -> int:
+    n = positive_int(text)
+    if n > len(DIGIT_NAMES):
+        raise argparse.ArgumentTypeError(f"{n} must be at most {len(DIGIT_NAMES)} (the digits)")
+    return n
+
+
 def main(argv: list[str] | None = None) -> int:
     from . import load_dataset
 
@@ -79,15 +121,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--val", type=nonnegative_int, default=300)
     p.add_argument("--size", type=_width_x_height, default="500x375", help="WIDTHxHEIGHT of the written images")
     p.add_argument("--render", type=positive_int, default=512, help="side the digits are rendered at before resizing")
+    p.add_argument("--classes", type=_class_count, default=10, help="N: the digits zero..N-1 (default 10)")
+    p.add_argument("--objects", type=_objects, default=(1, 4), metavar="MIN,MAX",
+                   help="digits per image (default 1,4)")
+    p.add_argument("--scale", type=_scale, default=(0.15, 0.4), metavar="MIN,MAX",
+                   help="digit height as a fraction of the rendered side (default 0.15,0.4)")
     args = p.parse_args(argv)
     try:
         check_output_path(args.out, option="OUT", kind="dir")   # before rendering anything
     except OutputPathError as exc:
         p.error(str(exc))
     w, h = args.size
-    digits = tuple(["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"])
+    digits = DIGIT_NAMES[:args.classes]
     for split, n in (("train", args.train), ("val", args.val)):
-        ds = load_dataset("synthetic", split, image_size=args.render, num_images=n)
+        ds = load_dataset("synthetic", split, image_size=args.render, num_images=n, num_classes=args.classes,
+                          objects_per_image=args.objects, scale_range=args.scale)
         write_voc(ds, args.out, split, size=(w, h), class_names=digits)
         print(f"{args.out}: {split} {n} images {w}x{h}")
     return 0
