@@ -41,6 +41,25 @@ def _tiny(seed: int = 0) -> torch.nn.Module:
     return build_detector("tiny")
 
 
+# ---------------------------------------------------------------- progress log lines
+
+def test_log_lines_say_elapsed_and_time_left_at_the_pace_so_far(capsys):
+    now = [100.0]
+    log = train_mod._LogLines(every_s=30.0, clock=lambda: now[0])
+    task = log.add_task("float", total=40)
+    log.update(task, description="float epoch 1/4")
+    for _ in range(10):                     # 10 steps of 3 s: the first line is due after 30 s
+        now[0] += 3.0
+        log.update(task, advance=1, info="loss 1.000")
+    now[0] += 3.0
+    log.update(task, advance=0, description="float epoch 2/4")
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == ["float epoch 1/4: started",
+                     "float epoch 1/4: step 10/40 loss 1.000 (0m30s elapsed, about 1m30s left)",
+                     "float epoch 2/4: started (0m33s elapsed, about 1m39s left)"]
+    assert train_mod._duration(3725) == "1h02m05s" and train_mod._duration(59.6) == "1m00s"
+
+
 # ---------------------------------------------------------------- loss
 
 def _perfect_outputs(enc: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -132,13 +132,15 @@ def _setup_distributed() -> _Dist:
 
 class _LogLines:
     """Progress as plain log lines (stdout is a file, a pipe, CI, nohup): the same calls as a
-    rich Progress, a line when an epoch starts and at most every `every_s` seconds after."""
+    rich Progress, a line when an epoch starts and at most every `every_s` seconds after, with
+    the phase's elapsed time and the time left at its mean pace so far."""
 
-    def __init__(self, every_s: float = 30.0) -> None:
+    def __init__(self, every_s: float = 30.0, clock: Any = time.monotonic) -> None:
         self.every_s = every_s
+        self.clock = clock
         self.total = self.done = 0
         self.description = self.info = ""
-        self.last = time.monotonic()
+        self.started = self.last = clock()
 
     def __enter__(self) -> "_LogLines":
         return self
@@ -148,19 +150,35 @@ class _LogLines:
 
     def add_task(self, description: str, total: int, info: str = "") -> int:
         self.description, self.total, self.info = description, total, info
+        self.started = self.last = self.clock()
         return 0
+
+    def pace(self, now: float) -> str:
+        """'3m05s elapsed, about 12m40s left' for the steps done so far of this phase."""
+        elapsed = now - self.started
+        text = f"{_duration(elapsed)} elapsed"
+        if 0 < self.done <= self.total:
+            text += f", about {_duration(elapsed / self.done * (self.total - self.done))} left"
+        return text
 
     def update(self, task: int, advance: int = 0, description: str | None = None, info: str | None = None) -> None:
         self.done += advance
         self.info = self.info if info is None else info
-        now = time.monotonic()
+        now = self.clock()
         if description is not None and description != self.description:
             self.description = description
             self.last = now
-            print(f"{description}: started", flush=True)
+            print(f"{description}: started ({self.pace(now)})" if self.done else f"{description}: started",
+                  flush=True)
         elif now - self.last >= self.every_s:
             self.last = now
-            print(f"{self.description}: step {self.done}/{self.total} {self.info}".rstrip(), flush=True)
+            print(f"{self.description}: step {self.done}/{self.total} {self.info}".rstrip() + f" ({self.pace(now)})",
+                  flush=True)
+
+
+def _duration(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}h{s // 60 % 60:02d}m{s % 60:02d}s" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
 def _progress(enabled: bool) -> Any:
