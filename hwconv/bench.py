@@ -11,7 +11,7 @@ import numpy as np
 
 from .compiler.synthetic import codenet_program, detector_config
 from .golden.engine import execute
-from .golden.memory import write_tensor
+from .spec.memory import write_tensor
 from .spec.config import EngineConfig
 
 

@@ -9,7 +9,7 @@ import numpy as np
 from amaranth.sim import Simulator
 
 from hwconv.golden import execute
-from hwconv.golden.memory import write_tensor
+from hwconv.spec.memory import write_tensor
 from hwconv.rtl.engine import EngineCore
 from hwconv.spec import EngineConfig, Program
 from hwconv.spec.registers import ErrorCode

@@ -16,7 +16,8 @@ from hwconv.driver.decode import decode
 from hwconv.driver.engine import EngineDriver, EngineNotFound, EngineRunError
 from hwconv.driver.golden_backend import GoldenBackend
 from hwconv.driver.preprocess import letterbox, quantize_image, resize
-from hwconv.spec import EngineConfig, ErrorCode, offset
+from hwconv.spec import EngineConfig, ErrorCode
+from hwconv.spec.memory import PAGE_BYTES
 
 CFG = EngineConfig()
 
@@ -105,7 +106,7 @@ def test_config_hash_mismatch_refused_before_running(program):
 def test_device_sees_only_flushed_bytes():
     be = GoldenBackend(CFG)
     buf = be.alloc(100)
-    assert buf.device_address % 4096 == 0
+    assert buf.device_address % PAGE_BYTES == 0
     buf.array[:] = 7
     assert not be.memory.regions[buf.device_address].any(), "device saw host bytes before flush"
     buf.flush()

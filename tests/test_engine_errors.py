@@ -54,7 +54,7 @@ def img() -> np.ndarray:
 
 
 def loaded_arena(prog: Program, img: np.ndarray, size: int | None = None) -> np.ndarray:
-    from hwconv.golden import write_tensor
+    from hwconv.spec.memory import write_tensor
 
     arena = np.zeros(prog.arena_bytes if size is None else size, dtype=np.uint8)
     write_tensor(arena, prog.tensor("x").ref, img)
@@ -341,7 +341,6 @@ def test_reserved_requant_bits_stop_the_layer(prog, img, name, bit):
     """Bits 31:30 of a record's mult/shift word are reserved: the layer stops with BAD_REQUANT before
     it computes (they used to leak into the shift and change results silently)."""
     from hwconv.golden.engine import compute_layer, store_layer
-    from hwconv.golden.memory import read_tensor
 
     i = prog.layer_names.index(name)
     d = prog.layers[i]

@@ -1,9 +1,8 @@
 """SimBackend: the driver's backend on the RTL bench, blocking driver code bridged into cocotb.
 
-Runs today on the integration shell: buffers (alignment, non-coherence, reuse, exhaustion),
-register access, wait_irq on a real interrupt and on a timeout, and the driver's identity and
-register checks from tests/driver_checks.py unchanged. The program checks of driver_checks run
-once the engine runs programs (marker `engine`).
+Buffers (alignment, non-coherence, reuse, exhaustion), register access, wait_irq on a real
+interrupt and on a timeout, the driver's identity and register checks from tests/driver_checks.py
+unchanged, and (marker `engine`) its program checks.
 """
 
 from __future__ import annotations
@@ -13,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from hwconv.sim.runner import NOT_YET, engine_runs_programs
 from hwconv.spec import EngineConfig
 from hwconv.toolchain import verilator_env
 
@@ -21,7 +19,6 @@ CONFIG = EngineConfig()
 MODULE = Path(__file__).stem
 
 needs_verilator = pytest.mark.skipif(not verilator_env(), reason="verilator not installed")
-needs_engine = pytest.mark.skipif(not engine_runs_programs(), reason=NOT_YET)
 
 
 def _run(testcase: str, timeout_s: float = 120) -> None:
@@ -41,7 +38,6 @@ def test_driver_identity_and_register_checks_on_rtl():
 
 
 @pytest.mark.engine
-@needs_engine
 @needs_verilator
 def test_driver_program_checks_on_rtl():
     _run("driver_program_checks", timeout_s=900)
@@ -51,7 +47,8 @@ def test_driver_program_checks_on_rtl():
 import cocotb  # noqa: E402
 import numpy as np  # noqa: E402
 
-from hwconv.driver.backend import ALLOC_ALIGN, BackendError  # noqa: E402
+from hwconv.driver.backend import BackendError  # noqa: E402
+from hwconv.spec.memory import PAGE_BYTES  # noqa: E402
 from hwconv.sim.backend import SimBackend, run_blocking  # noqa: E402
 from hwconv.sim.bench import EngineBench  # noqa: E402
 from hwconv.sim.runner import config_from_env  # noqa: E402
@@ -80,7 +77,7 @@ async def backend_buffers_registers_irq(dut):
 
     def body(be: SimBackend) -> None:
         a, b = be.alloc(100), be.alloc(5000)
-        assert a.device_address % ALLOC_ALIGN == 0 and b.device_address % ALLOC_ALIGN == 0
+        assert a.device_address % PAGE_BYTES == 0 and b.device_address % PAGE_BYTES == 0
         assert a.device_address + a.nbytes <= b.device_address, (a, b)
         assert a.array.dtype == np.uint8 and a.array.size == 100 and not a.array.any()
 

@@ -11,7 +11,6 @@ import pytest
 from hwconv.cli import main
 from hwconv.compiler.cost import layer_macs
 from hwconv.compiler.synthetic import BackboneShape, codenet_program
-from hwconv.sim import runner
 from hwconv.sim.compare import compare_arenas, golden_arena
 from hwconv.sim.programs import random_inputs
 from hwconv.sim.simulate import CODENET_FPS, SimReport, _report_data, write_report
@@ -30,21 +29,12 @@ def program_file(tmp_path_factory):
     return prog, path
 
 
-def test_refuses_until_the_engine_runs_programs(monkeypatch, program_file, tmp_path, capsys):
-    monkeypatch.setattr(runner, "engine_runs_programs", lambda: False)
-    rc = main(["simulate", "--program", str(program_file[1]), "-o", str(tmp_path / "o")])
-    err = capsys.readouterr().err
-    assert rc == 2 and "does not run programs yet" in err and "RUNS_PROGRAMS" in err
-    assert not (tmp_path / "o").exists()
-
-
 def test_program_is_required(capsys):
     assert main(["simulate"]) == 2
     assert "--program is required" in capsys.readouterr().err
 
 
-def test_unreadable_image_is_a_clear_error(monkeypatch, program_file, tmp_path, capsys):
-    monkeypatch.setattr(runner, "engine_runs_programs", lambda: True)
+def test_unreadable_image_is_a_clear_error(program_file, tmp_path, capsys):
     bad = tmp_path / "not_an_image.png"
     bad.write_text("hello")
     rc = main(["simulate", "--program", str(program_file[1]), "--image", str(bad), "-o",
@@ -92,7 +82,6 @@ def test_report_from_counters(program_file, tmp_path):
 
 
 @pytest.mark.engine
-@pytest.mark.skipif(not runner.engine_runs_programs(), reason=runner.NOT_YET)
 @pytest.mark.skipif(not verilator_env(), reason="verilator not installed")
 def test_simulate_end_to_end(program_file, tmp_path, capsys):
     rc = main(["simulate", "--program", str(program_file[1]), "--random-input", "3",

@@ -10,7 +10,8 @@ import pytest
 from hwconv.compiler.synthetic import codenet_program
 from hwconv.golden.engine import run_program
 from hwconv.sim.compare import compare_arenas, element_offsets, golden_arena, owners
-from hwconv.sim.layout import PAGE_BYTES, RAM_BASE, MemoryMap, Region, place_program, ram_bytes_for
+from hwconv.spec.memory import PAGE_BYTES
+from hwconv.sim.layout import RAM_BASE, MemoryMap, Region, place_program, ram_bytes_for
 from hwconv.sim.programs import (ERROR_KINDS, OPS, corrupt_image, expected_error, random_inputs,
                                  random_op_program)
 from hwconv.spec import EngineConfig

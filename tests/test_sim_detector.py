@@ -8,17 +8,15 @@ import pytest
 import torch
 
 from hwconv.driver.decode import decode_outputs
-from hwconv.golden.memory import read_tensor
+from hwconv.spec.memory import read_tensor
 from hwconv.quant.export import export_program
 from hwconv.quant.models import build_detector
 from hwconv.quant.verify import fake_quant_integers, quantize_image
-from hwconv.sim.runner import NOT_YET, engine_runs_programs
 from hwconv.sim.simulate import simulate_program
 from hwconv.toolchain import verilator_env
 
 pytestmark = [
     pytest.mark.engine,
-    pytest.mark.skipif(not engine_runs_programs(), reason=NOT_YET),
     pytest.mark.skipif(not verilator_env(), reason="verilator not installed"),
 ]
 

@@ -1,7 +1,6 @@
 """Whole programs on the RTL engine, bit-exact against the golden model.
 
-Marked `engine` and skipped until EngineTop.RUNS_PROGRAMS is True (the integration shell runs
-no programs). Fast subset: a CoDeNet-shaped program on a 32x32 input, three random programs of
+Marked `engine`. Fast subset: a CoDeNet-shaped program on a 32x32 input, three random programs of
 every op, reset in the middle of a program, the four error programs. Behind `slow`: the tiny
 CoDeNet config at 128x128, many more random programs, other PE configurations.
 """
@@ -13,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from hwconv.sim.runner import NOT_YET, engine_runs_programs
 from hwconv.spec import EngineConfig
 from hwconv.toolchain import verilator_env
 
@@ -27,7 +25,6 @@ ERRORS = ("bad_magic", "config_hash", "bad_opcode", "arena_out_of_bounds")
 
 pytestmark = [
     pytest.mark.engine,
-    pytest.mark.skipif(not engine_runs_programs(), reason=NOT_YET),
     pytest.mark.skipif(not verilator_env(), reason="verilator not installed"),
 ]
 

@@ -200,12 +200,9 @@ def test_cli_refuses_bad_options(capsys):
 # -- the fixed-seed slice on the Verilator engine ----------------------------------------------
 @pytest.mark.engine
 def test_fixed_seed_slice_on_verilator_matches_golden(tmp_path):
-    from hwconv.sim.runner import NOT_YET, engine_runs_programs
     from hwconv.sim.verify.run import verify
     from hwconv.toolchain import verilator_env
 
-    if not engine_runs_programs():
-        pytest.skip(NOT_YET)
     if not verilator_env():
         pytest.skip("verilator not installed")
     s = verify(U96, seed=0, programs=2, layers=12, workers=2, batch=1, out_dir=tmp_path)

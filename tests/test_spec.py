@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hwconv.compiler import ProgramBuilder
-from hwconv.golden import read_tensor, write_tensor
+from hwconv.spec.memory import read_tensor, write_tensor
 from hwconv.spec import (DESCRIPTOR_BYTES, DESCRIPTOR_FIELD_OFFSETS, REGISTERS, EngineConfig, ErrorCode,
                          Flag, LayerDescriptor, Opcode, SpecError, TensorRef, offset, reg)
 from hwconv.spec.registers import REGISTER_MAP_BYTES

@@ -21,10 +21,10 @@ import numpy as np
 
 from ..spec.config import EngineConfig
 from ..spec.errors import SpecError
-from ..spec.isa import Flag, LayerDescriptor, Opcode, TensorRef
+from ..spec.isa import Flag, LayerDescriptor, Opcode, TensorRef, channel_reach, conv_out_size
 from ..spec.params import BLOB_ALIGN, act_range, align, pack_requant, pack_weights
 from ..spec.program import Program, TensorInfo
-from ..spec.validate import blocks, conv_out_size, line_buffer_words, row_buffer_need, weight_words
+from ..spec.validate import blocks, line_buffer_words, row_buffer_need, weight_words
 
 
 @dataclass(eq=False)
@@ -145,7 +145,7 @@ class ProgramBuilder:
             raise SpecError(f"view of {t.buffer.name!r}: cannot take a view of a grouped view")
         g = group_channels or channels
         gs = group_stride or g
-        reach = ((channels - 1) // g) * gs + (channels - 1) % g + 1
+        reach = channel_reach(channels, g, gs)
         if channel_offset < 0 or channel_offset + reach > t.channels:
             raise SpecError(f"view of {t.buffer.name!r}: channels {channel_offset}..{channel_offset + reach - 1} "
                             f"outside its {t.channels} channels")

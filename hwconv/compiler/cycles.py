@@ -92,13 +92,8 @@ def _read(nbytes: int, lat: int) -> int:
     return lat + _READ_OVERHEAD + nbytes if nbytes else 0
 
 
-def _reach(ref) -> int:
-    c = ref.channels - 1
-    return (c // ref.group_channels) * ref.group_stride + c % ref.group_channels + 1
-
-
 def _row_bytes(ref) -> int:
-    return (ref.width - 1) * ref.pixel_stride + _reach(ref)
+    return (ref.width - 1) * ref.pixel_stride + ref.reach
 
 
 def layer_cycles(d: LayerDescriptor, cfg: EngineConfig, mem_latency: int = DEFAULT_MEM_LATENCY,

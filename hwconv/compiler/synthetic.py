@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..golden.engine import accumulate, compute_layer, store_layer
-from ..golden.memory import write_tensor
+from ..spec.memory import write_tensor
 from ..spec.config import EngineConfig
 from ..spec.isa import REQUANT_OPS
 from ..spec.params import REQUANT_RECORD_BYTES, pack_requant, quantize_multiplier, unpack_requant

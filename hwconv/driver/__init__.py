@@ -6,6 +6,6 @@ pynq_backend.py    a PYNQ board: Overlay, allocate, the engine IP's MMIO
 engine.py          EngineDriver: load a program, run, read counters, detect
 """
 
-from .backend import ALLOC_ALIGN, Backend, BackendError, Buffer
+from .backend import Backend, BackendError, Buffer
 
-__all__ = ["ALLOC_ALIGN", "Backend", "BackendError", "Buffer"]
+__all__ = ["Backend", "BackendError", "Buffer"]

@@ -18,7 +18,7 @@ cocotb's bridge/resume.)
     Short backend name for messages and reports ("golden", "pynq", "sim").
 ``alloc(nbytes: int) -> Buffer``
     A new device-visible buffer of exactly ``nbytes`` bytes (``nbytes >= 1``), zero-filled on the
-    host side, ``device_address`` aligned to at least ``ALLOC_ALIGN`` bytes and below
+    host side, ``device_address`` aligned to at least ``PAGE_BYTES`` (hwconv.spec.memory) bytes and below
     ``2 ** config.addr_width``. Raises `BackendError` when memory is exhausted or nbytes is bad.
 ``read_reg(offset: int) -> int``
     One 32-bit AXI4-Lite read at byte ``offset`` of the register window (offsets from
@@ -68,9 +68,6 @@ import time
 import numpy as np
 
 from ..spec.config import EngineConfig
-
-ALLOC_ALIGN = 4096  # page alignment: DMA bursts never cross a 4 KiB boundary inside a buffer
-
 
 class BackendError(RuntimeError):
     """A backend cannot do what was asked (no memory, closed, bad register offset, no board)."""

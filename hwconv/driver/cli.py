@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import numpy as np
 
 from ..options import class_list, positive_int, unit_interval
 
-BACKENDS = ("golden", "pynq", "sim")
+BACKENDS = ("golden", "pynq")  # the RTL simulation runs programs through `hwconv simulate`
 
 
 def open_driver(backend: str, program, *, bitfile: str | None = None):
@@ -20,28 +21,18 @@ def open_driver(backend: str, program, *, bitfile: str | None = None):
         from .golden_backend import GoldenBackend
 
         return EngineDriver(GoldenBackend(program.config))
-    if backend == "pynq":
-        try:
-            import pynq  # noqa: F401
-        except ImportError:
-            raise SystemExit("hwconv: --backend pynq needs the pynq package (a PYNQ board image has it)") from None
-        if not bitfile:
-            raise SystemExit("hwconv: --backend pynq needs --bitfile <stem>.bit (with <stem>.hwh beside it)")
-        from .pynq_backend import open_engine
+    if backend != "pynq":
+        raise ValueError(f"backend {backend!r}: one of {', '.join(BACKENDS)}")
+    if importlib.util.find_spec("pynq") is None:
+        raise SystemExit("hwconv: --backend pynq needs the pynq package (a PYNQ board image has it)")
+    if not bitfile:
+        raise SystemExit("hwconv: --backend pynq needs --bitfile <stem>.bit (with <stem>.hwh beside it)")
+    from .pynq_backend import open_engine
 
-        try:
-            return open_engine(bitfile, config=program.config)
-        except RuntimeError as exc:  # pynq off a board: "No Devices Found"
-            raise SystemExit(f"hwconv: --backend pynq: {exc} (run this on the board, or use --backend golden)") from None
     try:
-        from ..sim import backend as sim_backend  # noqa: F401
-        from ..sim.runner import NOT_YET, engine_runs_programs
-    except ImportError as exc:
-        raise SystemExit(f"hwconv: --backend sim is unavailable: {exc}") from None
-    if not engine_runs_programs():
-        raise SystemExit(f"hwconv: --backend sim: {NOT_YET}; use --backend golden for the same results")
-    raise SystemExit("hwconv: --backend sim runs inside a cocotb simulation: use the simulation tests "
-                     "(tests/test_sim_*.py) until hwconv.sim offers a command-line entry point")
+        return open_engine(bitfile, config=program.config)
+    except RuntimeError as exc:  # pynq off a board: "No Devices Found"
+        raise SystemExit(f"hwconv: --backend pynq: {exc} (run this on the board, or use --backend golden)") from None
 
 
 def _load_program(path: str):

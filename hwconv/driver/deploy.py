@@ -47,15 +47,15 @@ import numpy as np
 from ..fileio import (InputFileError, atomic_write_bytes, atomic_write_text, check_output_path,
                       check_regular_file, loads_json, make_temp_dir, read_capped)
 from ..spec.config import EngineConfig
-from ..spec.errors import SpecError, printable
+from ..spec.errors import printable
 from ..spec.program import Program
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # .../hwconv
 VENDORED = {  # the closure of what the runner imports, numpy and pynq aside
     "": ["__init__.py", "fileio.py", "imageio.py"],
-    "spec": ["__init__.py", "config.py", "errors.py", "isa.py", "params.py", "program.py", "registers.py",
-             "validate.py"],
-    "golden": ["__init__.py", "engine.py", "memory.py", "ops.py"],
+    "spec": ["__init__.py", "config.py", "errors.py", "isa.py", "memory.py", "params.py", "program.py",
+             "registers.py", "validate.py"],
+    "golden": ["__init__.py", "engine.py", "ops.py"],
     "compiler": ["__init__.py", "builder.py", "cost.py"],
     "driver": ["__init__.py", "backend.py", "decode.py", "engine.py", "golden_backend.py", "preprocess.py",
                "pynq_backend.py"],

@@ -21,9 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..golden.memory import read_tensor, write_tensor
+from ..spec.memory import read_tensor, write_tensor
 from ..spec.program import FORMAT_VERSION, Program
-from ..spec.registers import ENGINE_ID, ENGINE_VLNV, ErrorCode, mask, offset
+from ..spec.registers import (CONTROL_SOFT_RESET, CONTROL_START, ENGINE_ID, ENGINE_VLNV, IRQ_ENABLE_DONE,
+                              IRQ_STATUS_DONE, STATUS_BUSY, STATUS_DONE, STATUS_ERROR, ErrorCode, field_value,
+                              offset)
 from .backend import Backend, BackendError, Buffer
 
 try:  # on a board (or wherever pynq is installed) the driver binds to the engine IP by VLNV
@@ -32,10 +34,6 @@ except ImportError:  # pynq is optional: every other backend works without it
     _IPBase = object
 
 
-
-START, SOFT_RESET = mask("CONTROL", "start"), mask("CONTROL", "soft_reset")
-BUSY, DONE, ERROR_BIT = mask("STATUS", "busy"), mask("STATUS", "done"), mask("STATUS", "error")
-IRQ_DONE = mask("IRQ_STATUS", "done")
 POLL_S = 0.01  # longest wait between two STATUS reads
 
 
@@ -123,7 +121,7 @@ class EngineDriver(_IPBase):
             raise EngineNotFound(f"{self.backend.name}: ID register reads 0x{ident:08x}, a hwconv engine "
                                  f"reads 0x{ENGINE_ID:08x} (wrong bitstream or address?)")
         version = self.read("VERSION")
-        major, minor = version >> 16, version & 0xFFFF
+        major, minor = field_value("VERSION", "major", version), field_value("VERSION", "minor", version)
         if major != FORMAT_VERSION[0]:
             raise EngineNotFound(f"{self.backend.name}: engine runs program format {major}.{minor}, this "
                                  f"driver writes {FORMAT_VERSION[0]}.{FORMAT_VERSION[1]}")
@@ -131,15 +129,15 @@ class EngineDriver(_IPBase):
 
     def status(self) -> dict:
         s = self.read("STATUS")
-        return {"busy": bool(s & BUSY), "done": bool(s & DONE), "error": bool(s & ERROR_BIT),
-                "error_code": ErrorCode(self.read("ERROR")).name if s & ERROR_BIT else None,
+        return {"busy": bool(s & STATUS_BUSY), "done": bool(s & STATUS_DONE), "error": bool(s & STATUS_ERROR),
+                "error_code": ErrorCode(self.read("ERROR")).name if s & STATUS_ERROR else None,
                 "layers_done": self.read("LAYERS_DONE")}
 
     def soft_reset(self, timeout_s: float = 1.0) -> None:
         """CONTROL.soft_reset: back to idle (configuration registers are kept)."""
-        self.write("CONTROL", SOFT_RESET)
+        self.write("CONTROL", CONTROL_SOFT_RESET)
         deadline = time.monotonic() + timeout_s
-        while self.read("STATUS") & BUSY:
+        while self.read("STATUS") & STATUS_BUSY:
             if time.monotonic() > deadline:
                 raise EngineTimeout(f"{self.backend.name}: still busy {timeout_s} s after a soft reset")
             self.backend.wait_irq(POLL_S)
@@ -180,7 +178,7 @@ class EngineDriver(_IPBase):
             self._write64(name, addr)
         self.write("PARAMS_SIZE", len(params))
         self.write("ARENA_SIZE", program.arena_bytes)
-        self.write("IRQ_ENABLE", mask("IRQ_ENABLE", "done"))
+        self.write("IRQ_ENABLE", IRQ_ENABLE_DONE)
         self.program = program
 
     def _free(self) -> None:
@@ -227,14 +225,14 @@ class EngineDriver(_IPBase):
         for t in prog.inputs:
             write_tensor(arena.array, t.ref, values[t.name])
         arena.flush()
-        self.write("IRQ_STATUS", IRQ_DONE)
+        self.write("IRQ_STATUS", IRQ_STATUS_DONE)
         t0 = time.perf_counter()
-        self.write("CONTROL", START)
+        self.write("CONTROL", CONTROL_START)
         status = self._wait_done(timeout_s)
         wall = time.perf_counter() - t0
-        self.write("IRQ_STATUS", IRQ_DONE)
+        self.write("IRQ_STATUS", IRQ_STATUS_DONE)
         layers_done = self.read("LAYERS_DONE")
-        if status & ERROR_BIT:
+        if status & STATUS_ERROR:
             code, layer = ErrorCode(self.read("ERROR")), self.read("ERROR_LAYER")
             name = prog.layer_names[layer] if layer < len(prog.layer_names) else None
             raise EngineRunError(code, layer, name, layers_done)
@@ -254,7 +252,7 @@ class EngineDriver(_IPBase):
         deadline = time.monotonic() + timeout_s
         while True:
             status = self.read("STATUS")
-            if status & DONE:
+            if status & STATUS_DONE:
                 return status
             remaining = deadline - time.monotonic()
             if remaining <= 0:

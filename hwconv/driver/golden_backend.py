@@ -28,19 +28,15 @@ from ..compiler.cost import ideal_cycles, layer_macs
 from ..golden.engine import execute
 from ..spec.config import EngineConfig
 from ..spec.isa import LayerDescriptor
-from ..spec.program import FORMAT_VERSION
-from ..spec.registers import ENGINE_ID, REGISTER_MAP_BYTES, REGISTERS, Access, ErrorCode, mask
-from .backend import ALLOC_ALIGN, Backend, BackendError, Buffer, check_alloc_size, check_reg_access
+from ..spec.memory import PAGE_BYTES
+from ..spec.program import VERSION_WORD
+from ..spec.registers import (CONTROL_SOFT_RESET, CONTROL_START, ENGINE_ID, IRQ_ENABLE_DONE, IRQ_STATUS_DONE,
+                              REGISTER_MAP_BYTES, REGISTERS, STATUS_BUSY, STATUS_DONE, STATUS_ERROR, Access,
+                              ErrorCode)
+from .backend import Backend, BackendError, Buffer, check_alloc_size, check_reg_access
 
 DEVICE_MEMORY_BASE = 0x1000_0000  # where the model's buffers start (inside Zynq DDR, like CMA)
 MASK32 = 0xFFFF_FFFF
-
-
-
-START, SOFT_RESET = mask("CONTROL", "start"), mask("CONTROL", "soft_reset")
-BUSY, DONE, ERROR_BIT = mask("STATUS", "busy"), mask("STATUS", "done"), mask("STATUS", "error")
-IRQ_DONE = mask("IRQ_STATUS", "done")
-IRQ_ENABLE_DONE = mask("IRQ_ENABLE", "done")
 
 
 class DeviceMemory:
@@ -56,7 +52,7 @@ class DeviceMemory:
         if addr + nbytes > self._limit:
             raise BackendError(f"device memory exhausted: {nbytes} bytes at 0x{addr:x} pass 0x{self._limit:x}")
         self.regions[addr] = np.zeros(nbytes, np.uint8)
-        self._next = addr + -(-nbytes // ALLOC_ALIGN) * ALLOC_ALIGN
+        self._next = addr + -(-nbytes // PAGE_BYTES) * PAGE_BYTES
         return addr
 
     def release(self, addr: int) -> None:
@@ -140,20 +136,20 @@ class EngineModel:
         elif r.access == Access.W1C:
             self.stored[r.name] &= ~value & MASK32
         else:  # CONTROL strobes: soft reset wins over a start in the same write
-            if value & SOFT_RESET:
+            if value & CONTROL_SOFT_RESET:
                 self._clear_run_state()
-            elif value & START and not self.status & BUSY:
+            elif value & CONTROL_START and not self.status & STATUS_BUSY:
                 self._start()
 
     @property
     def irq(self) -> bool:
-        return bool(self.stored["IRQ_STATUS"] & IRQ_DONE and self.stored["IRQ_ENABLE"] & IRQ_ENABLE_DONE)
+        return bool(self.stored["IRQ_STATUS"] & IRQ_STATUS_DONE and self.stored["IRQ_ENABLE"] & IRQ_ENABLE_DONE)
 
     def _ro_value(self, name: str) -> int:
         if name == "ID":
             return ENGINE_ID
         if name == "VERSION":
-            return FORMAT_VERSION[0] << 16 | FORMAT_VERSION[1]
+            return VERSION_WORD
         if name == "CONFIG_HASH":
             return self.config.config_hash
         if name == "STATUS":
@@ -189,13 +185,13 @@ class EngineModel:
 
     def _stop(self, code: ErrorCode, layer: int) -> None:
         self.error, self.error_layer = code, layer
-        self.status = DONE | ERROR_BIT
-        self.stored["IRQ_STATUS"] |= IRQ_DONE
+        self.status = STATUS_DONE | STATUS_ERROR
+        self.stored["IRQ_STATUS"] |= IRQ_STATUS_DONE
 
     def _start(self) -> None:
         self._clear_run_state()
         self.runs += 1
-        self.status = BUSY
+        self.status = STATUS_BUSY
         if self.bus_hung:
             return  # the first descriptor fetch never returns: busy until soft reset
         image = self.memory.window(self._base("DESC_BASE"), None)
@@ -213,8 +209,8 @@ class EngineModel:
         self.layers_done = res.layers_done
         if res.error:
             return self._stop(res.error, res.error_layer)
-        self.status = DONE
-        self.stored["IRQ_STATUS"] |= IRQ_DONE
+        self.status = STATUS_DONE
+        self.stored["IRQ_STATUS"] |= IRQ_STATUS_DONE
 
 
 def _figure_clock_hz(config: EngineConfig) -> float:

@@ -23,7 +23,7 @@ from ..spec.program import FORMAT_VERSION, Program
 from ..spec.registers import ErrorCode
 from ..spec.validate import check_descriptor, check_requant_records, weight_count, weight_shape
 from . import ops
-from .memory import read_tensor, write_tensor
+from ..spec.memory import read_tensor, write_tensor
 
 LayerHook = Callable[[int, LayerDescriptor, np.ndarray], None]
 

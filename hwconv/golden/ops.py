@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from ..spec.isa import conv_out_size
 from ..spec.params import act_range
 
 _F32_EXACT = 1 << 24
@@ -48,15 +49,11 @@ def _windows(xp: np.ndarray, k: int, stride: int, ho: int, wo: int, dilation: in
                       strides=(sh * stride, sw * stride, sh * dilation, sw * dilation, sc), writeable=False)
 
 
-def out_size(size: int, k: int, stride: int, pad: int) -> int:
-    return (size + 2 * pad - k) // stride + 1
-
-
 def conv2d(x: np.ndarray, w: np.ndarray, stride: int = 1, pad: int = 0) -> np.ndarray:
     """Dense convolution. x: (H, W, Cin), w: (Cout, k, k, Cin) -> int64 (Ho, Wo, Cout)."""
     cout, k, _, cin = w.shape
     h, wd, _ = x.shape
-    ho, wo = out_size(h, k, stride, pad), out_size(wd, k, stride, pad)
+    ho, wo = conv_out_size(h, k, stride, pad), conv_out_size(wd, k, stride, pad)
     ft = _exact_float_dtype(_worst_case(x, w, k * k * cin))
     xp = _pad_hw(x.astype(ft, copy=False), pad)
     if k == 1:
@@ -72,7 +69,7 @@ def depthwise(x: np.ndarray, w: np.ndarray, stride: int = 1, pad: int = 0) -> np
     """Depthwise convolution. x: (H, W, C), w: (C, k, k) -> int64 (Ho, Wo, C)."""
     c, k, _ = w.shape
     h, wd, _ = x.shape
-    ho, wo = out_size(h, k, stride, pad), out_size(wd, k, stride, pad)
+    ho, wo = conv_out_size(h, k, stride, pad), conv_out_size(wd, k, stride, pad)
     ft = _exact_float_dtype(_worst_case(x, w, k * k))
     xp = _pad_hw(x.astype(ft, copy=False), pad)
     wf = w.astype(ft)
@@ -110,7 +107,7 @@ def deform_depthwise(x: np.ndarray, w: np.ndarray, dilation: np.ndarray, max_dil
 def maxpool(x: np.ndarray, k: int, stride: int, pad: int, signed: bool, bits: int = 8) -> np.ndarray:
     """Max pool; padding takes the type's minimum, which can never win over a real element."""
     h, wd, _ = x.shape
-    ho, wo = out_size(h, k, stride, pad), out_size(wd, k, stride, pad)
+    ho, wo = conv_out_size(h, k, stride, pad), conv_out_size(wd, k, stride, pad)
     xp = _pad_hw(x, pad, act_range(bits, signed)[0])
     return _windows(xp, k, stride, ho, wo).max(axis=(2, 3))
 

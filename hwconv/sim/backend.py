@@ -34,8 +34,9 @@ import numpy as np
 from cocotb.task import bridge, resume
 from cocotb.triggers import ClockCycles, First, RisingEdge
 
-from ..driver.backend import (ALLOC_ALIGN, Backend, BackendError, Buffer, check_alloc_size,
+from ..driver.backend import (Backend, BackendError, Buffer, check_alloc_size,
                               check_reg_access)
+from ..spec.memory import PAGE_BYTES
 from ..spec.registers import REGISTER_MAP_BYTES
 from .bench import EngineBench
 from .layout import RAM_BASE, Region, align_up
@@ -89,7 +90,7 @@ class SimBackend(Backend):
         self.clock_hz = bench.config.clock_mhz * 1e6
         self.counter_source = "hardware (RTL simulation)"
         self._chunk = irq_chunk_cycles
-        self._heap = (align_up(heap_base, ALLOC_ALIGN), len(bench.mem))
+        self._heap = (align_up(heap_base, PAGE_BYTES), len(bench.mem))
         self._buffers: list[SimBuffer] = []  # sorted by address
         self._closed = False
 
@@ -106,7 +107,7 @@ class SimBackend(Backend):
         for index, b in enumerate(self._buffers):
             if addr + nbytes <= b.device_address:
                 break
-            addr = align_up(b.device_address + b.nbytes, ALLOC_ALIGN)
+            addr = align_up(b.device_address + b.nbytes, PAGE_BYTES)
         else:
             index = len(self._buffers)
         limit = min(self._heap[1], 1 << self.config.addr_width)

@@ -40,15 +40,15 @@ from cocotb.triggers import ClockCycles, First, RisingEdge
 from cocotbext.axi import AxiBus, AxiLiteBus, AxiLiteMaster
 from cocotbext.axi.axi_ram import AxiRamRead, AxiRamWrite
 
-from ..golden.memory import read_tensor, write_tensor
+from ..spec.memory import read_tensor, write_tensor
 from ..spec.config import EngineConfig
 from ..spec.program import Program
-from ..spec.registers import REGISTER_BYTES, ErrorCode, mask, reg
+from ..spec.registers import (CONTROL_SOFT_RESET, CONTROL_START, IRQ_ENABLE_DONE, IRQ_STATUS_DONE,
+                              REGISTER_BYTES, ErrorCode, reg)
 from .layout import MemoryMap, ProgramLayout, Region, place_program, ram_bytes_for
-from .runner import engine_runs_programs  # noqa: F401  (re-exported for cocotb tests)
 
 __all__ = ["AccessViolation", "Counters", "EngineBench", "EngineHang", "LayerCounters",
-           "RunStatus", "engine_runs_programs", "random_pauses"]
+           "RunStatus", "random_pauses"]
 
 DEFAULT_RAM_BYTES = 16 << 20
 DEFAULT_TIMEOUT_CYCLES = 1_000_000
@@ -241,7 +241,7 @@ class EngineBench:
     async def write_reg(self, name: str, value: int) -> None:
         await self.write_reg_at(reg(name).offset, value)
         if name == "IRQ_ENABLE":
-            self._irq_enabled = bool(value & mask("IRQ_ENABLE", "done"))
+            self._irq_enabled = bool(value & IRQ_ENABLE_DONE)
 
     async def read_reg64(self, stem: str) -> int:
         """A 64-bit register pair: LO first (it latches HI), then HI."""
@@ -354,14 +354,14 @@ class EngineBench:
     # -- runs -------------------------------------------------------------------------------------
     async def start(self, *, irq: bool = True) -> None:
         """Clear a pending interrupt, enable (or not) the done interrupt, pulse CONTROL.start."""
-        await self.write_reg("IRQ_STATUS", mask("IRQ_STATUS", "done"))
-        await self.write_reg("IRQ_ENABLE", mask("IRQ_ENABLE", "done") if irq else 0)
-        await self.write_reg("CONTROL", mask("CONTROL", "start"))
+        await self.write_reg("IRQ_STATUS", IRQ_STATUS_DONE)
+        await self.write_reg("IRQ_ENABLE", IRQ_ENABLE_DONE if irq else 0)
+        await self.write_reg("CONTROL", CONTROL_START)
 
     async def soft_reset(self, timeout_cycles: int = 10_000) -> RunStatus:
         """CONTROL.soft_reset, then wait until STATUS.busy clears (an engine may first drain
         its outstanding bursts); EngineHang if it stays busy."""
-        await self.write_reg("CONTROL", mask("CONTROL", "soft_reset"))
+        await self.write_reg("CONTROL", CONTROL_SOFT_RESET)
         waited = 0
         while (st := await self.status()).busy:
             if waited >= timeout_cycles:

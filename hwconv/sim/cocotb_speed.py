@@ -21,9 +21,8 @@ from cocotb.triggers import ClockCycles
 from ..fileio import atomic_write_text
 from ..compiler.synthetic import BackboneShape, codenet_program
 from .bench import EngineBench
-from .layout import RAM_BASE, Region
 from .programs import random_inputs
-from .runner import config_from_env, engine_runs_programs
+from .runner import config_from_env
 
 SMALL_CODENET = BackboneShape(32, 4, (8, 16, 32, 64), (1, 1, 1), (32, 16, 16), 16, 2)
 
@@ -43,18 +42,12 @@ async def measure_speed(dut):
     bare_s = time.perf_counter() - t0
     clock.stop()
 
-    # Full bench: bus models with backpressure on every channel; a real program on an engine
-    # that runs them (a CoDeNet-shaped 32x32 frame), else the shell's self-test again and again.
-    if engine_runs_programs():
-        program, _ = codenet_program(cfg, SMALL_CODENET)
-        bench = EngineBench.for_program(dut, program)
-        await bench.reset()
-        await bench.load_program(program, random_inputs(program, 0))
-    else:
-        bench = EngineBench(dut, cfg, ram_bytes=1 << 20)
-        await bench.reset()
-        bench.map.add(Region("image", RAM_BASE, 4096, writable=False))
-        await bench.write_reg64("DESC_BASE", RAM_BASE)
+    # Full bench: bus models with backpressure on every channel, running a CoDeNet-shaped 32x32
+    # frame again and again.
+    program, _ = codenet_program(cfg, SMALL_CODENET)
+    bench = EngineBench.for_program(dut, program)
+    await bench.reset()
+    await bench.load_program(program, random_inputs(program, 0))
     bench.set_backpressure(0.5, seed=1)
     runs, t0, ps0 = 0, time.perf_counter(), get_sim_time("ps")
     while (get_sim_time("ps") - ps0) < cycles * bench.clock_period_ps:
@@ -66,5 +59,5 @@ async def measure_speed(dut):
     atomic_write_text(out, json.dumps({
         "bare_clock": {"cycles": cycles, "seconds": bare_s},
         "bench": {"cycles": clocked, "seconds": bench_s, "runs": runs,
-                  "workload": "codenet 32x32 program" if engine_runs_programs() else "shell self-test"},
+                  "workload": "codenet 32x32 program"},
     }) + "\n")

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..golden.engine import execute
-from ..golden.memory import read_tensor, write_tensor
+from ..spec.memory import read_tensor, write_tensor
 from ..spec.isa import Flag, TensorRef
 from ..spec.program import Program
 from ..spec.registers import ErrorCode

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..spec.memory import PAGE_BYTES
 from ..spec.program import Program
 
-__all__ = ["PAGE_BYTES", "RAM_BASE", "MemoryMap", "ProgramLayout", "Region", "place_program",
+__all__ = ["RAM_BASE", "MemoryMap", "ProgramLayout", "Region", "place_program",
            "ram_bytes_for", "align_up"]
 
-PAGE_BYTES = 4096
 RAM_BASE = PAGE_BYTES        # the first page stays unmapped (see the module docstring)
 MIN_RAM_BYTES = 1 << 20
 

@@ -23,9 +23,9 @@ import numpy as np
 
 from ..compiler.builder import ProgramBuilder, Tensor
 from ..golden.engine import RunResult, execute
-from ..golden.memory import write_tensor
+from ..spec.memory import write_tensor
 from ..spec.config import EngineConfig
-from ..spec.isa import (DESCRIPTOR_FIELDS, PREAMBLE_BYTES, PREAMBLE_FIELDS, DESCRIPTOR_BYTES,
+from ..spec.isa import (channel_reach, DESCRIPTOR_FIELDS, PREAMBLE_BYTES, PREAMBLE_FIELDS, DESCRIPTOR_BYTES,
                         Opcode, field_offsets)
 from ..spec.params import act_range, quantize_multiplier, weight_range
 from ..spec.program import Program
@@ -67,7 +67,7 @@ def _sink(b: ProgramBuilder, rng, h: int, w: int, c: int, signed: bool) -> Tenso
         return b.view(cat, int(rng.integers(0, extra + 1)), c)
     g = int(rng.integers(1, c + 1))
     gs = g + int(rng.integers(1, 3))
-    reach = ((c - 1) // g) * gs + (c - 1) % g + 1
+    reach = channel_reach(c, g, gs)
     cat = b.buffer("cat", h, w, reach + int(rng.integers(0, 3)), signed=signed)
     return b.view(cat, 0, c, group_channels=g, group_stride=gs)
 

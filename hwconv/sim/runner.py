@@ -42,8 +42,8 @@ from ..toolchain import VERILATOR_HINT, find_iverilog, verilator_env
 
 __all__ = [
     "CONFIG_ENV", "DEFAULT_SIM", "SIMULATORS", "TOP_NAME", "SimBuild", "SimError", "SimRun",
-    "NOT_YET", "SimulationFailed", "TestResult", "build", "build_root", "config_from_env",
-    "engine_runs_programs", "run", "simulator_from_env",
+    "SimulationFailed", "TestResult", "build", "build_root", "config_from_env",
+    "run", "simulator_from_env",
 ]
 
 SIMULATORS = ("verilator", "icarus")
@@ -89,17 +89,6 @@ def config_from_env() -> EngineConfig:
     if not raw:
         raise SimError(f"{CONFIG_ENV} is not set: run cocotb modules through hwconv.sim.runner.run")
     return EngineConfig.from_dict(json.loads(raw), source=CONFIG_ENV)
-
-
-def engine_runs_programs() -> bool:
-    """Whether the RTL top runs whole programs yet (the engine sets EngineTop.RUNS_PROGRAMS);
-    until then program tests skip and `hwconv simulate` refuses."""
-    from ..rtl.top import EngineTop
-
-    return getattr(EngineTop, "RUNS_PROGRAMS", False) is True
-
-
-NOT_YET = "the engine top does not run programs yet"
 
 
 def build_root() -> Path:

@@ -26,16 +26,12 @@ from ..rtl.clock import EngineClock, clock_for
 from ..spec.program import Program
 from ..spec.registers import ErrorCode
 from .compare import Comparison, compare_arenas, golden_arena
-from .runner import NOT_YET, SimError, engine_runs_programs, run
+from .runner import run
 
-__all__ = ["CODENET_FPS", "NotReady", "SimReport", "simulate_program", "write_report"]
+__all__ = ["CODENET_FPS", "SimReport", "simulate_program", "write_report"]
 
 CODENET_FPS = 32.2    # CoDeNet config a on Ultra96 (FPGA 2021), the figure to beat
 DEFAULT_TIMEOUT_CYCLES = 200_000_000
-
-
-class NotReady(SimError):
-    """The RTL top cannot run programs yet."""
 
 
 @dataclass
@@ -62,9 +58,6 @@ def simulate_program(program: Program, inputs: dict[str, np.ndarray], out_dir: P
 
     fps figures use `clock` (from `hwconv.rtl.clock.clock_for`: min(board clock, estimated Fmax));
     without it, clock_for(program.config); `clock_mhz` forces a clock, labelled unverified."""
-    if not engine_runs_programs():
-        raise NotReady(f"cannot simulate programs: {NOT_YET} (hwconv/rtl/top.py is the "
-                       f"integration shell; EngineTop.RUNS_PROGRAMS marks the real engine)")
     out_dir = Path(out_dir)
     job = out_dir / "job"
     shutil.rmtree(job, ignore_errors=True)

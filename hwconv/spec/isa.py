@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import enum
 import struct
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, replace
 
 from .errors import SpecError
 
@@ -58,6 +58,19 @@ STRIDES = {
     Opcode.ADD: (1,),
     Opcode.COPY: (1,),
 }
+
+
+def conv_out_size(size: int, kernel: int, stride: int, pad: int) -> int:
+    """Output rows (or columns) of a kernel x kernel window at `stride` over `size` padded by `pad`."""
+    return (size + 2 * pad - kernel) // stride + 1
+
+
+def channel_reach(channels: int, group_channels: int, group_stride: int) -> int:
+    """Bytes of a pixel from its first channel to one past its last, for channels stored in runs
+    of `group_channels`, `group_stride` bytes apart (one run: group_channels == channels)."""
+    last = channels - 1
+    return (last // group_channels) * group_stride + last % group_channels + 1
+
 
 # (name, struct format) in order; the byte offsets follow from the formats.
 TENSOR_REF_FIELDS = (
@@ -154,9 +167,12 @@ class TensorRef:
         """Bytes from addr to one past the last element."""
         if self.height * self.width * self.channels == 0:
             return 0
-        last_c = self.channels - 1
-        last = (last_c // self.group_channels) * self.group_stride + last_c % self.group_channels
-        return (self.height * self.width - 1) * self.pixel_stride + last + 1
+        return (self.height * self.width - 1) * self.pixel_stride + self.reach
+
+    @property
+    def reach(self) -> int:
+        """Bytes of one pixel from its first channel to one past its last."""
+        return channel_reach(self.channels, self.group_channels, self.group_stride)
 
     def check(self, what: str) -> None:
         """Structural checks that do not need the engine config."""
@@ -177,8 +193,7 @@ class TensorRef:
             raise SpecError(
                 f"{what}.group_stride = {self.group_stride} < group_channels = {self.group_channels}: "
                 "channel runs would overlap")
-        last_c = self.channels - 1
-        reach = (last_c // self.group_channels) * self.group_stride + last_c % self.group_channels + 1
+        reach = self.reach
         if reach > self.pixel_stride:
             raise SpecError(
                 f"{what}.pixel_stride = {self.pixel_stride}: the channels reach byte {reach} of the "

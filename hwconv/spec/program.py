@@ -34,10 +34,12 @@ from .errors import ProgramFormatError, SpecError, printable
 from .isa import (DESCRIPTOR_BYTES, PREAMBLE_BYTES, PREAMBLE_FORMAT, PREAMBLE_MAGIC, REQUANT_OPS,
                   WEIGHTED_OPS, Flag, LayerDescriptor, TensorRef)
 from .params import unpack_requant, unpack_weights
+from .registers import pack_fields
 from .validate import (check_accumulator, check_descriptor, check_requant_records, used_inputs, weight_count,
                        weight_shape)
 
 FORMAT_VERSION = (1, 0)  # (major, minor): a reader accepts its major and any minor <= its own
+VERSION_WORD = pack_fields("VERSION", major=FORMAT_VERSION[0], minor=FORMAT_VERSION[1])  # what VERSION reads
 FILE_MAGIC = b"HWCVPROG"
 FILE_HEADER_FIELDS = (
     ("magic", "8s"),

@@ -110,6 +110,30 @@ def mask(register: str, field: str) -> int:
     return ((1 << width) - 1) << lsb
 
 
+def field_value(register: str, field: str, word: int) -> int:
+    """The value of `field` in a `register` word: field_value("VERSION", "major", 0x10002) == 1."""
+    lsb, width = reg(register).field(field)
+    return word >> lsb & ((1 << width) - 1)
+
+
+def pack_fields(register: str, **values: int) -> int:
+    """A `register` word with the given fields set: pack_fields("VERSION", major=1, minor=2)."""
+    word = 0
+    for name, value in values.items():
+        lsb, width = reg(register).field(name)
+        if not 0 <= value < 1 << width:
+            raise ValueError(f"{register}.{name} = {value} does not fit {width} bit(s)")
+        word |= value << lsb
+    return word
+
+
+# The bits the driver and the models test and set, named once.
+CONTROL_START, CONTROL_SOFT_RESET = mask("CONTROL", "start"), mask("CONTROL", "soft_reset")
+STATUS_BUSY, STATUS_DONE, STATUS_ERROR = mask("STATUS", "busy"), mask("STATUS", "done"), mask("STATUS", "error")
+IRQ_STATUS_DONE = mask("IRQ_STATUS", "done")
+IRQ_ENABLE_DONE = mask("IRQ_ENABLE", "done")
+
+
 def _check_map() -> None:
     offsets = [r.offset for r in REGISTERS]
     assert len(set(offsets)) == len(offsets), "register offsets collide"

@@ -10,13 +10,10 @@ import numpy as np
 
 from .config import EngineConfig
 from .errors import SpecError
-from .isa import KERNELS, REQUANT_OPS, STRIDES, WEIGHTED_OPS, Flag, LayerDescriptor, Opcode, TensorRef
+from .isa import (KERNELS, REQUANT_OPS, STRIDES, WEIGHTED_OPS, Flag, LayerDescriptor, Opcode, TensorRef,
+                  conv_out_size)
 from .params import REQUANT_RECORD_BYTES, act_range, packed_weight_bytes, requant_reserved_bits
 from .registers import ErrorCode
-
-
-def conv_out_size(size: int, kernel: int, stride: int, pad: int) -> int:
-    return (size + 2 * pad - kernel) // stride + 1
 
 
 def weight_count(d: LayerDescriptor) -> int:
@@ -56,12 +53,12 @@ def line_buffer_rows(d: LayerDescriptor, cfg: EngineConfig) -> int:
 
 def row_bytes(ref: TensorRef) -> int:
     """Bytes from a row's first channel to one past its last: what the engine reads of a row."""
-    return (ref.width - 1) * ref.pixel_stride + ref_reach(ref)
+    return (ref.width - 1) * ref.pixel_stride + ref.reach
 
 
 def ref_reach(ref: TensorRef) -> int:
-    c = ref.channels - 1
-    return (c // ref.group_channels) * ref.group_stride + c % ref.group_channels + 1
+    """TensorRef.reach, as a function (the RTL unit tests call it so)."""
+    return ref.reach
 
 
 def line_slot_words(d: LayerDescriptor, cfg: EngineConfig) -> int:

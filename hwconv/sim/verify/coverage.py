@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ...golden.memory import read_tensor
+from ...spec.memory import read_tensor
 from ...spec.config import EngineConfig
 from ...spec.isa import KERNELS, STRIDES, Flag, Opcode
 from ...spec.program import Program

@@ -34,6 +34,7 @@ import numpy as np
 
 from ...spec.config import EngineConfig
 from ...spec.errors import SpecError
+from ...spec.isa import channel_reach
 from ...spec.params import act_range
 from .coverage import legal_bins
 from .spec import BufferSpec, LayerSpec, ProgramSpec, View, build
@@ -151,7 +152,7 @@ class _Generator:
                 self.holes.append((other, h, w))
             return View(buf, 0 if first else g, c, g, 2 * g)
         gs = g + int(self.rng.integers(1, 4))
-        reach = ((c - 1) // g) * gs + (c - 1) % g + 1
+        reach = channel_reach(c, g, gs)
         buf = self._buffer("grp", h, w, reach + int(self.rng.integers(0, 3)), signed)
         return View(buf, 0, c, g, gs)
 

@@ -27,6 +27,7 @@ from typing import Callable
 from ...fileio import atomic_write_text
 from ...spec.config import EngineConfig
 from ...spec.errors import SpecError
+from ...spec.isa import channel_reach
 from .run import Outcome, run_specs
 from .spec import LayerSpec, ProgramSpec, View, build
 
@@ -124,8 +125,7 @@ def _reshape(spec: ProgramSpec, h: int, w: int, c: int, co: int | None = None,
 def _reach(v: View) -> int:
     if not v.group:
         return v.channels
-    c = v.channels - 1
-    return (c // v.group) * v.group_stride + c % v.group + 1
+    return channel_reach(v.channels, v.group, v.group_stride)
 
 
 def _shape_candidates(spec: ProgramSpec) -> list[ProgramSpec]:

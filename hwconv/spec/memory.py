@@ -1,11 +1,18 @@
-"""Reading and writing tensors in the activation arena through TensorRefs (strided, grouped views)."""
+"""Device memory as host and engine share it: the page, and tensors in the activation arena.
+
+A tensor lives in the arena as a TensorRef says (strided pixels, channels in runs); `read_tensor`
+and `write_tensor` are the one way the golden model, the driver and the simulation move (H, W, C)
+integers in and out of it.
+"""
 
 from __future__ import annotations
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from ..spec.isa import TensorRef
+from .isa import TensorRef
+
+PAGE_BYTES = 4096  # an AXI burst never crosses a 4 KiB boundary; buffers start on one (pynq.allocate)
 
 
 def _element_offsets(ref: TensorRef) -> np.ndarray:
