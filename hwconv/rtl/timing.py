@@ -617,7 +617,7 @@ def analyse(netlist: dict, family: str, *, verilog: str | None = None, top_n: in
             if pb is not None:
                 nm = namer.cell(cells[names[ci]], types[ci], "", names[ci], b).rsplit(" (", 1)[0]
                 # yosys's own cells (ABC's LUTs, reintegrated carries) name nothing a reader knows
-                if not nm.startswith("$") and ".cc:" not in nm and (not via or via[-1] != nm):
+                if not nm.startswith("$") and ".cc:" not in nm and "genblk" not in nm and (not via or via[-1] != nm):
                     via.append(nm)
             if pb is None:
                 start = namer.cell(cells[names[ci]], types[ci], driver[b][1] if b in driver else "",

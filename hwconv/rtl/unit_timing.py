@@ -25,7 +25,7 @@ from ..boards import load_board
 from ..spec.config import EngineConfig
 from . import timing
 
-__all__ = ["UNITS", "RegisteredPorts", "unit_report"]
+__all__ = ["UNITS", "RegisteredPorts", "component_report", "unit_report"]
 
 
 def _units() -> dict:
@@ -84,8 +84,14 @@ def unit_report(name: str, config: EngineConfig, family: str) -> timing.TimingRe
     units = _units()
     if name not in units:
         raise timing.TimingError(f"no engine unit named {name!r} (known: {', '.join(UNITS)})")
-    top = f"unit_{name}"
-    wrapper = RegisteredPorts(units[name](config))
+    return component_report(units[name](config), family, name=f"unit_{name}")
+
+
+def component_report(component: wiring.Component, family: str, *,
+                     name: str = "unit") -> timing.TimingReport:
+    """The timing estimate of any component, every port registered."""
+    top = name
+    wrapper = RegisteredPorts(component)
     text = verilog.convert(wrapper, name=top, ports=wrapper.ports, emit_src=False)
     with tempfile.TemporaryDirectory(prefix="hwconv-unit-timing-") as scratch:
         path = Path(scratch) / f"{top}.v"
