@@ -7,7 +7,6 @@ tiles several pictures into one. Nothing here touches a model or a dataset.
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Sequence
 
@@ -15,6 +14,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from hwconv.fileio import atomic_write_bytes
+from hwconv.imageio import encode_image
 
 # One colour per class (label modulo the palette size); bright enough to read on photos.
 PALETTE: tuple[tuple[int, int, int], ...] = (
@@ -118,7 +118,5 @@ def montage(images: Sequence[np.ndarray], columns: int = 4, gap: int = 4) -> np.
 def save_png(path: str | Path, image: np.ndarray) -> Path:
     """Write an HxWx3 uint8 image as PNG, atomically (a reader never sees half a file)."""
     img = _check_image(image, f"save_png {path}")
-    buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(img)).save(buf, format="PNG")
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, encode_image(img, ".png", where=str(path)))
     return Path(path)
