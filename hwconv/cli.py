@@ -109,7 +109,7 @@ def cmd_generate(args) -> int:
     from .boards import load_board
     from .rtl.generate import GenerateError, generate
 
-    from .build.cli import engine_config
+    from .vivado.cli import engine_config
 
     board = load_board(args.board)
     cfg = engine_config(args, board)
@@ -140,7 +140,7 @@ def cmd_demo(args) -> int:
 # returns the new subparser (as for the commands above).
 COMMAND_MODULES: tuple[str, ...] = (
     "hwconv.quant.cli",
-    "hwconv.build.cli",
+    "hwconv.vivado.cli",
     "hwconv.driver.cli",
     "hwconv.driver.deploy_cli",
     "hwconv.sim.cli",

@@ -1,4 +1,4 @@
-"""The Vivado build flow (hwconv.build) without Vivado: the generated Tcl runs under tclsh against a
+"""The Vivado build flow (hwconv.vivado) without Vivado: the generated Tcl runs under tclsh against a
 mock of the Vivado commands it uses (tests/vivado_mock.tcl), which checks options, IP pin and
 parameter names and the finished block design; `hwconv build` runs against a fake `vivado` built on
 the same mock. What only real Vivado can tell (timing, the PS's exact clock, IP versions) is not
@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 
 from hwconv.boards.catalog import BoardError, list_boards, load_board
-from hwconv.build import cli as build_cli
-from hwconv.build import tcl
-from hwconv.build.implement import REPORTS
-from hwconv.build.plan import PARTIAL_BITFILE, make_plan
-from hwconv.build.project import PARTS, write_scripts
-from hwconv.build.ps import ps_side
+from hwconv.vivado import cli as build_cli
+from hwconv.vivado import tcl
+from hwconv.vivado.implement import REPORTS
+from hwconv.vivado.plan import PARTIAL_BITFILE, make_plan
+from hwconv.vivado.project import PARTS, write_scripts
+from hwconv.vivado.ps import ps_side
 from hwconv.rtl.generate import generate
 from hwconv.spec import EngineConfig, SpecError
 from hwconv.spec.registers import ENGINE_VLNV

@@ -3,7 +3,7 @@
 # Every command checks its options (an unknown flag or a missing value is an error), the objects
 # it is given (a pin, interface, segment or CONFIG parameter that the real IP does not have is an
 # error) and records the call in ::mock::calls. The model of the IPs is small but independent of
-# hwconv.build: interface and pin names, CONFIG names and what enables a port are written here from
+# hwconv.vivado: interface and pin names, CONFIG names and what enables a port are written here from
 # the IPs' documentation (PG082 processing_system7, PG201 zynq_ultra_ps_e, PG247 smartconnect,
 # PG164 proc_sys_reset), and the engine's ports are read from the generated Verilog. At
 # validate_bd_design the whole design is checked: every clock, reset, AXI port and the interrupt

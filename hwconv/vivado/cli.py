@@ -43,7 +43,7 @@ def cmd_build(args) -> int:
     from ..toolchain import find_vivado
     from .plan import make_plan
     from .project import write_scripts
-    from .vivado import BuildError, clear_bitfile, run_vivado
+    from .run import BuildError, clear_bitfile, run_vivado
 
     from ..fileio import check_output_path
 
@@ -83,7 +83,7 @@ def cmd_build(args) -> int:
 def how_to_build(plan, *, reason: str) -> str:
     """Exactly what to run where Vivado is, and what it makes."""
     from .implement import REPORTS
-    from .vivado import manual_command
+    from .run import manual_command
 
     board = plan.board
     lines = [f"Vivado not run ({reason}). To build, where Vivado is installed "
