@@ -18,7 +18,7 @@ from hwconv.golden import ops, run_program
 from hwconv.quant import verify
 from hwconv.quant.export import export_program
 from hwconv.quant.models import ConvBNAct, build_detector, fold_batchnorm, fold_params, float_requant
-from hwconv.quant.quantizers import Requant, act_quant, exact_conv, image_integers
+from hwconv.quant.quantizers import QTIdentity, Requant, exact_conv, image_integers
 from hwconv.spec import quantize_multiplier
 
 
@@ -92,13 +92,13 @@ def test_image_integers_round_half_up_like_the_host():
 # ------------------------------------------------------------------ one layer at constructed scales
 
 def _layer(s_in: float, w_int: list[int], s_out: float):
-    """A 1x1 ConvBNAct (1 -> len(w_int) channels, signed output) with input scale s_in, integer
-    weights w_int (max |w| per channel 7: weight scale = |w| value / 7) and output scale s_out."""
+    """A 1x1 ConvBNAct (1 -> len(w_int) channels, signed output) with integer weights w_int (max
+    |w| per channel 7: weight scale = |w| value / 7) and output scale s_out, and the quantiser of
+    its input (scale s_in): the layer reads the scale from its input, `m(inq(x))`."""
     m = ConvBNAct(1, len(w_int), 1, relu=False)
-    inq = QuantIdentity(act_quant=act_quant(signed=True))
+    inq = QTIdentity(signed=True).eval()
     _set_act_scale(inq, s_in)
     _set_act_scale(m.act, s_out)
-    m.set_input_quant(inq)
     with torch.no_grad():
         m[0].weight.copy_(torch.tensor(w_int, dtype=torch.float32).view(-1, 1, 1, 1) * 0.1)
         m[1].running_mean.zero_()
@@ -126,13 +126,15 @@ def test_layer_rounds_exact_ties_half_up():
     _set_act_scale(m.act, s_in * s_w * 2)  # ratio s_in * s_w / s_out = 0.5
     x_int = np.arange(-128, 128).reshape(16, 16, 1)
     with torch.no_grad():
-        y = m(torch.from_numpy(x_int).permute(2, 0, 1)[None].float() * s_in)
+        y = m(inq(torch.from_numpy(x_int).permute(2, 0, 1)[None].float() * s_in))
+    assert float(y.scale) == float(m.act.act_quant.scale())  # the output carries its scale on
+    y = y.value
     got = np.round(y[0].permute(1, 2, 0).double().numpy() / float(m.act.act_quant.scale())).astype(np.int64)
     want = _golden_layer(m, inq, x_int)
     assert np.array_equal(got, want)
     assert np.array_equal(want, np.clip(np.floor(x_int * 7 / 2 + 0.5), -128, 127))  # ties half up
-    with float_requant(), torch.no_grad():  # the old float path rounds ties to even: must differ
-        old = m(torch.from_numpy(x_int).permute(2, 0, 1)[None].float() * s_in)
+    with float_requant(m), torch.no_grad():  # the old float path rounds ties to even: must differ
+        old = m(inq(torch.from_numpy(x_int).permute(2, 0, 1)[None].float() * s_in)).value
     assert not torch.equal(old, y)
 
 
@@ -173,11 +175,12 @@ def test_layer_uses_the_24_bit_multiplier_not_the_exact_ratio():
     want = _golden_layer(m, inq, x_int)
     assert want[0, 0, 0] == engine
     with torch.no_grad():
-        y = m(image.float())
+        y = m(inq(image.float())).value
     got = np.round(y[0].permute(1, 2, 0).double().numpy() / s_out).astype(np.int64)
     assert np.array_equal(got, want)
-    with float_requant(), torch.no_grad():  # the old float path follows the exact ratio: it must differ
-        old = verify.float64_copy(m)(image.double())
+    copy = verify.float64_copy(torch.nn.Sequential(inq, m))
+    with float_requant(copy), torch.no_grad():  # the old float path follows the exact ratio: it must differ
+        old = copy(image.double()).value
     assert round(float(old[0, 0, 0, 0]) / s_out) == exact
 
 
@@ -259,7 +262,7 @@ def test_detector_eval_path_is_the_program_at_exact_ties(pow2_model_and_program)
     for float64 in (False, True):
         r = verify.compare_outputs(m, prog, images, float64=float64)
         assert r["identical"] == 1.0, (float64, r)
-    with float_requant():  # the float fake-quant path rounds the ties half to even: it must show
+    with float_requant(m):  # the float fake-quant path rounds the ties half to even: it must show
         old = verify.compare_outputs(m, prog, images, float64=True)
     assert old["identical"] < 0.999, old
 
@@ -289,19 +292,20 @@ def test_folded_training_forward_is_exact_and_gradients_are_the_float_paths():
     g = torch.Generator().manual_seed(1)
     x = torch.randint(-128, 128, (2, 1, 6, 6), generator=g).float() * 2.0 ** -4
     upstream = torch.randn(2, 3, 6, 6, generator=g)
+    x = inq(x)
     with torch.no_grad():
-        want = m(x)  # eval: exact
+        want = m(x).value  # eval: exact
     fold_batchnorm(m)
     m.train()
     m[1].momentum = 0.0  # folded training reads the running statistics; keep them as they are
-    y = m(x)
+    y = m(x).value
     assert torch.equal(y, want)
     (y * upstream).sum().backward()
     grads = {k: p.grad.clone() for k, p in m.named_parameters() if p.grad is not None}
     assert grads and all(torch.isfinite(v).all() and v.abs().sum() > 0 for v in grads.values())
     m.zero_grad(set_to_none=True)
-    with float_requant():
-        (m(x) * upstream).sum().backward()
+    with float_requant(m):
+        (m(x).value * upstream).sum().backward()
     assert set(grads) == {k for k, p in m.named_parameters() if p.grad is not None}
     for k, p in m.named_parameters():
         if p.grad is not None:

@@ -120,3 +120,99 @@ def test_a_layer_the_engine_cannot_run_is_named_with_its_limit():
 
     with pytest.raises(SpecError, match=r"\(decoder0.offset\): in0.channels=2153 exceeds the engine's max_channels=2048"):
         export_program(build_detector("d", input_size=SMALL), CFG)
+
+
+# ------------------------------------------------------------------ scales travel with the activations
+
+def _calibrated_tiny(**overrides):
+    torch.manual_seed(0)
+    m = build_detector("tiny", input_size=SMALL, **overrides)
+    m.train()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for _ in range(2):
+            m(torch.rand(2, 3, SMALL, SMALL, generator=g))
+    return m.eval()
+
+
+def test_layers_read_their_input_scale_from_their_input():
+    """Every folding layer folds with the scale its input carries (a Brevitas QuantTensor): the
+    producer's quantiser, found by following the data, not by wiring. No module hides another
+    behind a list."""
+    m = _calibrated_tiny()
+    scales = m.input_scales()
+    scale = lambda q: float(q.act_quant.scale())  # noqa: E731
+    assert float(scales["stem"]) == scale(m.input_quant)
+    stage2 = m.stages[0]
+    assert float(scales["stages.0.0.branch1.0"]) == float(scales["stages.0.0.branch2.0"]) == scale(m.stem.act)
+    assert float(scales["stages.0.1.branch2.0"]) == scale(stage2[0].branch2[2].act)  # the stage's quantiser
+    assert float(scales["hm.0"]) == scale(m.decoder[-1].act)
+    assert float(m.stem.input_scale()) == scale(m.input_quant)
+    for name, mod in m.named_modules():  # this project's modules (Brevitas' proxies keep their own lists)
+        if not type(mod).__module__.startswith("hwconv."):
+            continue
+        for attr, v in vars(mod).items():
+            assert not (isinstance(v, (list, tuple)) and any(isinstance(e, torch.nn.Module) for e in v)), (name, attr)
+    with torch.no_grad():
+        x = m.quantize_input(torch.rand(1, 3, SMALL, SMALL))
+        y = m.stem(x)
+    assert float(x.scale) == scale(m.input_quant) and float(y.scale) == scale(m.stem.act)
+
+
+def test_a_concat_of_two_scales_is_refused_where_it_happens():
+    """The engine concatenates by writing both halves into one buffer with one scale: a unit whose
+    halves end in different quantisers fails at its concat, in the model and in the exporter, naming it."""
+    from hwconv.quant.export import export_program
+    from hwconv.quant.quantizers import QTReLU
+    from hwconv.spec import SpecError
+
+    m = _calibrated_tiny()
+    unit = m.stages[0][1]
+    own = QTReLU()
+    own.load_state_dict(unit.branch2[2].act.state_dict())
+    (impl,) = [s for s in own.modules() if hasattr(s, "collect_stats_steps")]
+    impl.counter = impl.collect_stats_steps + 1
+    with torch.no_grad():
+        impl.value.mul_(1.5)
+    unit.branch2[2][2] = own
+    with pytest.raises(SpecError, match=r"^stages\.0\.1: concat of activations at scales .* one quantiser"):
+        with torch.no_grad():
+            m(torch.rand(1, 3, SMALL, SMALL))
+    with pytest.raises(SpecError, match=r"^stage2\.1: concat of activations at scales"):
+        export_program(m)
+
+
+def test_modes_are_per_model_and_float_mode_runs_unfolded():
+    """unfolded(model) / float_requant(model) change that model only, and only inside the block;
+    with activation quantisation off the inputs carry no scale and every layer runs conv -> BN,
+    with no context manager."""
+    from hwconv.quant.checkpoint import set_quant_mode
+    from hwconv.quant.models import float_requant, unfolded
+
+    a, b = _calibrated_tiny(), _calibrated_tiny()
+    calls = {k: 0 for k in ("a.conv", "b.conv", "a.act", "b.act")}
+
+    def count(key):
+        return lambda *_: calls.__setitem__(key, calls[key] + 1)
+
+    for key, m in (("a", a), ("b", b)):
+        m.stem[0].register_forward_hook(count(f"{key}.conv"))  # runs unfolded only
+        m.stem[2].register_forward_hook(count(f"{key}.act"))   # runs unless the exact path requantises
+    x = torch.rand(1, 3, SMALL, SMALL, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        exact = a(x)
+        assert calls == {"a.conv": 0, "b.conv": 0, "a.act": 0, "b.act": 0}
+        with unfolded(a):
+            a(x), b(x)
+        assert calls == {"a.conv": 1, "b.conv": 0, "a.act": 1, "b.act": 0}
+        with float_requant(a):
+            a(x), b(x)
+        assert calls == {"a.conv": 1, "b.conv": 0, "a.act": 2, "b.act": 0}
+        assert all(torch.equal(v, exact[k]) for k, v in a(x).items())
+        assert calls == {"a.conv": 1, "b.conv": 0, "a.act": 2, "b.act": 0}  # restored: exact again
+    set_quant_mode(a, "float")
+    with torch.no_grad():
+        plain = a(x)
+        assert calls["a.conv"] == 2
+        with unfolded(a):
+            assert all(torch.equal(v, plain[k]) for k, v in a(x).items())

@@ -5,6 +5,9 @@ eval/folded mode: BN folded into the weights before they are quantised (`fold_pa
 bias rounded to an integer at scale s_in * s_w, and the requant multiplier s_in * s_w / s_out as
 the contract's 24-bit (mult, shift). Export writes exactly those integers; the model's exact eval
 path calls the same function, so the two cannot drift apart.
+Scales come from the inputs, as in the model: every builder tensor carries the scale of the
+quantiser that produced it (a float32 value, held exactly as a Python float), and each layer folds
+with the scale of the tensor it reads; a concat's parts must carry one scale (`concat_scale`).
 Channel shuffle needs no weight reordering: the builder stores each ShuffleNet unit's halves
 interleaved, so every buffer holds the shuffled tensor in logical order (docs/architecture.md).
 """
@@ -17,7 +20,7 @@ import torch.nn as nn
 from ..compiler.builder import ProgramBuilder, Tensor
 from ..spec import EngineConfig, Program, SpecError
 from .models import CenterNet, CoDeNetHead, ConvBNAct, DeformUp, Head, ShuffleUnit
-from .quantizers import Requant, act_scale, layer_requant
+from .quantizers import Requant, act_scale, concat_scale, layer_requant
 
 
 class Exporter:
@@ -29,14 +32,17 @@ class Exporter:
                                                "head": model.cfg.head, **(extra or {})}, reuse_memory=reuse_memory)
 
     # -- one requantising conv ---------------------------------------------------------------
+    @staticmethod
+    def scale_tensor(x: Tensor, conv: nn.Module) -> torch.Tensor:
+        """x's scale as the tensor the model folds with: the producing quantiser's float32 value
+        (in the weights' type), so the integer bias is rounded from the same numbers as in training."""
+        return torch.tensor(x.scale, dtype=conv.weight.dtype)
+
     def conv(self, name: str, x: Tensor, conv: nn.Module, bn: nn.BatchNorm2d | None, out_scale: float,
-             out_signed: bool, *, s_in: torch.Tensor | None = None, clamp: tuple[int, int] | None = None,
-             upsample: bool = False, out: Tensor | None = None, dilation: Tensor | None = None) -> Tensor:
-        """One requantising conv. `s_in` is the scale tensor the model itself folds with (so the
-        integer bias is rounded from the same float32 numbers as in training)."""
-        if s_in is None:
-            s_in = torch.tensor(x.scale, dtype=torch.float32)
-        _, rq = layer_requant(conv, bn, s_in, out_scale, out_signed, clamp=clamp, where=name)
+             out_signed: bool, *, clamp: tuple[int, int] | None = None, upsample: bool = False,
+             out: Tensor | None = None, dilation: Tensor | None = None) -> Tensor:
+        """One requantising conv of x, folded with x's scale."""
+        _, rq = layer_requant(conv, bn, self.scale_tensor(x, conv), out_scale, out_signed, clamp=clamp, where=name)
         return self.emit(name, x, conv, rq, upsample=upsample, out=out, dilation=dilation)
 
     def emit(self, name: str, x: Tensor, conv: nn.Module, rq: Requant, *, upsample: bool = False,
@@ -59,7 +65,7 @@ class Exporter:
 
     def conv_bn_act(self, name: str, x: Tensor, m: ConvBNAct, **kw) -> Tensor:
         s, signed = act_scale(m.act)
-        return self.conv(name, x, m[0], m[1], s, signed, s_in=m.input_scale(), **kw)
+        return self.conv(name, x, m[0], m[1], s, signed, **kw)
 
     # -- network parts -------------------------------------------------------------------------
     def shuffle_unit(self, name: str, x: Tensor, u: ShuffleUnit) -> Tensor:
@@ -72,14 +78,13 @@ class Exporter:
         left = self.b.view(buf, 0, cout // 2, group_channels=1, group_stride=2)
         right = self.b.view(buf, 1, cout // 2, group_channels=1, group_stride=2)
         if u.stride == 2:
+            concat_scale(name, act_scale(u.branch1[1].act)[0], s_out)
             t = self.conv_bn_act(f"{name}.b1.dw", x, u.branch1[0])
             self.conv_bn_act(f"{name}.b1.pw", t, u.branch1[1], out=left)
             work = x
         else:
             keep = self.b.view(x, 0, x.channels // 2)
-            if abs(keep.scale - s_out) > 1e-12 * s_out:
-                raise SpecError(f"{name}: pass-through scale {keep.scale} differs from the unit's output "
-                                f"scale {s_out}; both halves of a concat must share one quantiser")
+            concat_scale(name, keep.scale, s_out)
             self.b.copy(f"{name}.pass", keep, out=left)
             work = self.b.view(x, x.channels // 2, x.channels // 2)
         t = self.conv_bn_act(f"{name}.b2.pw1", work, u.branch2[0])
@@ -100,11 +105,11 @@ class Exporter:
                             f"{self.config.max_dilation}; retrain or generate an engine with max_dilation >= "
                             f"{d.max_dilation}")
         # The model's own function for these two layers, fed the scale the model folds with.
-        off, dw = d.engine_requants(torch.tensor(x.scale, dtype=torch.float32), name)
+        off, dw = d.engine_requants(self.scale_tensor(x, d.dw_conv), name)
         dil = self.emit(f"{name}.offset", x, d.offset_conv, off)
         t = self.emit(f"{name}.deform", x, d.dw_conv, dw, dilation=dil)
         s_out, signed = act_scale(blk.act)
-        return self.conv(f"{name}.pw", t, d.pw_conv, blk.bn, s_out, signed, s_in=blk.input_scale(), upsample=True)
+        return self.conv(f"{name}.pw", t, d.pw_conv, blk.bn, s_out, signed, upsample=True)
 
     def head(self, name: str, x: Tensor, h: Head | CoDeNetHead) -> Tensor:
         if isinstance(h, CoDeNetHead):  # 1x1 + BN + ReLU, depthwise 3x3 + BN + ReLU, 1x1 with bias
@@ -112,9 +117,9 @@ class Exporter:
             t = self.conv_bn_act(f"{name}.dw", t, h[1])
         else:  # CenterNet's plain head: 3x3 conv (bias) + ReLU
             s1, sg1 = act_scale(h[1])
-            t = self.conv(f"{name}.conv", x, h[0].conv, None, s1, sg1, s_in=h[0].input_scale())
+            t = self.conv(f"{name}.conv", x, h[0].conv, None, s1, sg1)
         s2, sg2 = act_scale(h[3])
-        return self.conv(f"{name}.out", t, h[2].conv, None, s2, sg2, s_in=h[2].input_scale())
+        return self.conv(f"{name}.out", t, h[2].conv, None, s2, sg2)
 
     def run(self) -> Program:
         m = self.model

@@ -1,33 +1,43 @@
 """CenterNet detectors on ShuffleNetV2 with a deformable decoder: CoDeNet's configurations a-e.
 
 Quantisation follows the integer contract: weights 4-bit per output channel (the stem 8-bit),
-activations 8-bit with zero-point 0. Where the engine concatenates by writing two producers into
-one buffer (ShuffleNet units), both producers must share one activation scale, so every unit of a
-stage ends in the *same* QuantReLU quantiser (`Stage.out_quant`); the pass-through half already
-carries that scale from the previous unit.
+activations 8-bit with zero-point 0. Activations travel as Brevitas QuantTensors (the quantisers
+are built with return_quant_tensor=True, `quantizers.QTReLU` / `QTIdentity`), so every layer reads
+its input scale from its input. Where the engine concatenates by writing two producers into one
+buffer (ShuffleNet units), both producers must share one activation scale: every unit of a stage
+ends in the *same* output quantiser (`Stage`), the pass-through half already carries that scale
+from the previous unit, and `ShuffleUnit` checks the rule at its concat (`quantizers.concat_scale`).
 
 Eval mode (and QAT after `fold_batchnorm`) computes every requantisation as the engine does: BN
 folded into the weights before quantisation, exact integer accumulators, the integer bias, the
 exported (mult, shift), round half up, clamp (`quantizers.requant_params`, the function the exporter
 writes its integers with), so the eval model's outputs are the golden model's integers times the
 output scales. In training the float fake-quant path stays underneath as the straight-through
-gradient (forward: the exact integers; backward: the float path's gradient). `float_requant()`
-evaluates the folded model the old way (Brevitas fake-quant in float), `unfolded()` unfolds BN too.
+gradient (forward: the exact integers; backward: the float path's gradient). With activation
+quantisation off (float mode) the inputs carry no scale and every layer runs conv -> BN unfolded.
+`float_requant(model)` evaluates the folded model the old way (Brevitas fake-quant in float),
+`unfolded(model)` unfolds BN too; both are context managers on one model.
 """
 
 from __future__ import annotations
 
 import contextlib
+from typing import Iterator
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from brevitas.nn import QuantConv2d, QuantIdentity, QuantReLU
+from brevitas.nn import QuantConv2d
+from brevitas.quant_tensor import QuantTensor
+from torch import Tensor
 
 from .deform import QuantDeformConv
 from .registry import CONFIGS, HEAD_STYLES, DetectorConfig, get_config  # noqa: F401 (re-exported)
-from .quantizers import (act_quant, act_scale, exact_conv, fold_params, image_integers, layer_requant,
-                         to_integers, weight_quant)
+from .quantizers import (QTIdentity, QTReLU, act_scale, concat_scale, exact_conv, fold_params,  # noqa: F401
+                         image_integers, layer_requant, map_values, quant_tensor, scale_of, to_integers,
+                         value_of, weight_quant)
+
+BLANK_SIDE = 32  # the smallest input every config takes (the backbone's stride): `input_scales` runs one
 
 
 def _conv(cin, cout, k, stride=1, groups=1, bits=4, bias=False):
@@ -35,36 +45,60 @@ def _conv(cin, cout, k, stride=1, groups=1, bits=4, bias=False):
                        weight_quant=weight_quant(bits))
 
 
-_FOLDING = [True]
-_EXACT = [True]
+def _unregistered(m: nn.Module, name: str, value: object) -> None:
+    """Set an attribute nn.Module would register as a submodule as a plain one instead: a link that
+    must not enter the state dict, `.to()`/`.double()` or named_modules (object.__setattr__)."""
+    object.__setattr__(m, name, value)
+
+
+# The context managers called without a model act on every detector of the process: kept only for
+# callers outside this package's model files that do not pass their model yet (qonnx.py, info.py,
+# checkpoint.py, bench_ablation.py); remove once they do.
+_EVERY_MODEL = {"fold_enabled": True, "exact_enabled": True}
 
 
 @contextlib.contextmanager
-def unfolded():
-    """Run conv -> BN unfolded even in eval mode (e.g. to hook every conv's forward)."""
-    _FOLDING[0] = False
+def _layer_flag(model: nn.Module | None, flag: str) -> Iterator[None]:
+    if model is None:
+        before = _EVERY_MODEL[flag]
+        _EVERY_MODEL[flag] = False
+        try:
+            yield
+        finally:
+            _EVERY_MODEL[flag] = before
+        return
+    layers = [m for m in model.modules() if isinstance(m, _Folding)]
+    before = [m.__dict__.get(flag) for m in layers]
+    for m in layers:
+        setattr(m, flag, False)
     try:
         yield
     finally:
-        _FOLDING[0] = True
+        for m, b in zip(layers, before):
+            if b is None:
+                del m.__dict__[flag]  # back to the class default
+            else:
+                setattr(m, flag, b)
 
 
-@contextlib.contextmanager
-def float_requant():
-    """Run the folded path's requantisation in float, as Brevitas fake-quant computes it (what eval
-    mode computed before it became exact): for comparisons with float graphs and diagnostics."""
-    _EXACT[0] = False
-    try:
-        yield
-    finally:
-        _EXACT[0] = True
+def unfolded(model: nn.Module | None = None):
+    """Context manager: `model` runs conv -> BN unfolded even in eval mode (e.g. to hook every
+    conv's forward). Without a model: every detector (deprecated, see `_EVERY_MODEL`)."""
+    return _layer_flag(model, "fold_enabled")
+
+
+def float_requant(model: nn.Module | None = None):
+    """Context manager: `model`'s folded path requantises in float, as Brevitas fake-quant computes
+    it (what eval mode computed before it became exact): for comparisons with float graphs and
+    diagnostics. Without a model: every detector (deprecated, see `_EVERY_MODEL`)."""
+    return _layer_flag(model, "exact_enabled")
 
 
 def _src(m: nn.Module | None) -> nn.Module | None:
     """The module the exact path reads integer parameters from: m itself, or the module of the
     float32 original that `derive_integers_from` linked to it."""
     link = getattr(m, "_integer_params_from", None)
-    return m if link is None else link[0]
+    return m if link is None else link
 
 
 def derive_integers_from(copy: nn.Module, original: nn.Module) -> nn.Module:
@@ -81,7 +115,7 @@ def derive_integers_from(copy: nn.Module, original: nn.Module) -> nn.Module:
         if o is None or type(o) is not type(m):
             raise ValueError(f"derive_integers_from: module {name or '(root)'!r} is "
                              f"{type(m).__name__} in the copy, {type(o).__name__ if o else 'missing'} in the original")
-        m._integer_params_from = [o]  # a list: not registered as a submodule
+        _unregistered(m, "_integer_params_from", o)
     return copy
 
 
@@ -92,55 +126,62 @@ def _needs_float_path(m: nn.Module) -> bool:
 
 
 class _Folding:
-    """Mixin: a conv (+BN) that knows the quantiser feeding it, so it can run folded.
+    """Mixin: a conv (+BN) that can run folded, with the input scale its input carries.
 
-    Eval mode, or `folded = True` in training (QAT after `freeze_bn`), runs `fold_params`, with
-    the requantisation computed exactly as the engine does (`exact_conv_act`) unless under
-    `float_requant()`; float or early-QAT training runs the usual conv -> BN. The input quantiser
-    is kept in a list so it is not registered twice as a submodule.
+    Eval mode, or `folded = True` in training (QAT after `fold_batchnorm`), runs `fold_params` on
+    an input that carries a scale (a QuantTensor), with the requantisation computed exactly as the
+    engine does (`exact_conv_act`) unless under `float_requant(model)`; float or early-QAT
+    training, a plain input (quantisation off) or `unfolded(model)` run the usual conv -> BN.
     """
 
-    folded = False
+    folded = False         # QAT after fold_batchnorm
+    fold_enabled = True    # False under unfolded(model)
+    exact_enabled = True   # False under float_requant(model)
     where = "layer"  # the module's name in the detector, for error messages (set by CenterNet)
 
-    def set_input_quant(self, q: nn.Module) -> None:
-        self._in_quant = [q]
+    def _fold_mode(self) -> bool:
+        return (not self.training or self.folded) and self.fold_enabled and _EVERY_MODEL["fold_enabled"]
 
-    def input_scale(self) -> torch.Tensor:
-        return self._in_quant[0].act_quant.scale()
+    def _exact_mode(self) -> bool:
+        return self._fold_mode() and self.exact_enabled and _EVERY_MODEL["exact_enabled"]
 
-    def _use_fold(self) -> bool:
-        return ((not self.training or self.folded) and _FOLDING[0]
-                and getattr(self, "_in_quant", None) is not None)
+    def input_scale(self) -> Tensor:
+        """The scale this layer's input carries in an eval pass of its detector
+        (`CenterNet.input_scales`), for callers that fold layer by layer (qonnx.deployment_copy)."""
+        detector = self.__dict__.get("_detector")
+        if detector is None:
+            raise RuntimeError(f"{self.where}: not part of a detector, its input scale is unknown")
+        scale = detector.input_scales().get(self.where)
+        if scale is None:
+            raise RuntimeError(f"{self.where}: its input carries no scale (activation quantisation is off)")
+        return scale
 
-    def _exact(self) -> bool:
-        return self._use_fold() and _EXACT[0]
-
-    def folded_conv(self, x, conv, bn):
-        qw, bias, _, _ = fold_params(conv, bn, self.input_scale())
+    def folded_conv(self, x: Tensor, s_in: Tensor, conv, bn) -> Tensor:
+        qw, bias, _, _ = fold_params(conv, bn, s_in)
         return F.conv2d(x, qw.value, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
 
-    def exact_conv_act(self, x, conv, bn, out_quant, where: str):
+    def exact_conv_act(self, x: QuantTensor, conv, bn, out_quant, where: str) -> QuantTensor:
         """out_quant(conv (+ BN folded) of x) as the engine computes it: integer activations
-        x / s_in, exact accumulators, + integer bias, * mult >> shift rounded half up, clamped
-        (`layer_requant`, as exported); the values are those integers times out_quant's scale.
-        With the float path's gradient when it is needed (`_needs_float_path`)."""
+        x / x.scale, exact accumulators, + integer bias, * mult >> shift rounded half up, clamped
+        (`layer_requant`, as exported); the values are those integers times out_quant's scale,
+        returned with it. With the float path's gradient when it is needed (`_needs_float_path`)."""
+        v, s_in = x.value, x.scale
         f = None
         if _needs_float_path(self):  # first: in training it updates out_quant's statistics
-            f = out_quant(self.folded_conv(x, conv, bn))
-        s_in = _src(self._in_quant[0]).act_quant.scale()
-        _, rq = layer_requant(_src(conv), _src(bn), s_in, *act_scale(_src(out_quant)), where=where)
-        y = rq.values(rq.apply(exact_conv(to_integers(x, s_in), rq, conv)), x)
+            f = value_of(out_quant(self.folded_conv(v, s_in, conv, bn)))
+        q = _src(out_quant)
+        _, rq = layer_requant(_src(conv), _src(bn), s_in, *act_scale(q), where=where)
+        y = rq.values(rq.apply(exact_conv(to_integers(v, s_in), rq, conv)), v)
         # exact + (f - f) keeps the forward value bit-exact (not f + (exact - f).detach())
-        return y if f is None else y + (f - f.detach())
+        y = y if f is None else y + (f - f.detach())
+        return quant_tensor(y, q.act_quant.scale(), rq.signed, self.training)
 
 
 class ConvBNAct(_Folding, nn.Sequential):
-    """conv -> BN -> activation quantiser (QuantReLU, or signed QuantIdentity when relu=False)."""
+    """conv -> BN -> activation quantiser (QTReLU, or signed QTIdentity when relu=False)."""
 
     def __init__(self, cin, cout, k, stride=1, groups=1, bits=4, relu=True, out_quant: nn.Module | None = None):
-        act = out_quant if out_quant is not None else (
-            QuantReLU(act_quant=act_quant(signed=False)) if relu else QuantIdentity(act_quant=act_quant(signed=True)))
+        act = out_quant if out_quant is not None else (QTReLU() if relu else QTIdentity(signed=True))
         super().__init__(_conv(cin, cout, k, stride, groups, bits), nn.BatchNorm2d(cout), act)
 
     @property
@@ -148,11 +189,12 @@ class ConvBNAct(_Folding, nn.Sequential):
         return self[2]
 
     def forward(self, x):
-        if self._exact():
-            return self.exact_conv_act(x, self[0], self[1], self[2], self.where)
-        if self._use_fold():
-            return self[2](self.folded_conv(x, self[0], self[1]))
-        return self[2](self[1](self[0](x)))
+        s_in = scale_of(x)
+        if s_in is not None and self._fold_mode():
+            if self._exact_mode():
+                return self.exact_conv_act(x, self[0], self[1], self[2], self.where)
+            return self[2](self.folded_conv(x.value, s_in, self[0], self[1]))
+        return self[2](self[1](self[0](value_of(x))))
 
 
 def channel_shuffle(x: torch.Tensor, groups: int = 2) -> torch.Tensor:
@@ -161,7 +203,10 @@ def channel_shuffle(x: torch.Tensor, groups: int = 2) -> torch.Tensor:
 
 
 class ShuffleUnit(nn.Module):
-    """ShuffleNetV2 unit. Both halves end in the stage's shared quantiser `out_quant`."""
+    """ShuffleNetV2 unit. Both halves end in the stage's shared quantiser `out_quant`; the concat
+    checks they carry one scale (`concat_scale`: the engine writes both into one buffer)."""
+
+    where = "shuffle unit"  # the module's name in the detector, for error messages (set by CenterNet)
 
     def __init__(self, cin: int, cout: int, stride: int, out_quant: nn.Module):
         super().__init__()
@@ -178,18 +223,32 @@ class ShuffleUnit(nn.Module):
                                      ConvBNAct(half, half, 3, stride, groups=half, relu=False),
                                      ConvBNAct(half, half, 1, out_quant=out_quant))
 
+    def concat(self, left, right):
+        """Channel concat [left, right]; where both carry scales, they must be one. Not checked in
+        training: while the quantisers calibrate, the shared quantiser's scale moves from call to
+        call, and the concat carries the latest (right's, the shared quantiser's last output)."""
+        sl, sr = scale_of(left), scale_of(right)
+        value = torch.cat([value_of(left), value_of(right)], dim=1)
+        if sl is None or sr is None:
+            return value
+        if not self.training:
+            concat_scale(self.where, sl, sr)
+        return right.set(value=value)
+
     def forward(self, x):
         if self.stride == 2:
-            out = torch.cat([self.branch1(x), self.branch2(x)], dim=1)
+            out = self.concat(self.branch1(x), self.branch2(x))
         else:
-            keep, work = x.chunk(2, dim=1)
-            out = torch.cat([keep, self.branch2(work)], dim=1)
-        return channel_shuffle(out, 2)
+            keep, work = value_of(x).chunk(2, dim=1)
+            if scale_of(x) is not None:
+                keep, work = x.set(value=keep), x.set(value=work)
+            out = self.concat(keep, self.branch2(work))
+        return map_values(out, channel_shuffle)
 
 
 class Stage(nn.Sequential):
     def __init__(self, cin: int, cout: int, repeats: int):
-        out_quant = QuantReLU(act_quant=act_quant(signed=False))  # shared by every unit's outputs
+        out_quant = QTReLU()  # shared by every unit's outputs
         units = [ShuffleUnit(cin, cout, 2, out_quant)] + [ShuffleUnit(cout, cout, 1, out_quant)
                                                            for _ in range(repeats)]
         super().__init__(*units)
@@ -197,29 +256,36 @@ class Stage(nn.Sequential):
 
 class DeformUp(_Folding, nn.Module):
     """Decoder block: deformable conv -> BN -> ReLU -> nearest 2x upsample (fused on the engine).
-    Folded, BN goes into the pointwise conv that follows the deformable depthwise conv."""
+    Folded (depthwise variants), BN goes into the pointwise conv that follows the deformable
+    depthwise conv, whose input is the block's own quantiser `deform.dw_quant`."""
 
     def __init__(self, cin: int, cout: int, cfg: DetectorConfig):
         super().__init__()
         self.deform = QuantDeformConv(cin, cout, variant=cfg.variant, sampling=cfg.sampling,
                                       weight_bits=cfg.weight_bits, max_dilation=cfg.max_dilation)
         self.bn = nn.BatchNorm2d(cout)
-        self.act = QuantReLU(act_quant=act_quant(signed=False))
-        if self.deform.pw_conv is not None:
-            self.set_input_quant(self.deform.dw_quant)
+        self.act = QTReLU()
+
+    def input_scale(self) -> Tensor:
+        """The scale of the pointwise conv's input: the block's depthwise quantiser's."""
+        return self.deform.dw_quant.act_quant.scale()
 
     def forward(self, x):
         d = self.deform
-        if self._exact() and getattr(self, "deform_input", None) and d.variant == "square_depthwise" \
-                and d.sampling == "integer":  # what the engine runs: offset CONV, DEFORM_DW, CONV
-            t = d.exact_depthwise(x, _src(self.deform_input[0]).act_quant.scale(), self.where,
-                                  requants=_src(d).engine_requants)
-            y = self.exact_conv_act(t, d.pw_conv, self.bn, self.act, f"{self.where}.pw")
-        elif self._use_fold():
-            y = self.act(self.folded_conv(d.dw_quant(d.deform(x)), d.pw_conv, self.bn))
+        s_in = scale_of(x)
+        if s_in is not None and d.pw_conv is not None and self._fold_mode():
+            dw_quant = _src(d.dw_quant)
+            if self._exact_mode() and d.variant == "square_depthwise" and d.sampling == "integer":
+                # what the engine runs: offset CONV, DEFORM_DW, CONV
+                t = d.exact_depthwise(x.value, s_in, self.where, requants=_src(d).engine_requants)
+                t = quant_tensor(t, dw_quant.act_quant.scale(), True, self.training)
+                y = self.exact_conv_act(t, d.pw_conv, self.bn, self.act, f"{self.where}.pw")
+            else:
+                t = d.dw_quant(d.deform(x.value))
+                y = self.act(self.folded_conv(t, dw_quant.act_quant.scale(), d.pw_conv, self.bn))
         else:
-            y = self.act(self.bn(self.deform(x)))
-        return F.interpolate(y, scale_factor=2, mode="nearest")
+            y = self.act(self.bn(d(value_of(x))))
+        return map_values(y, lambda v: F.interpolate(v, scale_factor=2, mode="nearest"))
 
 
 class _HeadConv(_Folding, nn.Module):
@@ -230,21 +296,13 @@ class _HeadConv(_Folding, nn.Module):
         self.conv = conv
 
     def forward(self, x):
-        return self.folded_conv(x, self.conv, None) if self._use_fold() else self.conv(x)
+        s_in = scale_of(x)
+        if s_in is not None and self._fold_mode():
+            return self.folded_conv(x.value, s_in, self.conv, None)
+        return self.conv(value_of(x))
 
 
-class _HeadBase(nn.Sequential):
-    """A head's four parts: [first conv, ..., last conv, output quantiser]."""
-
-    @property
-    def out_quant(self) -> nn.Module:
-        return self[3]
-
-    def wire_input(self, q: nn.Module) -> None:
-        self[0].set_input_quant(q)
-
-
-class Head(_HeadBase):
+class Head(nn.Sequential):
     """CenterNet's plain head (`head="centernet"`): 3x3 conv (bias) + ReLU, then 1x1 to the outputs
     (8-bit signed logits/regressions). Item 3 is the output quantiser in both head styles."""
 
@@ -253,19 +311,17 @@ class Head(_HeadBase):
     def __init__(self, cin: int, mid: int, cout: int, bits: int, prior_bias: float = 0.0):
         last = _conv(mid, cout, 1, bits=bits, bias=True)
         nn.init.constant_(last.bias, prior_bias)
-        super().__init__(_HeadConv(_conv(cin, mid, 3, bits=bits, bias=True)),
-                         QuantReLU(act_quant=act_quant(signed=False)),
-                         _HeadConv(last), QuantIdentity(act_quant=act_quant(signed=True)))
-        self[2].set_input_quant(self[1])
+        super().__init__(_HeadConv(_conv(cin, mid, 3, bits=bits, bias=True)), QTReLU(),
+                         _HeadConv(last), QTIdentity(signed=True))
 
     def forward(self, x):
-        if self[0]._exact() and self[2]._exact():
+        if scale_of(x) is not None and self[0]._exact_mode() and self[2]._exact_mode():
             x = self[0].exact_conv_act(x, self[0].conv, None, self[1], self[0].where)
             return self[2].exact_conv_act(x, self[2].conv, None, self[3], self[2].where)
         return super().forward(x)
 
 
-class CoDeNetHead(_HeadBase):
+class CoDeNetHead(nn.Sequential):
     """CoDeNet's head (`head="codenet"`, the default): 1x1 + BN + ReLU, depthwise 3x3 + BN + ReLU,
     then 1x1 to the outputs with a bias (8-bit signed logits/regressions, item 3)."""
 
@@ -275,13 +331,11 @@ class CoDeNetHead(_HeadBase):
         last = _conv(mid, cout, 1, bits=bits, bias=True)
         nn.init.constant_(last.bias, prior_bias)
         super().__init__(ConvBNAct(cin, mid, 1, bits=bits), ConvBNAct(mid, mid, 3, groups=mid, bits=bits),
-                         _HeadConv(last), QuantIdentity(act_quant=act_quant(signed=True)))
-        self[1].set_input_quant(self[0].act)
-        self[2].set_input_quant(self[1].act)
+                         _HeadConv(last), QTIdentity(signed=True))
 
     def forward(self, x):
         x = self[1](self[0](x))
-        if self[2]._exact():
+        if scale_of(x) is not None and self[2]._exact_mode():
             return self[2].exact_conv_act(x, self[2].conv, None, self[3], self[2].where)
         return self[3](self[2](x))
 
@@ -297,7 +351,7 @@ class CenterNet(nn.Module):
         self.cfg = cfg
         w = cfg.widths
         # The image enters as 8-bit pixels: an unsigned 8-bit quantiser on [0, 1] inputs.
-        self.input_quant = QuantIdentity(act_quant=act_quant(signed=False))
+        self.input_quant = QTIdentity(signed=False)
         if cfg.stem == "s4":
             self.stem = ConvBNAct(3, w[0], 3, 4, bits=cfg.stem_weight_bits)
             self.pool = None
@@ -316,53 +370,59 @@ class CenterNet(nn.Module):
         self.hm = head(c, cfg.head_conv, cfg.num_classes, cfg.weight_bits, prior_bias=-2.19)  # CenterNet prior
         self.wh = head(c, cfg.head_conv, 2, cfg.weight_bits)
         self.reg = head(c, cfg.head_conv, 2, cfg.weight_bits)
-        self._wire_input_quantisers()
-
-    def _wire_input_quantisers(self) -> None:
-        """Tell every folding conv which quantiser produces its input (its s_in)."""
-        self.stem.set_input_quant(self.input_quant)
-        prev = self.stem.act  # maxpool keeps the scale
-        for stage in self.stages:
-            for unit in stage:
-                if unit.branch1 is not None:
-                    unit.branch1[0].set_input_quant(prev)
-                    unit.branch1[1].set_input_quant(unit.branch1[0].act)
-                b = unit.branch2
-                b[0].set_input_quant(prev)
-                b[1].set_input_quant(b[0].act)
-                b[2].set_input_quant(b[1].act)
-                prev = b[2].act  # the stage's shared output quantiser
-        if self.layer4 is not None:
-            self.layer4.set_input_quant(prev)
-            prev = self.layer4.act
-        for blk in self.decoder:
-            blk.deform_input = [prev]
-            prev = blk.act
-        for head in (self.hm, self.wh, self.reg):
-            head.wire_input(prev)
         for name, m in self.named_modules():
-            if isinstance(m, _Folding):
+            if isinstance(m, (_Folding, ShuffleUnit)):
                 m.where = name
+            if isinstance(m, _Folding):
+                _unregistered(m, "_detector", self)  # for `_Folding.input_scale`
+
+    @torch.no_grad()
+    def input_scales(self) -> dict[str, Tensor]:
+        """{name: the scale of the input} of every conv layer that takes its input from another
+        quantiser (ConvBNAct and head convs), read from the inputs of one eval pass on a blank
+        BLANK_SIDE x BLANK_SIDE image (activation scales do not depend on the image); {} with
+        activation quantisation off. The model's modes are as before afterwards."""
+        seen: dict[str, Tensor] = {}
+
+        def record(m: nn.Module, args: tuple) -> None:  # a pre-hook returning a value would replace the input
+            seen.setdefault(m.where, scale_of(args[0]))
+
+        hooks = [m.register_forward_pre_hook(record) for m in self.modules() if isinstance(m, (ConvBNAct, _HeadConv))]
+        modes = [(m, m.training) for m in self.modules()]
+        p = next(self.parameters())
+        try:
+            self.eval()
+            with unfolded(self):  # every layer's forward runs (the exact heads would skip theirs)
+                self(torch.zeros(1, 3, BLANK_SIDE, BLANK_SIDE, dtype=p.dtype, device=p.device))
+        finally:
+            for h in hooks:
+                h.remove()
+            for m, training in modes:
+                m.training = training
+        return {k: v for k, v in seen.items() if v is not None}
 
     def quantize_input(self, x):
         """The image's 8-bit quantiser: exactly the host's rounding (`image_integers`: float64,
         half up) where the model runs exact, else Brevitas' (float, half to even)."""
-        if not self.stem._exact():
-            return self.input_quant(x)
-        f = self.input_quant(x) if _needs_float_path(self) else None
-        s, signed = act_scale(_src(self.input_quant))
+        q = self.input_quant
+        if not (self.stem._exact_mode() and q.act_quant.is_quant_enabled):
+            return q(x)
+        f = value_of(q(x)) if _needs_float_path(self) else None
+        src = _src(q)
+        s, signed = act_scale(src)
         y = image_integers(x, s, signed).to(x.dtype) * torch.tensor(s, dtype=x.dtype, device=x.device)
-        return y if f is None else y + (f - f.detach())
+        y = y if f is None else y + (f - f.detach())
+        return quant_tensor(y, src.act_quant.scale(), signed, self.training)
 
     def forward(self, x):
         x = self.stem(self.quantize_input(x))
         if self.pool is not None:
-            x = self.pool(x)
+            x = map_values(x, self.pool)
         x = self.stages(x)
         if self.layer4 is not None:
             x = self.layer4(x)
         x = self.decoder(x)
-        return {"hm": self.hm(x), "wh": self.wh(x), "reg": self.reg(x)}
+        return {"hm": value_of(self.hm(x)), "wh": value_of(self.wh(x)), "reg": value_of(self.reg(x))}
 
 
 def build_detector(name: str | DetectorConfig, **overrides) -> CenterNet:

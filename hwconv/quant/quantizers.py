@@ -17,6 +17,11 @@ they cannot drift apart): `requant_params` turns a layer's quantised weights, in
 scales into the integers the program carries (weights, bias, `spec.quantize_multiplier`'s (mult,
 shift), clamp); `Requant.apply` is `golden.ops.requantize` in torch; `exact_conv` sums integer
 products exactly (float64); `image_integers` is the host's input quantisation.
+
+Scales travel with the activations: `QTReLU` / `QTIdentity` are Brevitas' QuantReLU / QuantIdentity
+with `return_quant_tensor=True`, so a layer reads its input scale from its input (a Brevitas
+`QuantTensor`: value, scale, zero-point, bit width, signedness) instead of being told which
+quantiser feeds it. `concat_scale` is the engine's concat rule, checked where a concat happens.
 """
 
 from __future__ import annotations
@@ -34,9 +39,11 @@ import brevitas
 from brevitas.function.ops import tensor_clamp
 from brevitas.function.ops_ste import floor_ste
 from brevitas.inject.enum import ScalingImplType
+from brevitas.nn import QuantIdentity, QuantReLU
 from brevitas.quant.base import PerTensorFloatScaling8bit, UintQuant
 from brevitas.quant.scaled_int import Int8ActPerTensorFloat, Int8WeightPerChannelFloat, Uint8ActPerTensorFloat
 from brevitas.quant.solver import ActQuantSolver
+from brevitas.quant_tensor import IntQuantTensor, QuantTensor
 
 from ..spec import SpecError, quantize_multiplier
 from ..spec.config import ACT_BITS_CHOICES
@@ -63,6 +70,71 @@ def act_quant(signed: bool) -> type:
     The scale is learned (initialised from runtime percentile statistics over the first training steps).
     """
     return Int8ActPerTensorFloat if signed else Uint8ActPerTensorFloat
+
+
+class _ReturnsQuantTensor:
+    """Mixin for a Brevitas activation layer built with return_quant_tensor=True: its output is a
+    QuantTensor (the values and their scale) wherever it quantises. With its quantiser disabled
+    (float mode, `checkpoint.set_quant_mode`) there is no scale to carry, and it returns the plain
+    tensor where Brevitas would refuse ("QuantLayer is not correctly configured")."""
+
+    @property
+    def return_quant_tensor(self) -> bool:
+        return self._return_quant_tensor and self.act_quant.is_quant_enabled
+
+    @return_quant_tensor.setter
+    def return_quant_tensor(self, value: bool) -> None:
+        self._return_quant_tensor = bool(value)
+
+
+class QTReLU(_ReturnsQuantTensor, QuantReLU):
+    """ReLU + unsigned 8-bit activation quantiser (`act_quant(signed=False)`), returning a QuantTensor."""
+
+    def __init__(self) -> None:
+        super().__init__(act_quant=act_quant(signed=False), return_quant_tensor=True)
+
+
+class QTIdentity(_ReturnsQuantTensor, QuantIdentity):
+    """8-bit activation quantiser without an activation (`act_quant(signed)`), returning a QuantTensor."""
+
+    def __init__(self, signed: bool) -> None:
+        super().__init__(act_quant=act_quant(signed=signed), return_quant_tensor=True)
+
+
+def quant_tensor(value: Tensor, scale: Tensor, signed: bool, training: bool = False) -> IntQuantTensor:
+    """The QuantTensor of 8-bit activations `value` (integers times `scale`, zero-point 0)."""
+    return IntQuantTensor(value, scale, torch.zeros_like(scale), torch.full_like(scale, float(ACT_BITS)),
+                          bool(signed), bool(training))
+
+
+def scale_of(x: Tensor | QuantTensor) -> Tensor | None:
+    """The scale an activation carries; None for a plain tensor (quantisation off)."""
+    return x.scale if isinstance(x, QuantTensor) else None
+
+
+def value_of(x: Tensor | QuantTensor) -> Tensor:
+    """The values of an activation, QuantTensor or plain."""
+    return x.value if isinstance(x, QuantTensor) else x
+
+
+def map_values(x: Tensor | QuantTensor, fn) -> Tensor | QuantTensor:
+    """fn applied to the values; a QuantTensor keeps its scale (fn must move or pick values only:
+    channel shuffle, chunk, max-pool, nearest upsampling)."""
+    return x.set(value=fn(x.value)) if isinstance(x, QuantTensor) else fn(x)
+
+
+def concat_scale(where: str, *scales: Tensor | float) -> Tensor | float:
+    """The one scale of a channel concat, or SpecError naming `where` if the parts' scales differ.
+
+    The engine concatenates by writing the producers into one buffer, which has one scale (and the
+    requantisation of each producer targets it), so every part must carry the same scale exactly:
+    in the detector, both halves of a ShuffleNet unit end in the stage's one output quantiser."""
+    first = float(scales[0])
+    for s in scales[1:]:
+        if float(s) != first:
+            raise SpecError(f"{where}: concat of activations at scales {first!r} and {float(s)!r}; the engine "
+                            "writes both into one buffer with one scale, so both must end in one quantiser")
+    return scales[0]
 
 
 class RoundHalfUpSte(brevitas.jit.ScriptModule):
