@@ -25,7 +25,7 @@ def cmd_doctor(args) -> int:
 
 
 def cmd_inspect(args) -> int:
-    from .inspect import format_program
+    from .describe import format_program
     from .spec import Program
 
     prog = Program.load(args.program)
@@ -34,7 +34,7 @@ def cmd_inspect(args) -> int:
 
 
 def cmd_spec(args) -> int:
-    from .inspect import format_contract
+    from .describe import format_contract
 
     cfg = _config(args)
     print(f"engine {cfg.stem}  hash 0x{cfg.config_hash:08x}")
@@ -86,7 +86,7 @@ def cmd_info(args) -> int:
 
 def cmd_check(args) -> int:
     """Does this model fit this engine? Export it (unsupported layers are refused by name)."""
-    from .inspect import format_program
+    from .describe import format_program
     from .spec import Program
 
     cfg = _config(args)

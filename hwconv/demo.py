@@ -20,7 +20,7 @@ import numpy as np
 from .compiler.synthetic import codenet_program, detector_config
 from .fileio import atomic_write_bytes, atomic_write_text
 from .golden import run_program
-from .inspect import format_program, program_table
+from .describe import format_program, program_table
 from .spec import EngineConfig, Program
 
 

@@ -1,4 +1,4 @@
-"""SimBackend: the driver's backend on the RTL bench, blocking driver code bridged into cocotb.
+"""SimBackend: the driver's backend on the RTL testbench, blocking driver code bridged into cocotb.
 
 Buffers (alignment, non-coherence, reuse, exhaustion), register access, wait_irq on a real
 interrupt and on a timeout, the driver's identity and register checks from tests/driver_checks.py
@@ -50,23 +50,23 @@ import numpy as np  # noqa: E402
 from hwconv.driver.backend import BackendError  # noqa: E402
 from hwconv.spec.memory import PAGE_BYTES  # noqa: E402
 from hwconv.sim.backend import SimBackend, run_blocking  # noqa: E402
-from hwconv.sim.bench import EngineBench  # noqa: E402
+from hwconv.sim.testbench import EngineTestbench  # noqa: E402
 from hwconv.sim.runner import config_from_env  # noqa: E402
 from hwconv.spec.registers import ENGINE_ID, offset, reg  # noqa: E402
 
 
-async def _bench(dut, ram_bytes: int = 1 << 20) -> EngineBench:
-    bench = EngineBench(dut, config_from_env(), ram_bytes=ram_bytes)
-    await bench.reset()
-    return bench
+async def _testbench(dut, ram_bytes: int = 1 << 20) -> EngineTestbench:
+    tb = EngineTestbench(dut, config_from_env(), ram_bytes=ram_bytes)
+    await tb.reset()
+    return tb
 
 
 @cocotb.test()
 async def backend_buffers_registers_irq(dut):
-    bench = await _bench(dut)
+    tb = await _testbench(dut)
 
     # Calling a blocking method from a coroutine is refused with a hint, not a deadlock.
-    early = SimBackend(bench)
+    early = SimBackend(tb)
     try:
         early.read_reg(0)
     except BackendError as exc:
@@ -83,10 +83,10 @@ async def backend_buffers_registers_irq(dut):
 
         # Not coherent: the host copy moves only at flush / invalidate.
         a.array[:] = np.arange(100, dtype=np.uint8)
-        assert bench.read_mem(a.device_address, 100) == bytes(100), "data reached DRAM without flush"
+        assert tb.read_mem(a.device_address, 100) == bytes(100), "data reached DRAM without flush"
         a.flush()
-        assert bench.read_mem(a.device_address, 100) == bytes(range(100))
-        bench.write_mem(a.device_address, b"\xAA" * 10)         # as the engine would write
+        assert tb.read_mem(a.device_address, 100) == bytes(range(100))
+        tb.write_mem(a.device_address, b"\xAA" * 10)         # as the engine would write
         assert a.array[0] == 0, "DRAM write reached the host copy without invalidate"
         a.invalidate()
         assert list(a.array[:11]) == [0xAA] * 10 + [10]
@@ -97,16 +97,16 @@ async def backend_buffers_registers_irq(dut):
         a.free()                                                  # idempotent
         c = be.alloc(64)
         assert c.device_address == addr and not c.array.any(), "freed space not reused, or not zeroed"
-        assert bench.read_mem(addr, 64) == bytes(64), "a new buffer shows a freed buffer's data"
+        assert tb.read_mem(addr, 64) == bytes(64), "a new buffer shows a freed buffer's data"
         for bad in (0, -1, 2.5, True):
             with_error(lambda: be.alloc(bad), "positive integer")
-        with_error(lambda: be.alloc(len(bench.mem)), "cannot allocate")
+        with_error(lambda: be.alloc(len(tb.mem)), "cannot allocate")
         c.free()
         with_error(c.flush, "freed buffer")
 
         # The engine may touch exactly the allocated buffers.
-        assert bench.map.check(b.device_address, 16, write=True) is None
-        assert bench.map.check(addr + 8192 * 16, 16, write=True) is not None
+        assert tb.map.check(b.device_address, 16, write=True) is None
+        assert tb.map.check(addr + 8192 * 16, 16, write=True) is not None
 
         # Registers, with the driver interface's argument checks.
         assert be.read_reg(offset("ID")) == ENGINE_ID
@@ -129,8 +129,8 @@ async def backend_buffers_registers_irq(dut):
         be.hang_bus(True)
         be.hang_bus(False)
 
-    await run_blocking(bench, body)
-    assert not bench.map.regions, f"close() left regions mapped: {bench.map.regions}"
+    await run_blocking(tb, body)
+    assert not tb.map.regions, f"close() left regions mapped: {tb.map.regions}"
 
 
 def with_error(fn, text: str) -> None:
@@ -147,7 +147,7 @@ async def driver_identity_and_register_checks(dut):
     from driver_checks import check_identity, check_register_semantics
     from hwconv.driver.engine import EngineDriver
 
-    bench = await _bench(dut)
+    tb = await _testbench(dut)
 
     def body(be: SimBackend) -> dict:
         driver = EngineDriver(be)
@@ -155,8 +155,8 @@ async def driver_identity_and_register_checks(dut):
         check_register_semantics(driver)
         return ident
 
-    ident = await run_blocking(bench, body)
-    assert ident["config_hash"] == bench.config.config_hash
+    ident = await run_blocking(tb, body)
+    assert ident["config_hash"] == tb.config.config_hash
 
 
 @cocotb.test()
@@ -166,8 +166,8 @@ async def driver_program_checks(dut):
                                small_program)
     from hwconv.driver.engine import EngineDriver
 
-    bench = await _bench(dut, ram_bytes=16 << 20)
-    program = small_program(bench.config)
+    tb = await _testbench(dut, ram_bytes=16 << 20)
+    program = small_program(tb.config)
     timeout_s = 300.0  # wall-clock: simulated runs are slow
 
     def body(be: SimBackend) -> None:
@@ -178,4 +178,4 @@ async def driver_program_checks(dut):
         check_soft_reset_then_rerun(driver, program, timeout_s=timeout_s)
         check_throughput(driver, program, n=2, timeout_s=timeout_s)
 
-    await run_blocking(bench, body)
+    await run_blocking(tb, body)

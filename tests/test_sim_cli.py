@@ -98,3 +98,22 @@ def test_simulate_end_to_end(program_file, tmp_path, capsys):
     assert 0 < report["utilisation"] <= 1
     assert (tmp_path / "cycles_per_layer.png").is_file()
     assert np.isfinite(report["fps"]) and report["clock"]["mhz"] == clock.mhz
+
+
+def test_simulation_cache_is_outside_the_repository(monkeypatch, tmp_path):
+    from pathlib import Path
+
+    from hwconv.sim.runner import build_root
+
+    for name in ("HWCONV_SIM_BUILD", "HWCONV_CACHE", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert build_root() == (tmp_path / "home" / ".cache" / "hwconv" / "sim").resolve()
+    repo = Path(__file__).resolve().parents[1]
+    assert repo not in build_root().parents
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert build_root() == (tmp_path / "xdg" / "hwconv" / "sim").resolve()
+    monkeypatch.setenv("HWCONV_CACHE", str(tmp_path / "c"))
+    assert build_root() == (tmp_path / "c" / "sim").resolve()
+    monkeypatch.setenv("HWCONV_SIM_BUILD", str(tmp_path / "b"))
+    assert build_root() == (tmp_path / "b").resolve()

@@ -92,7 +92,7 @@ import numpy as np  # noqa: E402
 
 from hwconv.compiler.synthetic import BackboneShape, codenet_program  # noqa: E402
 from hwconv.compiler.cost import layer_macs  # noqa: E402
-from hwconv.sim.bench import EngineBench  # noqa: E402
+from hwconv.sim.testbench import EngineTestbench  # noqa: E402
 from hwconv.sim.compare import compare_arenas, golden_arena  # noqa: E402
 from hwconv.sim.programs import (corrupt_image, expected_error, random_inputs,  # noqa: E402
                                  random_op_program)
@@ -115,13 +115,13 @@ def _codenet(cfg: EngineConfig, size: int):
     return prog, random_inputs(prog, size)
 
 
-async def _run_and_compare(bench: EngineBench, prog, inputs, what: str) -> None:
-    await bench.load_program(prog, inputs)
-    st = await bench.run(TIMEOUT_CYCLES)
+async def _run_and_compare(tb: EngineTestbench, prog, inputs, what: str) -> None:
+    await tb.load_program(prog, inputs)
+    st = await tb.run(TIMEOUT_CYCLES)
     assert st.ok and st.layers_done == len(prog.layers), f"{what}: {st.describe()}"
-    cmp = compare_arenas(prog, bench.arena(), golden_arena(prog, inputs))
+    cmp = compare_arenas(prog, tb.arena(), golden_arena(prog, inputs))
     assert cmp.match, f"{what}: {cmp.describe()}"
-    counters = await bench.counters()
+    counters = await tb.counters()
     assert counters.cycles > 0 and counters.layers_done == len(prog.layers)
     assert [c.macs for c in counters.layers] == [layer_macs(d) for d in prog.layers], \
         f"{what}: PERF_LAYER_MACS differs from the spec's count"
@@ -133,29 +133,29 @@ async def _run_and_compare(bench: EngineBench, prog, inputs, what: str) -> None:
 async def codenet_program_matches_golden(dut):
     cfg = config_from_env()
     prog, inputs = _codenet(cfg, int(_env("size")))
-    bench = EngineBench.for_program(dut, prog)
-    await bench.reset()
+    tb = EngineTestbench.for_program(dut, prog)
+    await tb.reset()
     p = float(_env("backpressure", "0"))
     if p:
-        bench.set_backpressure(p, seed=11)
-    await _run_and_compare(bench, prog, inputs, f"CoDeNet-shaped {_env('size')}px program")
+        tb.set_backpressure(p, seed=11)
+    await _run_and_compare(tb, prog, inputs, f"CoDeNet-shaped {_env('size')}px program")
 
 
 @cocotb.test()
 async def random_op_programs(dut):
     cfg = config_from_env()
     op = _env("op")
-    bench = EngineBench(dut, cfg, ram_bytes=4 << 20)
-    await bench.reset()
+    tb = EngineTestbench(dut, cfg, ram_bytes=4 << 20)
+    await tb.reset()
     for seed in (int(s) for s in _env("seeds").split(",")):
         prog, inputs = random_op_program(cfg, op, seed)
         # Every other program under random backpressure on all AXI channels.
-        bench.set_backpressure(0.5 if seed % 2 else 0.0, seed=seed)
+        tb.set_backpressure(0.5 if seed % 2 else 0.0, seed=seed)
         d = prog.layers[0]
         what = (f"{op} seed {seed} (in {d.in0.height}x{d.in0.width}x{d.in0.channels}, "
                 f"out {d.out.height}x{d.out.width}x{d.out.channels}, k{d.kernel} s{d.stride} "
                 f"p{d.pad}, flags {d.flags!r}, {d.weight_bits}-bit weights)")
-        await _run_and_compare(bench, prog, inputs, what)
+        await _run_and_compare(tb, prog, inputs, what)
 
 
 @cocotb.test()
@@ -163,26 +163,26 @@ async def reset_mid_program_then_clean_rerun(dut):
     cfg = config_from_env()
     prog, inputs = _codenet(cfg, 32)
     want = golden_arena(prog, inputs)
-    bench = EngineBench.for_program(dut, prog)
-    await bench.reset()
+    tb = EngineTestbench.for_program(dut, prog)
+    await tb.reset()
     for kind in ("hard", "soft"):
-        await bench.load_program(prog, inputs)
-        await bench.start()
-        while (await bench.read_reg("LAYERS_DONE")) < 2:
-            st = await bench.status()
+        await tb.load_program(prog, inputs)
+        await tb.start()
+        while (await tb.read_reg("LAYERS_DONE")) < 2:
+            st = await tb.status()
             assert st.busy, f"the program ended before the {kind} reset: {st.describe()}"
-            await bench.cycles(200)
+            await tb.cycles(200)
         if kind == "hard":
-            await bench.reset()
+            await tb.reset()
         else:
-            await bench.soft_reset(timeout_cycles=20_000)   # EngineHang if it stays busy
-        st = await bench.status()
+            await tb.soft_reset(timeout_cycles=20_000)   # EngineHang if it stays busy
+        st = await tb.status()
         assert not st.busy and not st.done, f"after a {kind} reset: {st.describe()}"
         # A clean rerun from a freshly loaded arena.
-        await bench.load_program(prog, inputs)
-        st = await bench.run(TIMEOUT_CYCLES)
+        await tb.load_program(prog, inputs)
+        st = await tb.run(TIMEOUT_CYCLES)
         assert st.ok, f"rerun after a {kind} reset: {st.describe()}"
-        cmp = compare_arenas(prog, bench.arena(), want)
+        cmp = compare_arenas(prog, tb.arena(), want)
         assert cmp.match, f"rerun after a {kind} reset: {cmp.describe()}"
 
 
@@ -195,15 +195,15 @@ async def error_program(dut):
     image = corrupt_image(prog, kind, layer)
     want = expected_error(prog, image, inputs)
     assert want.error != ErrorCode.NONE
-    bench = EngineBench.for_program(dut, prog)
-    await bench.reset()
-    await bench.load_program(prog, inputs, image=image)
-    st = await bench.run(TIMEOUT_CYCLES)           # an EngineHang fails the test: no hang
+    tb = EngineTestbench.for_program(dut, prog)
+    await tb.reset()
+    await tb.load_program(prog, inputs, image=image)
+    st = await tb.run(TIMEOUT_CYCLES)           # an EngineHang fails the test: no hang
     assert st.done and not st.busy, st.describe()
     assert st.error == want.error and st.error_layer == want.error_layer, \
         f"{kind}: engine says {st.describe()}, golden {want.error.name} at layer {want.error_layer}"
     assert st.layers_done == want.layers_done, f"{kind}: {st.describe()}, golden {want.layers_done} done"
-    assert bench.irq(), "an error run must raise the done interrupt"
+    assert tb.irq(), "an error run must raise the done interrupt"
     # The engine recovers: the good program runs correctly next.
-    await _run_and_compare(bench, prog, inputs, f"good program after {kind}")
-    assert np.array_equal(np.frombuffer(bench.arena(), np.uint8), golden_arena(prog, inputs))
+    await _run_and_compare(tb, prog, inputs, f"good program after {kind}")
+    assert np.array_equal(np.frombuffer(tb.arena(), np.uint8), golden_arena(prog, inputs))

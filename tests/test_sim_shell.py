@@ -1,4 +1,4 @@
-"""The cocotb system bench on the generated top: registers, start/done/irq, counters, resets.
+"""The cocotb system testbench on the generated top: registers, start/done/irq, counters, resets.
 
 Each pytest test runs one cocotb test of this file in Verilator (Icarus for the last), through
 hwconv.sim.runner. The runs point the engine at a zeroed image, so each stops with BAD_MAGIC.
@@ -68,7 +68,7 @@ def test_failing_cocotb_test_is_reported_with_its_message():
 # -- cocotb side (runs inside the simulator; pytest collects none of it: no test_ names) --------
 import cocotb  # noqa: E402
 
-from hwconv.sim.bench import EngineBench, EngineHang  # noqa: E402
+from hwconv.sim.testbench import EngineTestbench, EngineHang  # noqa: E402
 from hwconv.sim.layout import Region  # noqa: E402
 from hwconv.sim.runner import config_from_env  # noqa: E402
 
@@ -79,111 +79,111 @@ def _expected_constants(cfg: EngineConfig) -> dict[str, int]:
             "CONFIG_HASH": cfg.config_hash}
 
 
-async def _bench(dut) -> EngineBench:
-    bench = EngineBench(dut, config_from_env(), ram_bytes=1 << 20)
-    await bench.reset()
-    return bench
+async def _testbench(dut) -> EngineTestbench:
+    tb = EngineTestbench(dut, config_from_env(), ram_bytes=1 << 20)
+    await tb.reset()
+    return tb
 
 
-async def _point_at_zero_image(bench: EngineBench) -> None:
+async def _point_at_zero_image(tb: EngineTestbench) -> None:
     """A zeroed, mapped image at DESC_BASE: the engine stops with BAD_MAGIC."""
-    if not any(r.name == "image" for r in bench.map.regions):
-        bench.map.add(Region("image", IMAGE_BASE, 4096, writable=False))
-    await bench.write_reg64("DESC_BASE", IMAGE_BASE)
+    if not any(r.name == "image" for r in tb.map.regions):
+        tb.map.add(Region("image", IMAGE_BASE, 4096, writable=False))
+    await tb.write_reg64("DESC_BASE", IMAGE_BASE)
 
 
 @cocotb.test()
 async def id_registers_under_backpressure(dut):
-    bench = await _bench(dut)
-    bench.set_backpressure(0.6, seed=7)
-    want = _expected_constants(bench.config)
+    tb = await _testbench(dut)
+    tb.set_backpressure(0.6, seed=7)
+    want = _expected_constants(tb.config)
     rng = random.Random(3)
     rw = ["DESC_BASE_LO", "PARAMS_SIZE", "ARENA_SIZE", "PERF_SELECT"]
     written = {}
     for i in range(24):
         name = rng.choice(list(want))
-        got = await bench.read_reg(name)
+        got = await tb.read_reg(name)
         assert got == want[name], f"read {i}: {name} = 0x{got:08x}, expected 0x{want[name]:08x}"
         target = rng.choice(rw)
         written[target] = rng.getrandbits(32)
-        await bench.write_reg(target, written[target])
+        await tb.write_reg(target, written[target])
     for name, value in written.items():
-        got = await bench.read_reg(name)
+        got = await tb.read_reg(name)
         assert got == value, f"{name} reads 0x{got:08x} after writing 0x{value:08x}"
     # Read-only registers ignore writes.
-    await bench.write_reg("ID", 0)
-    assert await bench.read_reg("ID") == ENGINE_ID
+    await tb.write_reg("ID", 0)
+    assert await tb.read_reg("ID") == ENGINE_ID
 
 
-async def _one_run(bench: EngineBench) -> dict:
-    await _point_at_zero_image(bench)
-    await bench.start(irq=True)
-    st = await bench.wait_done(timeout_cycles=10_000)
-    counters = await bench.counters(n_layers=0)
+async def _one_run(tb: EngineTestbench) -> dict:
+    await _point_at_zero_image(tb)
+    await tb.start(irq=True)
+    st = await tb.wait_done(timeout_cycles=10_000)
+    counters = await tb.counters(n_layers=0)
     return {"status": st, "counters": counters,
-            "layer_macs": await bench.read_reg64("PERF_LAYER_MACS")}
+            "layer_macs": await tb.read_reg64("PERF_LAYER_MACS")}
 
 
 @cocotb.test()
 async def start_done_irq_counters(dut):
-    bench = await _bench(dut)
-    assert not bench.irq(), "irq is high straight after reset"
-    r = await _one_run(bench)
+    tb = await _testbench(dut)
+    assert not tb.irq(), "irq is high straight after reset"
+    r = await _one_run(tb)
     st, counters = r["status"], r["counters"]
     assert st.done and not st.busy, st.describe()
-    assert bench.irq(), "done with IRQ_ENABLE.done set, but irq is low"
-    assert await bench.field("IRQ_STATUS", "done") == 1
-    await bench.write_reg("IRQ_STATUS", 1)                      # W1C
-    await bench.cycles(2)
-    assert not bench.irq(), "irq stays high after IRQ_STATUS was cleared"
-    assert await bench.field("IRQ_STATUS", "done") == 0
-    assert await bench.field("STATUS", "done") == 1, "clearing the interrupt cleared STATUS.done"
+    assert tb.irq(), "done with IRQ_ENABLE.done set, but irq is low"
+    assert await tb.field("IRQ_STATUS", "done") == 1
+    await tb.write_reg("IRQ_STATUS", 1)                      # W1C
+    await tb.cycles(2)
+    assert not tb.irq(), "irq stays high after IRQ_STATUS was cleared"
+    assert await tb.field("IRQ_STATUS", "done") == 0
+    assert await tb.field("STATUS", "done") == 1, "clearing the interrupt cleared STATUS.done"
     assert counters.cycles > 0, "CYCLES is 0 after a run"
     assert st.error == ErrorCode.BAD_MAGIC and st.error_layer == 0, st.describe()
     # With IRQ_ENABLE.done clear the line stays low; the run still ends in IRQ_STATUS.done.
-    await bench.start(irq=False)
-    st2 = await bench.wait_done(timeout_cycles=10_000)
+    await tb.start(irq=False)
+    st2 = await tb.wait_done(timeout_cycles=10_000)
     assert st2 == st, f"same run, different status: {st2.describe()} vs {st.describe()}"
-    assert not bench.irq(), "irq rose with IRQ_ENABLE.done clear"
-    assert (await bench.counters(0)).cycles == counters.cycles, "same run, different CYCLES"
+    assert not tb.irq(), "irq rose with IRQ_ENABLE.done clear"
+    assert (await tb.counters(0)).cycles == counters.cycles, "same run, different CYCLES"
 
 
 @cocotb.test()
 async def reset_mid_run_then_clean_rerun(dut):
-    bench = await _bench(dut)
-    reference = await _one_run(bench)
+    tb = await _testbench(dut)
+    reference = await _one_run(tb)
 
     # Hard reset one cycle into a run: everything returns to its reset value.
-    await _point_at_zero_image(bench)
-    await bench.start(irq=True)
-    assert not bench.irq(), "the run finished before the reset: nothing was interrupted"
-    await bench.reset()
-    st = await bench.status()
-    assert not st.busy and not st.done and not bench.irq(), st.describe()
-    assert await bench.read_reg("DESC_BASE_LO") == 0, "hard reset kept DESC_BASE"
-    assert await bench.read_reg("IRQ_ENABLE") == 0, "hard reset kept IRQ_ENABLE"
-    clean = await _one_run(bench)
+    await _point_at_zero_image(tb)
+    await tb.start(irq=True)
+    assert not tb.irq(), "the run finished before the reset: nothing was interrupted"
+    await tb.reset()
+    st = await tb.status()
+    assert not st.busy and not st.done and not tb.irq(), st.describe()
+    assert await tb.read_reg("DESC_BASE_LO") == 0, "hard reset kept DESC_BASE"
+    assert await tb.read_reg("IRQ_ENABLE") == 0, "hard reset kept IRQ_ENABLE"
+    clean = await _one_run(tb)
     assert clean["counters"] == reference["counters"], (clean["counters"], reference["counters"])
     assert clean["layer_macs"] == reference["layer_macs"]
     assert clean["status"] == reference["status"]
 
     # Soft reset mid-run: the core goes idle, configuration stays, a rerun is clean.
-    await bench.start(irq=True)
-    st = await bench.soft_reset(timeout_cycles=2000)   # EngineHang if it stays busy
-    assert await bench.read_reg("DESC_BASE_LO") == IMAGE_BASE, "soft reset cleared DESC_BASE"
-    again = await _one_run(bench)
+    await tb.start(irq=True)
+    st = await tb.soft_reset(timeout_cycles=2000)   # EngineHang if it stays busy
+    assert await tb.read_reg("DESC_BASE_LO") == IMAGE_BASE, "soft reset cleared DESC_BASE"
+    again = await _one_run(tb)
     assert again["counters"] == reference["counters"]
     assert again["layer_macs"] == reference["layer_macs"]
 
 
 @cocotb.test()
 async def hang_is_reported_not_waited_for(dut):
-    bench = await _bench(dut)
+    tb = await _testbench(dut)
     # No start at all: done never comes, and wait_done must say so within its budget.
     for irq in (True, False):
-        await bench.write_reg("IRQ_ENABLE", int(irq))
+        await tb.write_reg("IRQ_ENABLE", int(irq))
         try:
-            await bench.wait_done(timeout_cycles=500)
+            await tb.wait_done(timeout_cycles=500)
         except EngineHang as exc:
             assert "not done after 500 cycles" in str(exc) and "busy=0 done=0" in str(exc), exc
         else:
@@ -192,6 +192,6 @@ async def hang_is_reported_not_waited_for(dut):
 
 @cocotb.test()
 async def deliberately_failing(dut):
-    bench = await _bench(dut)
-    got = await bench.read_reg("CONFIG_HASH")
-    assert got == bench.config.config_hash + 1, f"CONFIG_HASH is 0x{got:08x}"
+    tb = await _testbench(dut)
+    got = await tb.read_reg("CONFIG_HASH")
+    assert got == tb.config.config_hash + 1, f"CONFIG_HASH is 0x{got:08x}"

@@ -16,7 +16,7 @@ import pytest
 from hwconv.cli import main
 from hwconv.compiler import ProgramBuilder
 from hwconv.golden.engine import execute
-from hwconv.inspect import format_program
+from hwconv.describe import format_program
 from hwconv.spec import EngineConfig, ErrorCode, Program, ProgramFormatError, SpecError
 from hwconv.spec.errors import printable
 from hwconv.spec.params import REQUANT_RECORD_BYTES

@@ -28,7 +28,10 @@ from ..spec.validate import blocks, line_buffer_words, row_buffer_need, weight_w
 
 
 @dataclass(eq=False)
-class Buffer:
+class ArenaBlock:
+    """An (H, W, C) block of the activation arena that Tensors view; the allocator gives it `addr`.
+    (Not a device buffer: those are hwconv.driver's Buffer.)"""
+
     name: str
     height: int
     width: int
@@ -47,7 +50,7 @@ class Buffer:
 class Tensor:
     """A builder handle: a buffer, or a view of some of its channels."""
 
-    buffer: Buffer
+    buffer: ArenaBlock
     channel_offset: int
     channels: int
     signed: bool
@@ -124,7 +127,7 @@ class ProgramBuilder:
         self.reuse_memory = reuse_memory  # False: every buffer gets its own bytes (debugging aid)
         self.extra = dict(extra or {})
         self._layers: list[_Layer] = []
-        self._buffers: list[Buffer] = []
+        self._buffers: list[ArenaBlock] = []
         self._io: list[tuple[str, str, Tensor]] = []
         self._names: set[str] = set()
 
@@ -134,7 +137,7 @@ class ProgramBuilder:
         """A fresh arena buffer; views of it are how concatenation is expressed."""
         if min(height, width, channels) < 1:
             raise SpecError(f"buffer {name!r}: shape {height}x{width}x{channels} must be positive")
-        buf = Buffer(name, height, width, channels)
+        buf = ArenaBlock(name, height, width, channels)
         self._buffers.append(buf)
         return Tensor(buf, 0, channels, signed, scale)
 

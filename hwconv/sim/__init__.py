@@ -1,11 +1,11 @@
 """Simulation of the generated engine RTL: cocotb benches, the runner, the driver backend.
 
 - `runner`: build the Verilog of an EngineConfig for Verilator or Icarus once (cached under
-  build/sim/), run cocotb test modules on it through cocotb's Python runner, measure speed.
-- `bench`: `EngineBench`, the system bench (clock/reset, AXI4-Lite master, checked AXI DRAM,
+  ~/.cache/hwconv/sim, see runner.build_root), run cocotb test modules on it through cocotb's Python runner, measure speed.
+- `testbench`: `EngineTestbench`, the system testbench (clock/reset, AXI4-Lite master, checked AXI DRAM,
   random backpressure, program/register/counter helpers) used inside cocotb tests.
 - `layout`: where a program's image, params and arena go in the simulated DRAM.
-- `backend`: `SimBackend`, the driver's register-level backend on the bench (blocking calls
+- `backend`: `SimBackend`, the driver's register-level backend on the testbench (blocking calls
   bridged into the simulation).
 - `compare`: RTL arena vs golden model, first mismatching layer and (y, x, c).
 - `programs`: random one-op programs and corrupted device images for RTL tests.

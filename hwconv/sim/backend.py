@@ -1,26 +1,26 @@
-"""`SimBackend`: the driver's register-level backend (hwconv/driver/backend.py) on the RTL bench.
+"""`SimBackend`: the driver's register-level backend (hwconv/driver/backend.py) on the RTL testbench.
 
 The driver is plain blocking code; the simulation is cocotb coroutines. cocotb 2 joins them with
 `cocotb.task.bridge` (run a blocking function in a thread, awaited from a test) and
 `cocotb.task.resume` (from that thread, run a coroutine in the simulation and block until it
-returns). Each register access becomes one AXI4-Lite transaction of the bench's master;
+returns). Each register access becomes one AXI4-Lite transaction of the testbench's master;
 `wait_irq` simulates until the interrupt line rises or the wall-clock budget is spent.
 `run_blocking` does the bridging:
 
     @cocotb.test()
     async def driver_on_rtl(dut):
-        bench = EngineBench(dut, config)
-        await bench.reset()
-        await run_blocking(bench, lambda backend: check_identity(EngineDriver(backend)))
+        tb = EngineTestbench(dut, config)
+        await tb.reset()
+        await run_blocking(tb, lambda backend: check_identity(EngineDriver(backend)))
 
-Buffers live in the bench's DRAM (first fit, 4 KiB aligned, from `layout.RAM_BASE`) and each
+Buffers live in the testbench's DRAM (first fit, 4 KiB aligned, from `layout.RAM_BASE`) and each
 one is a mapped region, so the engine may touch exactly the buffers the driver allocated. They
 are deliberately NOT coherent: the host copy (`array`) reaches DRAM only at `flush` and DRAM
 reaches it only at `invalidate`, the worst a board's caches can do, so a driver that forgets one
 fails here rather than on the board.
 
 While the driver thread runs, the simulation is paused (cocotb only resumes it when the thread
-blocks in a `resume` call or ends), so touching the bench's memory from the thread is safe.
+blocks in a `resume` call or ends), so touching the testbench's memory from the thread is safe.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from ..driver.backend import (Backend, BackendError, Buffer, check_alloc_size,
                               check_reg_access)
 from ..spec.memory import PAGE_BYTES
 from ..spec.registers import REGISTER_MAP_BYTES
-from .bench import EngineBench
+from .testbench import EngineTestbench
 from .layout import RAM_BASE, Region, align_up
 
 __all__ = ["SimBackend", "SimBuffer", "run_blocking"]
@@ -48,7 +48,7 @@ IRQ_CHUNK_CYCLES = 2000   # cycles simulated between wall-clock checks in wait_i
 
 
 class SimBuffer(Buffer):
-    """A buffer in the bench's DRAM with a separate host copy (see the module docstring)."""
+    """A buffer in the testbench's DRAM with a separate host copy (see the module docstring)."""
 
     def __init__(self, backend: "SimBackend", device_address: int, nbytes: int):
         self._backend = backend
@@ -64,11 +64,11 @@ class SimBuffer(Buffer):
 
     def flush(self) -> None:
         self._live("flush")
-        self._backend.bench.write_mem(self.device_address, self.array)
+        self._backend.testbench.write_mem(self.device_address, self.array)
 
     def invalidate(self) -> None:
         self._live("invalidate")
-        raw = self._backend.bench.read_mem(self.device_address, self.nbytes)
+        raw = self._backend.testbench.read_mem(self.device_address, self.nbytes)
         self.array[:] = np.frombuffer(raw, dtype=np.uint8)
 
     def free(self) -> None:
@@ -78,19 +78,19 @@ class SimBuffer(Buffer):
 
 
 class SimBackend(Backend):
-    """Backend over an `EngineBench`; call its methods from a thread started by `run_blocking`
+    """Backend over an `EngineTestbench`; call its methods from a thread started by `run_blocking`
     (or `cocotb.task.bridge`). `irq_chunk_cycles` sets how often `wait_irq` looks at the clock."""
 
     name = "sim"
 
-    def __init__(self, bench: EngineBench, *, irq_chunk_cycles: int = IRQ_CHUNK_CYCLES,
+    def __init__(self, tb: EngineTestbench, *, irq_chunk_cycles: int = IRQ_CHUNK_CYCLES,
                  heap_base: int = RAM_BASE):
-        self.bench = bench
-        self.config = bench.config
-        self.clock_hz = bench.config.clock_mhz * 1e6
+        self.testbench = tb
+        self.config = tb.config
+        self.clock_hz = tb.config.clock_mhz * 1e6
         self.counter_source = "hardware (RTL simulation)"
         self._chunk = irq_chunk_cycles
-        self._heap = (align_up(heap_base, PAGE_BYTES), len(bench.mem))
+        self._heap = (align_up(heap_base, PAGE_BYTES), len(tb.mem))
         self._buffers: list[SimBuffer] = []  # sorted by address
         self._closed = False
 
@@ -115,27 +115,27 @@ class SimBackend(Backend):
             used = sum(b.nbytes for b in self._buffers)
             raise BackendError(f"sim backend: cannot allocate {nbytes} B: {used} B of the "
                                f"{limit - self._heap[0]}-byte simulated DRAM are in use in "
-                               f"{len(self._buffers)} buffer(s) (size the bench's ram_bytes)")
+                               f"{len(self._buffers)} buffer(s) (size the testbench's ram_bytes)")
         buf = SimBuffer(self, addr, nbytes)
         self._buffers.insert(index, buf)
-        self.bench.write_mem(addr, bytes(nbytes))  # fresh memory, whatever a freed buffer left
-        self.bench.map.add(Region(_region_name(addr), addr, nbytes))
+        self.testbench.write_mem(addr, bytes(nbytes))  # fresh memory, whatever a freed buffer left
+        self.testbench.map.add(Region(_region_name(addr), addr, nbytes))
         return buf
 
     def _release(self, buf: SimBuffer) -> None:
         self._buffers.remove(buf)
-        self.bench.map.remove(_region_name(buf.device_address))
+        self.testbench.map.remove(_region_name(buf.device_address))
 
     # -- registers -------------------------------------------------------------------------------
     def read_reg(self, offset: int) -> int:
         self._live("read_reg")
         check_reg_access(offset, window=REGISTER_MAP_BYTES)
-        return _in_sim(self.bench.read_reg_at, int(offset))
+        return _in_sim(self.testbench.read_reg_at, int(offset))
 
     def write_reg(self, offset: int, value: int) -> None:
         self._live("write_reg")
         check_reg_access(offset, value, window=REGISTER_MAP_BYTES)
-        _in_sim(self.bench.write_reg_at, int(offset), int(value))
+        _in_sim(self.testbench.write_reg_at, int(offset), int(value))
 
     def wait_irq(self, timeout_s: float) -> bool:
         """Simulate until the irq line is high or `timeout_s` wall-clock seconds have passed
@@ -149,15 +149,15 @@ class SimBackend(Backend):
                 return False
 
     async def _irq_within(self, cycles: int) -> bool:
-        if not self.bench.irq():
-            await First(RisingEdge(self.bench.dut.irq), ClockCycles(self.bench.dut.ap_clk, cycles))
-        return self.bench.irq()
+        if not self.testbench.irq():
+            await First(RisingEdge(self.testbench.dut.irq), ClockCycles(self.testbench.dut.ap_clk, cycles))
+        return self.testbench.irq()
 
     # -- test hooks ------------------------------------------------------------------------------
     def hang_bus(self, enabled: bool) -> None:
         """The DRAM stops answering the engine (no ready/valid) until called with False."""
         self._live("hang_bus")
-        self.bench.hang_bus(enabled)
+        self.testbench.hang_bus(enabled)
 
     def close(self) -> None:
         if self._closed:
@@ -172,7 +172,7 @@ def _region_name(addr: int) -> str:
 
 
 def _in_sim(coro_fn: Callable[..., object], *args):
-    """Run a bench coroutine from the driver thread and return its result."""
+    """Run a testbench coroutine from the driver thread and return its result."""
     # cocotb's scheduler (and every coroutine) runs on the main thread; only a bridged thread
     # may block on it. Checked first: resume() from the main thread would leave a coroutine
     # object never awaited and a less helpful message.
@@ -183,9 +183,9 @@ def _in_sim(coro_fn: Callable[..., object], *args):
     return resume(coro_fn)(*args)
 
 
-async def run_blocking(bench: EngineBench, fn: Callable[[SimBackend], T], **backend_args) -> T:
-    """Run blocking `fn(backend)` (driver code) against the bench; the backend is closed after."""
-    backend = SimBackend(bench, **backend_args)
+async def run_blocking(tb: EngineTestbench, fn: Callable[[SimBackend], T], **backend_args) -> T:
+    """Run blocking `fn(backend)` (driver code) against the testbench; the backend is closed after."""
+    backend = SimBackend(tb, **backend_args)
 
     def body() -> T:
         try:

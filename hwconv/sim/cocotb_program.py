@@ -22,7 +22,7 @@ from cocotb.triggers import ClockCycles
 
 from ..fileio import atomic_write_bytes, atomic_write_text
 from ..spec.program import Program
-from .bench import EngineBench, EngineHang
+from .testbench import EngineTestbench, EngineHang
 from .runner import config_from_env
 
 JOB_ENV = "HWCONV_SIM_JOB"
@@ -37,41 +37,41 @@ async def run_program_on_rtl(dut):
     program = Program.load(job_dir / "program.hwc", expect=config)
     inputs = {name: np.load(job_dir / f"{name}.npy", allow_pickle=False) for name in job["inputs"]}
 
-    bench = EngineBench.for_program(dut, program)
-    await bench.reset()
+    tb = EngineTestbench.for_program(dut, program)
+    await tb.reset()
     if job.get("backpressure"):
-        bench.set_backpressure(float(job["backpressure"]), seed=int(job.get("seed", 0)))
-    await bench.load_program(program, inputs)
+        tb.set_backpressure(float(job["backpressure"]), seed=int(job.get("seed", 0)))
+    await tb.load_program(program, inputs)
     t0, ps0 = time.perf_counter(), get_sim_time("ps")
-    await bench.start(irq=True)
+    await tb.start(irq=True)
 
     async def report_progress() -> None:
         while True:
             await ClockCycles(dut.ap_clk, PROGRESS_EVERY_CYCLES)
-            done = await bench.read_reg("LAYERS_DONE")
-            cycles = int((get_sim_time("ps") - ps0) // bench.clock_period_ps)
+            done = await tb.read_reg("LAYERS_DONE")
+            cycles = int((get_sim_time("ps") - ps0) // tb.clock_period_ps)
             atomic_write_text(job_dir / "progress.json",
                               json.dumps({"layers_done": done, "cycles": cycles}))
 
     progress = cocotb.start_soon(report_progress())
     result: dict = {}
     try:
-        st = await bench.wait_done(int(job["timeout_cycles"]))
+        st = await tb.wait_done(int(job["timeout_cycles"]))
         result["hang"] = None
     except EngineHang as exc:
-        st = await bench.status()
+        st = await tb.status()
         result["hang"] = str(exc)
     finally:
         progress.cancel()
     wall = time.perf_counter() - t0
-    counters = await bench.counters()
-    atomic_write_bytes(job_dir / "arena.bin", bench.arena())
+    counters = await tb.counters()
+    atomic_write_bytes(job_dir / "arena.bin", tb.arena())
     result.update({
         "status": {"busy": st.busy, "done": st.done, "error": int(st.error),
                    "error_layer": st.error_layer, "layers_done": st.layers_done},
         "counters": counters.to_dict(),
-        "sim_cycles": int((get_sim_time("ps") - ps0) // bench.clock_period_ps),
+        "sim_cycles": int((get_sim_time("ps") - ps0) // tb.clock_period_ps),
         "wall_seconds": wall,
-        "violations": bench.violations,
+        "violations": tb.violations,
     })
     atomic_write_text(job_dir / "result.json", json.dumps(result, indent=2) + "\n")

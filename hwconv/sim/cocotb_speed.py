@@ -1,7 +1,7 @@
 """cocotb test module behind `hwconv.sim.speed.measure`: simulated cycles per wall-clock second.
 
 Two figures on the same build: the bare clock (the simulator and cocotb's clock, one Python
-wake-up per cycle for the cycle count) and the full bench (AXI-Lite master, DRAM model with
+wake-up per cycle for the cycle count) and the full testbench (AXI-Lite master, DRAM model with
 random backpressure on all ten channels, the engine running a CoDeNet-shaped 32x32 program, or
 the shell's self-test while the top runs no programs). Results go to the JSON file named by
 HWCONV_SPEED_OUT.
@@ -20,7 +20,7 @@ from cocotb.triggers import ClockCycles
 
 from ..fileio import atomic_write_text
 from ..compiler.synthetic import BackboneShape, codenet_program
-from .bench import EngineBench
+from .testbench import EngineTestbench
 from .programs import random_inputs
 from .runner import config_from_env
 
@@ -42,20 +42,20 @@ async def measure_speed(dut):
     bare_s = time.perf_counter() - t0
     clock.stop()
 
-    # Full bench: bus models with backpressure on every channel, running a CoDeNet-shaped 32x32
+    # Full testbench: bus models with backpressure on every channel, running a CoDeNet-shaped 32x32
     # frame again and again.
     program, _ = codenet_program(cfg, SMALL_CODENET)
-    bench = EngineBench.for_program(dut, program)
-    await bench.reset()
-    await bench.load_program(program, random_inputs(program, 0))
-    bench.set_backpressure(0.5, seed=1)
+    tb = EngineTestbench.for_program(dut, program)
+    await tb.reset()
+    await tb.load_program(program, random_inputs(program, 0))
+    tb.set_backpressure(0.5, seed=1)
     runs, t0, ps0 = 0, time.perf_counter(), get_sim_time("ps")
-    while (get_sim_time("ps") - ps0) < cycles * bench.clock_period_ps:
-        await bench.start(irq=True)
-        await bench.wait_done(timeout_cycles=50_000_000)
+    while (get_sim_time("ps") - ps0) < cycles * tb.clock_period_ps:
+        await tb.start(irq=True)
+        await tb.wait_done(timeout_cycles=50_000_000)
         runs += 1
     bench_s = time.perf_counter() - t0
-    clocked = int((get_sim_time("ps") - ps0) // bench.clock_period_ps)
+    clocked = int((get_sim_time("ps") - ps0) // tb.clock_period_ps)
     atomic_write_text(out, json.dumps({
         "bare_clock": {"cycles": cycles, "seconds": bare_s},
         "bench": {"cycles": clocked, "seconds": bench_s, "runs": runs,

@@ -1,7 +1,8 @@
 """Build the engine's Verilog for a simulator once per config, and run cocotb test modules on it.
 
 `build(config, sim=...)` converts `EngineTop(config)` to Verilog and compiles it with cocotb's
-Python runner (`cocotb_tools.runner`). The build folder is cached under `build/sim/` (git-ignored)
+Python runner (`cocotb_tools.runner`). The build folder is cached outside the repository
+(`build_root()`: ~/.cache/hwconv/sim, or $HWCONV_CACHE/sim, or $HWCONV_SIM_BUILD)
 by a key made of the config, a hash of the RTL and spec sources, the tool versions, the simulator
 and whether waveforms are traced; a second `build` of the same key returns at once, and a file
 lock makes concurrent builds of one key wait for each other instead of colliding.
@@ -92,15 +93,16 @@ def config_from_env() -> EngineConfig:
 
 
 def build_root() -> Path:
-    """Where builds are cached: $HWCONV_SIM_BUILD, else build/sim in this checkout (or the
-    user's cache folder when hwconv is installed rather than checked out)."""
+    """Where builds are cached, outside the repository: $HWCONV_SIM_BUILD, else
+    $HWCONV_CACHE/sim, else $XDG_CACHE_HOME/hwconv/sim, else ~/.cache/hwconv/sim."""
     env = os.environ.get("HWCONV_SIM_BUILD")
     if env:
         return Path(env).resolve()
-    checkout = _PACKAGE.parent
-    if (checkout / "pyproject.toml").is_file():
-        return checkout / "build" / "sim"
-    return Path.home() / ".cache" / "hwconv" / "sim"
+    cache = os.environ.get("HWCONV_CACHE")
+    if cache:
+        return Path(cache).resolve() / "sim"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache").resolve() / "hwconv" / "sim"
 
 
 # -- building ----------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""`EngineBench`: the system bench of the engine top, for cocotb tests and `hwconv simulate`.
+"""`EngineTestbench`: the system testbench of the engine top, for cocotb tests and `hwconv simulate`.
 
 What it wraps around the generated top (``ap_clk``, ``ap_rst_n``, ``s_axi_control_*``,
 ``m_axi_gmem_*``, ``irq``; see hwconv/rtl/top.py):
@@ -6,10 +6,10 @@ What it wraps around the generated top (``ap_clk``, ``ap_rst_n``, ``s_axi_contro
 - a clock at the config's period (rounded to an even number of picoseconds) and the active-low
   synchronous reset;
 - a cocotbext-axi `AxiLiteMaster` on ``s_axi_control``; registers are read and written by their
-  NAME from `hwconv.spec.registers` (``await bench.read_reg("STATUS")``), 64-bit counters as
+  NAME from `hwconv.spec.registers` (``await tb.read_reg("STATUS")``), 64-bit counters as
   LO-then-HI pairs (``read_reg64("CYCLES")``);
 - a DRAM model on ``m_axi_gmem``: cocotbext-axi's `AxiRamRead`/`AxiRamWrite` over one
-  `bytearray`, with every engine access checked against the regions the bench mapped
+  `bytearray`, with every engine access checked against the regions the testbench mapped
   (`hwconv.sim.layout`). An access outside them, or a write into the read-only image/params,
   is answered SLVERR and recorded; `wait_done` fails the test naming it. The engine's AXI port
   therefore cannot scribble over memory unnoticed.
@@ -47,7 +47,7 @@ from ..spec.registers import (CONTROL_SOFT_RESET, CONTROL_START, IRQ_ENABLE_DONE
                               REGISTER_BYTES, ErrorCode, reg)
 from .layout import MemoryMap, ProgramLayout, Region, place_program, ram_bytes_for
 
-__all__ = ["AccessViolation", "Counters", "EngineBench", "EngineHang", "LayerCounters",
+__all__ = ["AccessViolation", "Counters", "EngineTestbench", "EngineHang", "LayerCounters",
            "RunStatus", "random_pauses"]
 
 DEFAULT_RAM_BYTES = 16 << 20
@@ -62,7 +62,7 @@ class EngineHang(AssertionError):
 
 
 class AccessViolation(AssertionError):
-    """The engine accessed DRAM outside the regions the bench gave it."""
+    """The engine accessed DRAM outside the regions the testbench gave it."""
 
 
 @dataclass(frozen=True)
@@ -113,12 +113,12 @@ def random_pauses(seed: int, probability: float) -> Iterator[bool]:
 class _CheckedRamWrite(AxiRamWrite):
     """AxiRamWrite whose writes must land in a writable mapped region (else SLVERR)."""
 
-    def __init__(self, *args, bench: "EngineBench", **kwargs):
+    def __init__(self, *args, tb: "EngineTestbench", **kwargs):
         super().__init__(*args, **kwargs)
-        self._bench = bench
+        self._testbench = tb
 
     async def _write(self, address, data):
-        self._bench._check_access(address, len(data), write=True)
+        self._testbench._check_access(address, len(data), write=True)
         self.write(address, data)
 
 
@@ -126,24 +126,24 @@ class _CheckedRamRead(AxiRamRead):
     """AxiRamRead whose beats must touch a mapped region (a beat is a whole bus word, so its
     bytes past a region's unaligned end are allowed)."""
 
-    def __init__(self, *args, bench: "EngineBench", **kwargs):
+    def __init__(self, *args, tb: "EngineTestbench", **kwargs):
         super().__init__(*args, **kwargs)
-        self._bench = bench
+        self._testbench = tb
 
     async def _read(self, address, length):
-        self._bench._check_access(address, length, write=False)
+        self._testbench._check_access(address, length, write=False)
         return self.read(address, length)
 
 
-# -- the bench ---------------------------------------------------------------------------------
-class EngineBench:
+# -- the testbench ---------------------------------------------------------------------------------
+class EngineTestbench:
     """The engine top with its clock, reset, control master and DRAM (module docstring)."""
 
     def __init__(self, dut, config: EngineConfig, *, ram_bytes: int = DEFAULT_RAM_BYTES,
                  log_level: int = logging.WARNING):
         self.dut = dut
         self.config = config
-        self.log = logging.getLogger("cocotb.hwconv.bench")
+        self.log = logging.getLogger("cocotb.hwconv.testbench")
         self.map = MemoryMap()
         self.violations: list[str] = []
         self.program: Program | None = None
@@ -161,16 +161,16 @@ class EngineBench:
         self.mem = bytearray(ram_bytes)
         bus = AxiBus.from_prefix(dut, "m_axi_gmem")
         self.ram_write = _CheckedRamWrite(bus.write, dut.ap_clk, dut.ap_rst_n, False,
-                                          mem=self.mem, bench=self)
+                                          mem=self.mem, tb=self)
         self.ram_read = _CheckedRamRead(bus.read, dut.ap_clk, dut.ap_rst_n, False,
-                                        mem=self.mem, bench=self)
+                                        mem=self.mem, tb=self)
         self._bus_width_bytes = self.ram_read.byte_lanes
         for name in _QUIET_LOGGERS:  # the AXI models log every burst at INFO
             logging.getLogger(name % dut._name).setLevel(log_level)
 
     @classmethod
-    def for_program(cls, dut, program: Program, **kwargs) -> "EngineBench":
-        """A bench whose DRAM is sized for `program` placed by `load_program`."""
+    def for_program(cls, dut, program: Program, **kwargs) -> "EngineTestbench":
+        """A testbench whose DRAM is sized for `program` placed by `load_program`."""
         return cls(dut, program.config, ram_bytes=ram_bytes_for(place_program(program).end),
                    **kwargs)
 
@@ -305,7 +305,7 @@ class EngineBench:
         base/size registers. `image` replaces the device image (to run corrupted images)."""
         if program.config.config_hash != self.config.config_hash:
             raise ValueError(f"program is for engine {program.config.name} "
-                             f"(hash 0x{program.config.config_hash:08x}); this bench runs "
+                             f"(hash 0x{program.config.config_hash:08x}); this testbench runs "
                              f"{self.config.name} (hash 0x{self.config.config_hash:08x})")
         layout = place_program(program)
         if image is not None:
@@ -314,8 +314,8 @@ class EngineBench:
             if layout.image.end > layout.params.base:
                 raise ValueError("the replacement image does not fit before the params")
         if layout.end > len(self.mem):
-            raise ValueError(f"program needs {layout.end} B of DRAM; this bench has "
-                             f"{len(self.mem)} (use EngineBench.for_program)")
+            raise ValueError(f"program needs {layout.end} B of DRAM; this testbench has "
+                             f"{len(self.mem)} (use EngineTestbench.for_program)")
         arena = np.zeros(program.arena_bytes, dtype=np.uint8)
         for name, value in (inputs or {}).items():
             t = program.tensor(name)

@@ -1,4 +1,5 @@
-"""Human-readable views of the contract and of program files (layer tables, register map)."""
+"""Human-readable descriptions of the contract and of program files (layer tables, register map):
+what `hwconv inspect` and `hwconv spec` print (named so as not to shadow the stdlib `inspect`)."""
 
 from __future__ import annotations
 
