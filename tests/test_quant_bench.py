@@ -8,8 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from hwconv.quant import bench_ablation, bench_deepforest, bench_train
-from hwconv.quant.bench_train import FirstImages, _fit_one_epoch, _plan_cost, _plan_epochs
+from benchmarks import ablation as bench_ablation, deepforest as bench_deepforest, train as bench_train
+from benchmarks.train import FirstImages, _fit_one_epoch, _plan_cost, _plan_epochs
 from hwconv.quant.data import load_dataset
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -1,6 +1,6 @@
 """Integer path (exported program on the golden model) vs fake-quant path: elements and AP.
 
-The figures on a trained model come from `python -m hwconv.quant.bench_integer` (slow test below,
+The figures on a trained model come from `python -m benchmarks.integer` (slow test below,
 and docs/results/integer_vs_fakequant.md); the fast tests check the plumbing on a calibrated
 untrained tiny model and make the comparison fail where it must.
 """
@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from hwconv.cli import main
-from hwconv.quant import bench_integer as bi
+from benchmarks import integer as bench
+from hwconv.quant import integer_ap as iap
 from hwconv.quant import verify
 from hwconv.quant.checkpoint import save_checkpoint
 from hwconv.quant.export import export_program
@@ -38,7 +39,7 @@ def model_and_program():
 
 @pytest.fixture(scope="module")
 def val_set():
-    return bi.validation_set("synthetic", 128, images=3)
+    return iap.validation_set("synthetic", 128, images=3)
 
 
 def test_dequantised_integers_are_the_fake_quant_values(model_and_program, val_set):
@@ -65,7 +66,7 @@ def test_element_stats_counts():
 
 def test_integer_vs_fakequant_on_validation_images(model_and_program, val_set):
     m, prog = model_and_program
-    r = bi.integer_vs_fakequant(m, prog, val_set, progress=False)
+    r = iap.integer_vs_fakequant(m, prog, val_set, progress=False)
     assert r["images"] == 3 and set(r["outputs"]) == {"hm", "wh", "reg"}
     assert r["identical"] >= 0.999, r  # vs the float64 reference
     assert r["float32"]["identical"] >= 0.99, r
@@ -82,8 +83,8 @@ def test_identical_integers_give_identical_detections_and_ap(model_and_program, 
     with torch.no_grad():
         fq = verify.float64_copy(m)(torch.stack([val_set[i][0] for i in range(3)]).double())
     queue = [verify.fake_quant_integers({k: v[i] for k, v in fq.items()}, prog) for i in range(3)]
-    monkeypatch.setattr(bi, "golden_integers", lambda program, image: queue.pop(0))
-    r = bi.integer_vs_fakequant(m, prog, val_set, progress=False)
+    monkeypatch.setattr(iap, "golden_integers", lambda program, image: queue.pop(0))
+    r = iap.integer_vs_fakequant(m, prog, val_set, progress=False)
     assert r["identical"] == 1.0 and r["delta_AP50_points"] == 0 and r["delta_AP_points"] == 0
     for a, b in zip(r["fake_quant_detections"], r["golden_detections"]):
         for k in ("boxes", "scores", "labels"):
@@ -109,36 +110,36 @@ def test_a_broken_integer_path_is_reported(model_and_program, val_set, monkeypat
         out["hm"] = np.full_like(out["hm"], -128)
         return out
 
-    monkeypatch.setattr(bi, "golden_integers", silent_heatmap)
-    r = bi.integer_vs_fakequant(m, prog, val_set, progress=False)
+    monkeypatch.setattr(iap, "golden_integers", silent_heatmap)
+    r = iap.integer_vs_fakequant(m, prog, val_set, progress=False)
     assert r["outputs"]["hm"]["identical"] < 0.5 and r["outputs"]["hm"]["max_diff"] > 1
     floor = torch.sigmoid(torch.tensor(-128 * prog.tensor("hm").scale))
     assert all(bool((d["scores"] <= floor + 1e-6).all()) for d in r["golden_detections"])
-    assert not bi.meets_targets(r)
+    assert not iap.meets_targets(r)
 
 
 def test_meets_targets_thresholds():
     ok = {"identical": 0.9995, "delta_AP50_points": -0.2}
-    assert bi.meets_targets(ok)
-    assert not bi.meets_targets({**ok, "identical": 0.9989})
-    assert not bi.meets_targets({**ok, "delta_AP50_points": 0.25})
-    assert not bi.meets_targets({**ok, "delta_AP50_points": None})
+    assert iap.meets_targets(ok)
+    assert not iap.meets_targets({**ok, "identical": 0.9989})
+    assert not iap.meets_targets({**ok, "delta_AP50_points": 0.25})
+    assert not iap.meets_targets({**ok, "delta_AP50_points": None})
 
 
 def test_bad_input_is_named(model_and_program):
     m, prog = model_and_program
     with pytest.raises(ValueError, match="--data voc needs --data-root"):
-        bi.validation_set("voc", 128, images=2)
-    four_classes = bi.validation_set("synthetic", 128, images=1)
+        iap.validation_set("voc", 128, images=2)
+    four_classes = iap.validation_set("synthetic", 128, images=1)
     four_classes.class_names = ("a", "b", "c", "d")
     with pytest.raises(ValueError, match="the dataset has 4 classes, the detector 'tiny' predicts 10"):
-        bi.integer_vs_fakequant(m, prog, four_classes, progress=False)
+        iap.integer_vs_fakequant(m, prog, four_classes, progress=False)
 
 
 def test_bench_command_and_export_option_on_a_checkpoint(tmp_path, capsys):
     ckpt = save_checkpoint(tmp_path / "w4a8.pt", _calibrated(seed=4), epoch=1)
     out = tmp_path / "bench"
-    code = bi.main([str(out), "--checkpoint", str(ckpt), "--val-images", "2", "--quiet"])
+    code = bench.main([str(out), "--checkpoint", str(ckpt), "--val-images", "2", "--quiet"])
     r = json.loads((out / "bench_integer.json").read_text())
     assert code == (0 if r["meets_targets"] else 1)
     assert r["images"] == 2 and r["training"] is None and r["checkpoint"] == str(ckpt)
@@ -160,14 +161,14 @@ def test_bench_refuses_a_float_checkpoint(tmp_path, capsys):
     m = _calibrated()
     set_quant_mode(m, "float")
     ckpt = save_checkpoint(tmp_path / "float.pt", m, epoch=1)
-    assert bi.main([str(tmp_path / "b"), "--checkpoint", str(ckpt), "--quiet"]) == 2
+    assert bench.main([str(tmp_path / "b"), "--checkpoint", str(ckpt), "--quiet"]) == 2
     assert "quantisation mode 'float'" in capsys.readouterr().err
 
 
 @pytest.mark.slow
 def test_bench_trains_briefly_and_integer_path_matches(tmp_path):
     """The whole command without a checkpoint: ~1 minute of training, then the comparison."""
-    code = bi.main([str(tmp_path), "--train-minutes", "1", "--train-images", "400", "--val-images", "50", "--quiet"])
+    code = bench.main([str(tmp_path), "--train-minutes", "1", "--train-images", "400", "--val-images", "50", "--quiet"])
     r = json.loads((tmp_path / "bench_integer.json").read_text())
     assert r["training"]["phases"]["qat"]["epochs"] >= 2
     assert r["identical"] >= 0.999, r

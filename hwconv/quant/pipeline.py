@@ -228,7 +228,7 @@ def export(checkpoint: str, out: Path, config: EngineConfig, *, verify_images: i
     qonnx: also write the QONNX graph (`qonnx.QONNX_FILE`) beside the program, checked against the
     fake-quant model on the `verify_images` images. verify_ap: run `verify_ap` validation images of
     `verify_data` (default: the data the checkpoint was trained on) through the golden model and
-    the fake-quant model and compare AP50 (bench_integer), in the original images' coordinates.
+    the fake-quant model and compare AP50 (integer_ap), in the original images' coordinates.
     """
     from ..driver.preprocess import describe
     from .export import export_program
@@ -258,7 +258,7 @@ def export(checkpoint: str, out: Path, config: EngineConfig, *, verify_images: i
         images = torch.stack([ds[i][0] for i in range(verify_images)])
         report["verify"] = compare_outputs(net, prog, images)
     if verify_ap:
-        from .bench_integer import integer_vs_fakequant, validation_set
+        from .integer_ap import integer_vs_fakequant, validation_set
 
         ds = validation_set(verify_data, size, images=verify_ap, root=data_root or trained.get("data_root"),
                             split=verify_split or (trained.get("val_split") if verify_data == trained.get("data")

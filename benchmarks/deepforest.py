@@ -1,6 +1,6 @@
 """Real-data benchmark: a CoDeNet detector on the deepforest tree crowns, float vs W4A8 AP/AP50.
 
-    python -m hwconv.quant.bench_deepforest OUT_DIR --minutes 8
+    python -m benchmarks.deepforest OUT_DIR --minutes 8
 
 Config a (ShuffleNetV2 1x, stride-4 stem, 256 px input), one class: the smallest published
 CoDeNet configuration, and its 256 px input is the tile size of the tree-crown set at its native
@@ -34,14 +34,14 @@ import torch
 
 from hwconv.fileio import atomic_write_text
 
-from .bench_ablation import detector_gmac, device_description, resolve_device
-from .bench_train import Recipe, add_recipe_arguments, float_then_qat, recipe_from_args
-from .data import DeepForestTiles, DetectionDataset
-from .data.base import Annotation, Sample
-from .evaluate import draw_detections, predict
-from .info import model_stats
-from .models import build_detector
-from .train import InMemoryDataset
+from benchmarks.ablation import detector_gmac, device_description, resolve_device
+from benchmarks.train import Recipe, add_recipe_arguments, float_then_qat, recipe_from_args
+from hwconv.quant.data import DeepForestTiles, DetectionDataset
+from hwconv.quant.data.base import Annotation, Sample
+from hwconv.quant.evaluate import draw_detections, predict
+from hwconv.quant.info import model_stats
+from hwconv.quant.models import build_detector
+from hwconv.quant.train import InMemoryDataset
 
 CONFIG = "a"
 TILE = 256
@@ -96,7 +96,7 @@ def deepforest_data(train_overlap: int, augment: bool) -> dict[str, DetectionDat
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m hwconv.quant.bench_deepforest", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.deepforest", description=__doc__.splitlines()[0])
     p.add_argument("out_dir", type=Path, help="folder for deepforest.json, deepforest.md, deepforest_detections.png")
     p.add_argument("--minutes", type=float, default=8.0, help="total training budget (default 8)")
     p.add_argument("--train-overlap", type=int, default=192, help="training tile overlap in px (default 192)")

@@ -1,7 +1,7 @@
 """Training benchmark: the tiny detector on the synthetic digits set within a time budget, float
 pre-training then W4A8 quantisation-aware fine-tuning of the same module; float AP50 vs W4A8 AP50.
 
-    python -m hwconv.quant.bench_train results.json --minutes 10
+    python -m benchmarks.train results.json --minutes 10
 
 The budget covers everything (data rendering, both phases, evaluations). Epoch counts are planned
 from a measured step time so each phase's cosine schedule completes; `train(max_time_s=...)` stops
@@ -35,19 +35,19 @@ import torch.multiprocessing as mp
 
 from hwconv.fileio import atomic_write_text
 
-from .data import DetectionDataset, load_dataset
-from .data.base import Sample
-from .evaluate import evaluate
-from .checkpoint import unwrap
-from .models import build_detector, fold_batchnorm
-from .train import InMemoryDataset, measure_step_time, train
+from hwconv.quant.data import DetectionDataset, load_dataset
+from hwconv.quant.data.base import Sample
+from hwconv.quant.evaluate import evaluate
+from hwconv.quant.checkpoint import unwrap
+from hwconv.quant.models import build_detector, fold_batchnorm
+from hwconv.quant.train import InMemoryDataset, measure_step_time, train
 
 EVAL_SECONDS_PER_IMAGE = 0.01  # generous: a tiny-model forward on 128 px takes ~2-3 ms
 PLAN_MARGIN = 0.95  # measured step times run a little short of a whole epoch's (allocator, load)
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m hwconv.quant.bench_train", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.train", description=__doc__.splitlines()[0])
     p.add_argument("output", type=Path, help="JSON file for the results")
     p.add_argument("--minutes", type=float, default=10.0, help="total time budget (default 10)")
     p.add_argument("--train-images", type=int, default=10000)

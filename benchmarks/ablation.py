@@ -1,7 +1,7 @@
 """Deformable-variant ablation: the tiny detector trained once per (variant, sampling) on the
 semi-synthetic set, each within the same time budget; float AP50 vs W4A8 AP50 per variant.
 
-    python -m hwconv.quant.bench_ablation OUT_DIR --minutes-per-run 1.5
+    python -m benchmarks.ablation OUT_DIR --minutes-per-run 1.5
 
 Each run is float training then W4A8 QAT of one model (bench_train.float_then_qat, the same
 recipe for every variant), from the same seed and the same rendered images. A run's figures go to
@@ -32,10 +32,10 @@ import torch
 
 from hwconv.fileio import atomic_write_bytes, atomic_write_text
 
-from .bench_train import Recipe, add_recipe_arguments, float_then_qat, recipe_from_args, synthetic_data
-from .deform import SAMPLINGS, VARIANTS, QuantDeformConv
-from .info import model_stats
-from .models import CenterNet, build_detector, unfolded
+from benchmarks.train import Recipe, add_recipe_arguments, float_then_qat, recipe_from_args, synthetic_data
+from hwconv.quant.deform import SAMPLINGS, VARIANTS, QuantDeformConv
+from hwconv.quant.info import model_stats
+from hwconv.quant.models import CenterNet, build_detector, unfolded
 
 # What hwconv's engine runs (DESIGN.md: square + depthwise + integer, bounded by max_dilation).
 ENGINE_MODE = ("square_depthwise", "integer")
@@ -51,7 +51,7 @@ def _names(text: str, valid: tuple[str, ...], what: str) -> tuple[str, ...]:
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m hwconv.quant.bench_ablation", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.ablation", description=__doc__.splitlines()[0])
     p.add_argument("out_dir", type=Path, help="folder for runs/*.json, ablation.json, ablation.md, ablation.png")
     p.add_argument("--minutes-per-run", type=float, default=1.5, help="budget of each (variant, sampling) run")
     p.add_argument("--variants", type=lambda t: _names(t, VARIANTS, "variant"), default=VARIANTS,
