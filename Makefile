@@ -27,13 +27,13 @@ verify-rtl: setup  # 200 random 50-layer programs on the Verilator engine vs gol
 	$(BIN)/hwconv verify --board ultra96v2 --programs 200 --layers 50 -o out/verify
 
 bench-train: setup  # tiny detector, 10 min on 2 CPU cores: float vs W4A8 AP50 (docs/results/bench_train.json)
-	$(BIN)/python -m hwconv.quant.bench_train out/bench_train.json --minutes 10
+	$(BIN)/python -m benchmarks.train out/bench_train.json --minutes 10
 
 bench-ablation: setup  # AP50 per deformable variant and sampling (docs/results/ablation.*)
-	$(BIN)/python -m hwconv.quant.bench_ablation out/ablation
+	$(BIN)/python -m benchmarks.ablation out/ablation
 
 bench-deepforest: setup  # config a on the deepforest tree crowns, float vs W4A8 (docs/results/deepforest.*)
-	$(BIN)/python -m hwconv.quant.bench_deepforest out/deepforest
+	$(BIN)/python -m benchmarks.deepforest out/deepforest
 
 doctor: setup
 	$(BIN)/hwconv doctor
