@@ -27,13 +27,33 @@ def _vectors(rng, n, lanes, acc_bits):
     return acc, bias, mult, shift
 
 
-@pytest.mark.parametrize("clamp, seed", [((-128, 127), 0), ((0, 255), 1), ((0, 7), 2)])
-def test_requantizer_matches_golden(clamp, seed):
+def _boundary_vectors(rng, n, lanes):
+    """Results t = 2 * (acc + bias) * mult >> shift near +-2**e (e up to 34) for every shift:
+    where the hardware's saturation to a few bits must tell a result that fits from one whose
+    low bits only look as if it did."""
+    shift = rng.integers(0, SHIFT_MAX + 1, (n, lanes))
+    mult = rng.integers(1, MULT_MAX + 1, (n, lanes))
+    small = rng.random((n, lanes)) < 0.3
+    mult[small] = rng.integers(1, 300, small.sum())
+    e = rng.integers(14, 35, (n, lanes))
+    t = np.where(rng.random((n, lanes)) < 0.5, -1, 1) * ((1 << e) + rng.integers(-3, 4, (n, lanes)))
+    want_prod = t.astype(np.float64) * np.exp2(shift.astype(np.float64) - 1)
+    total = np.clip(np.round(want_prod / mult) + rng.integers(-2, 3, (n, lanes)), -(2 ** 31) + 512, 2 ** 31 - 512)
+    bias = rng.integers(-256, 256, (n, lanes))
+    acc = total.astype(np.int64) - bias
+    return acc, bias, mult, shift
+
+
+@pytest.mark.parametrize("clamp, seed, boundary", [
+    ((-128, 127), 0, False), ((0, 255), 1, False), ((0, 7), 2, False),
+    ((-128, 127), 3, True), ((0, 255), 4, True), ((-32768, 32767), 5, True), ((-5, 3), 6, True)])
+def test_requantizer_matches_golden(clamp, seed, boundary):
     cfg = EngineConfig(pe_out=4)
     dut = Requantizer(cfg)
     rng = np.random.default_rng(seed)
     n = 300
-    acc, bias, mult, shift = _vectors(rng, n, dut.lanes, cfg.acc_bits)
+    acc, bias, mult, shift = (_boundary_vectors(rng, n, dut.lanes) if boundary
+                              else _vectors(rng, n, dut.lanes, cfg.acc_bits))
     want = requantize(acc, bias, mult, shift, *clamp)
     got = []
     stall_in = rng.random(4 * n) < 0.3
