@@ -98,9 +98,39 @@ def test_mac_array_matches_model_under_backpressure(kind, seed):
     assert got == want
 
 
-def test_pipeline_depth_counts_operand_product_tree_and_accumulator_stages():
-    assert PIPELINE_DEPTH(4) == 3 + 2 + 1
-    assert PIPELINE_DEPTH(16) == 3 + 4 + 1
+def test_a_block_per_cycle_when_every_beat_is_last_and_the_consumer_is_ready():
+    """The skid buffer keeps the throughput: COPY-like beats (each one a whole accumulation) go
+    in and come out one per cycle, PIPELINE_DEPTH cycles apart, and `i.ready` never drops."""
+    n = 40
+    dut = MacArray(CFG)
+    accepted, produced = [], []
+
+    async def bench(ctx):
+        ctx.set(dut.o.ready, 1)
+        for t in range(n + 3 * PIPELINE_DEPTH(P)):
+            ctx.set(dut.i.valid, int(len(accepted) < n))
+            ctx.set(dut.i.p.x, t & 0xFF)
+            ctx.set(dut.i.p.in_bounds, 1)
+            ctx.set(dut.i.p.first, 1)
+            ctx.set(dut.i.p.last, 1)
+            ctx.set(dut.i.p.tag, t)
+            if ctx.get(dut.i.valid) and ctx.get(dut.i.ready):
+                accepted.append(t)
+            if ctx.get(dut.o.valid):
+                produced.append((t, ctx.get(dut.o.p.tag)))
+            await ctx.tick()
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    assert accepted == list(range(n))
+    assert produced == [(t + PIPELINE_DEPTH(P), t) for t in range(n)]
+
+
+def test_pipeline_depth_counts_operand_product_tree_accumulator_and_skid_stages():
+    assert PIPELINE_DEPTH(4) == 3 + 2 + 1 + 1
+    assert PIPELINE_DEPTH(16) == 3 + 4 + 1 + 1
 
 
 @pytest.mark.slow

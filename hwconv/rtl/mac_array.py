@@ -4,14 +4,20 @@ same), and the adder tree is registered at every level.
 
 One beat in is one (pixel, out block, tap, in block) step: the P input bytes of one pixel and
 P weight words (lane b: the P weights of output channel b). Stages, all moving together on one
-shared advance signal (as the Requantizer does), so the array takes a beat per cycle and never
-drops one under backpressure:
+shared advance, so the array takes a beat per cycle and never drops one under backpressure:
 
     operands  x[j] (the byte made signed/unsigned, or the padding value) and w[b][j]  (A, B)
     product   w[b][j] * x[j]                                                        (M)
     product   registered again                                                      (P)
     tree      log2(P) registered adder levels
     acc       acc[b] = first ? dot : acc + dot  (MAXPOOL: the running max); out on `last`
+    out       a 2-entry skid buffer of finished blocks (`o` reads its head register)
+
+The advance is a register (it is also ``i.ready``): it is 1 for the next cycle when the skid
+buffer will hold at most one block, so a block finished in any advancing cycle always has a free
+entry, and with a ready consumer the buffer never holds more than one (a beat per cycle). The
+advance's fanout (every stage's clock enable) is driven by that flip-flop, not by the
+consumer's ready, and no ready passes through the array combinationally.
 
 Channel-wise ops (DWCONV, DEFORM_DW, ADD, COPY, MAXPOOL) use product 0 of each lane only: lane
 b's own input byte times its weight (the depthwise weight, an ADD multiplier, or 1), carried
@@ -67,8 +73,8 @@ MacMode = data.StructLayout({
 
 def PIPELINE_DEPTH(p: int) -> int:
     """Registered stages from a beat's acceptance to its sums on `o` (operands, the product's two
-    registers, the tree levels, the accumulator)."""
-    return 3 + (p - 1).bit_length() + 1
+    registers, the tree levels, the accumulator, the skid buffer's head)."""
+    return 3 + (p - 1).bit_length() + 2
 
 
 class MacArray(wiring.Component):
@@ -90,16 +96,12 @@ class MacArray(wiring.Component):
         P, acc_bits, act_bits = self.p, self.config.acc_bits, self.config.act_bits
         mode, beat = self.mode, self.i.payload
         levels = (P - 1).bit_length()
-        n_stages = PIPELINE_DEPTH(P)
+        n_stages = PIPELINE_DEPTH(P) - 1   # the skid buffer's head is not a pipeline stage
 
-        # Shared advance: every stage moves when the output is empty or being taken.
+        # Shared advance, a register: see the module docstring (the skid buffer at the end).
         valid = [Signal(name=f"valid{s}") for s in range(n_stages)]
-        advance = Signal()
-        m.d.comb += [advance.eq(~self.o.valid | self.o.ready), self.i.ready.eq(advance)]
-        busy = 0
-        for v in valid:
-            busy = busy | v
-        m.d.comb += self.busy.eq(busy)
+        advance = Signal(init=1)
+        m.d.comb += self.i.ready.eq(advance)
 
         def reg(value, shape, name):
             """A datapath register that moves with the pipeline (no reset: DSP registers)."""
@@ -179,7 +181,39 @@ class MacArray(wiring.Component):
         out_tag = Signal(TAG_BITS, reset_less=True)
         with m.If(advance):
             m.d.sync += [out_last.eq(valid[n_stages - 2] & last), out_tag.eq(tag)]
-        m.d.comb += [self.o.valid.eq(valid[n_stages - 1] & out_last), self.o.payload.tag.eq(out_tag)]
+        finished = Signal(mac_out_layout(P, acc_bits))
+        m.d.comb += finished.tag.eq(out_tag)
         for b in range(P):
-            m.d.comb += self.o.payload.acc[b].eq(accs[b])
+            m.d.comb += finished.acc[b].eq(accs[b])
+
+        # -- the skid buffer: head (e0, on `o`) and the entry behind it (e1) --------------------
+        # A finished block is pushed when the pipeline moves on from it (the accumulators are
+        # then free to change); the advance guarantees an entry for it.
+        push = Signal()
+        m.d.comb += push.eq(advance & valid[n_stages - 1] & out_last)
+        v0, v1 = Signal(), Signal()
+        e0 = Signal(mac_out_layout(P, acc_bits), reset_less=True)
+        e1 = Signal(mac_out_layout(P, acc_bits), reset_less=True)
+        pop = Signal()
+        m.d.comb += [pop.eq(v0 & self.o.ready), self.o.valid.eq(v0), self.o.payload.eq(e0)]
+        keep0 = v0 & ~pop
+        with m.If(keep0):
+            with m.If(~v1 & push):
+                m.d.sync += [e1.eq(finished), v1.eq(1)]
+        with m.Elif(v1):  # the head is taken: the second entry moves up
+            m.d.sync += [e0.eq(e1), v0.eq(1)]
+            with m.If(push):
+                m.d.sync += e1.eq(finished)
+            with m.Else():
+                m.d.sync += v1.eq(0)
+        with m.Else():
+            m.d.sync += [e0.eq(finished), v0.eq(push)]
+        # Entries next cycle: at most one -> the pipeline may move next cycle.
+        n_next = (v0 + v1 + push - pop)[:2]
+        m.d.sync += advance.eq(n_next <= 1)
+
+        busy = v0 | v1
+        for v in valid:
+            busy = busy | v
+        m.d.comb += self.busy.eq(busy)
         return m
