@@ -90,11 +90,11 @@ def test_issuer_steps_match_the_model_under_backpressure(kind):
         ctx.set(dut.oy, c["oy"])
         ctx.set(dut.base_slot, c["base_slot"])
         t = 0
+        await ctx.tick().repeat(2)  # the per-layer constants are registered from desc and geo
         ctx.set(dut.start, 1)
         ctx.set(dut.dil_data, dil[ctx.get(dut.dil_addr)])
         await ctx.tick()
         ctx.set(dut.start, 0)
-        ctx.set(dut.enable, 1)
         while len(got) < len(want):
             assert t < 20_000, "the issuer stopped"
             ctx.set(dut.o.ready, int(not stall[t]))

@@ -132,7 +132,6 @@ class EngineCore(wiring.Component):
         m.d.sync += done_pulse.eq(0)
         m.d.comb += self.done_pulse.eq(done_pulse)
         error = Signal(8)
-        layer_cycles = perf.layer_cycles
         m.d.comb += [self.busy.eq(busy), self.done.eq(done), self.error.eq(error),
                      self.error_layer.eq(layer), self.cycles.eq(perf.cycles), perf.busy.eq(busy), perf.layer.eq(layer),
                      self.stall_cycles.eq(reader.stall_cycles + writer.stall_cycles)]
@@ -162,9 +161,6 @@ class EngineCore(wiring.Component):
         next_slot = Signal(5)         # next_row % rows
         base_slot = Signal(5)         # (oy * stride - pad) % rows: the slot of the window's top row
 
-        def times_stride(v):  # strides are 1, 2 or 4 (the checker rejects others)
-            return Mux(desc.stride == 4, v << 2, Mux(desc.stride == 2, v << 1, v))
-
         def mod_rows(v, subtractions=2):
             """v % rows for v < (subtractions + 1) * rows."""
             for _ in range(subtractions):
@@ -178,20 +174,27 @@ class EngineCore(wiring.Component):
                      reader.clear.eq(self.start & ~busy), writer.clear.eq(self.start & ~busy)]
 
         # compute / store state shared with the datapath below
-        issuing = Signal()
         issue_done = Signal()
         store_row_done = Signal()
         pipe_busy = Signal()
-        store_start = Signal()
+        row_start = Signal()          # a registered pulse: the issuer and the store start a row
+        m.d.sync += row_start.eq(0)
         flush_start = Signal()
         flush_done = Signal()
         flush_idle = Signal()
         next_row_step = Signal()
+        # The window's last input row for output row oy (oy * stride - pad + k - 1; deformable
+        # oy + max_dilation; COPY oy), stepped with oy rather than computed from it.
+        row_hi = Signal(signed(20))
+        last_row = Signal()           # oy + 1 == ho, registered (oy holds for a row's states)
+        m.d.sync += last_row.eq(oy + 1 == ho)
         # Row addresses step by a row at a time (no multiplier): the next in0 / in1 row to load,
         # the output row (two when upsampling) being computed.
         in0_row_addr, in1_row_addr, row_a = Signal(aw), Signal(aw), Signal(aw)
 
         in_rec, in_weights, in_rows = Signal(), Signal(), Signal()
+        new_layer = Signal()          # a registered pulse: the layer's counters in the units restart
+        m.d.sync += new_layer.eq(0)
         start_run = self.start & ~busy
         with m.FSM():
             with m.State("IDLE"):
@@ -233,6 +236,7 @@ class EngineCore(wiring.Component):
                     m.next = "DESC_CMD"
             with m.State("DESC_CMD"):
                 m.d.comb += perf.layer_start.eq(1)
+                m.d.sync += new_layer.eq(1)
                 m.d.comb += [rd_addr.eq(self.desc_base + PREAMBLE_BYTES + (layer << _log2(DESCRIPTOR_BYTES))),
                              rd_len.eq(DESCRIPTOR_BYTES), reader.cmd.valid.eq(~abort)]
                 with m.If(abort):
@@ -303,13 +307,12 @@ class EngineCore(wiring.Component):
                              row_a.eq(self.arena_base + o.addr)]
                 m.d.sync += [oy.eq(0), next_row.eq(0), next_slot.eq(0), aux_pending.eq(is_add | is_deform),
                              add_in0_pending.eq(is_add),
-                             base_slot.eq(Mux(is_deform | (desc.pad == 0), 0, rows - desc.pad))]
+                             base_slot.eq(Mux(is_deform | (desc.pad == 0), 0, rows - desc.pad)),
+                             row_hi.eq(Mux(is_deform, cfg.max_dilation, Mux(is_copy, 0, k - 1 - desc.pad)))]
                 m.next = "ROW_BEGIN"
             # rows of input for output row oy
             with m.State("ROW_BEGIN"):
-                hi = Signal(signed(20))
-                m.d.comb += hi.eq(Mux(is_deform, oy + cfg.max_dilation,
-                                      Mux(is_copy, oy, times_stride(oy) - desc.pad + k - 1)))
+                hi = row_hi
                 with m.If(abort):
                     m.next = "ABORTED"
                 with m.Elif(is_add & add_in0_pending):
@@ -323,7 +326,7 @@ class EngineCore(wiring.Component):
                     m.d.sync += [load_tensor.eq(1), load_slot.eq(1), load_dil.eq(is_deform), aux_pending.eq(0)]
                     m.next = "LOAD_CMD"
                 with m.Else():
-                    m.d.comb += store_start.eq(1)
+                    m.d.sync += row_start.eq(1)
                     m.next = "COMPUTE"
             with m.State("LOAD_CMD"):
                 m.d.comb += [
@@ -346,8 +349,7 @@ class EngineCore(wiring.Component):
                           | ~load_dil & reader.beats.valid & reader.beats.p.last):
                     m.next = "ROW_BEGIN"
             with m.State("COMPUTE"):
-                m.d.comb += issuing.eq(1)
-                with m.If(issue_done):
+                with m.If(issue_done & ~row_start):  # done is the last row's while the issuer starts
                     m.next = "DRAIN"
             with m.State("DRAIN"):
                 # The row goes out while the next one is loaded and computed into the other half
@@ -359,13 +361,13 @@ class EngineCore(wiring.Component):
                     with m.Else():
                         m.d.comb += next_row_step.eq(1)
                         m.next = "ROW_BEGIN"
-                        with m.If(oy + 1 == ho):
+                        with m.If(last_row):
                             m.next = "LAYER_END"
             with m.State("FLUSH"):
                 with m.If(flush_done):
                     m.d.comb += next_row_step.eq(1)
                     m.next = "ROW_BEGIN"
-                    with m.If(oy + 1 == ho):
+                    with m.If(last_row):
                         m.next = "LAYER_END"
             with m.State("LAYER_END"):
                 m.d.comb += perf.record.eq(flush_idle)
@@ -388,14 +390,13 @@ class EngineCore(wiring.Component):
                     m.next = "IDLE"
         with m.If(next_row_step):
             m.d.sync += row_a.eq(row_a + Mux(upsample, geo.out_row_stride << 1, geo.out_row_stride))
+            m.d.sync += row_hi.eq(row_hi + Mux(is_deform | is_copy, 1, desc.stride))
             m.d.sync += [oy.eq(oy + 1), aux_pending.eq(is_add | is_deform), add_in0_pending.eq(is_add),
                          # one row kept (1x1 kernels, up to stride 4): always slot 0
                          base_slot.eq(Mux(rows == 1, 0, mod_rows(base_slot + Mux(is_deform, 1, desc.stride))))]
         m.d.comb += self.layers_done.eq(layer)
 
 
-        new_layer = Signal()
-        m.d.comb += new_layer.eq(busy & (layer_cycles == 0))
 
         # -- requant records and weights -> their banks (REC_RECV, W_RECV) ----------------------
         m.d.comb += [pl.desc.eq(desc), pl.geo.eq(geo), pl.new_layer.eq(new_layer),
@@ -413,7 +414,7 @@ class EngineCore(wiring.Component):
                      rl.bytes.valid.eq(reader.o.valid & in_rows), rl.bytes.p.eq(reader.o.p)]
 
         # -- compute: the window issuer feeds the MAC array a step per cycle ---------------------
-        m.d.comb += [wi.start.eq(store_start), wi.enable.eq(issuing), wi.oy.eq(oy), wi.base_slot.eq(base_slot),
+        m.d.comb += [wi.start.eq(row_start), wi.oy.eq(oy), wi.base_slot.eq(base_slot),
                      wi.desc.eq(desc), wi.geo.eq(geo), wi.slot_base.eq(rl.slot_base), wi.skips.eq(rl.skips),
                      rl.dil_addr.eq(wi.dil_addr), wi.dil_data.eq(rl.dil_data),
                      rl.r_addr.eq(wi.r_addr), rl.r_en.eq(wi.r_en), wi.r_data.eq(rl.r_data),
@@ -422,7 +423,8 @@ class EngineCore(wiring.Component):
         wiring.connect(m, wi.o, mac.i)
 
         # -- the MAC array, then the output block's requant records ------------------------------
-        m.d.comb += [mac.mode.conv.eq(is_conv), mac.mode.depthwise.eq(is_dw), mac.mode.add.eq(is_add),
+        # Per-layer inputs of the units below are registered copies (desc and geo hold for the layer).
+        m.d.sync += [mac.mode.conv.eq(is_conv), mac.mode.depthwise.eq(is_dw), mac.mode.add.eq(is_add),
                      mac.mode.pool.eq(is_pool), mac.mode.in0_signed.eq(in0_signed),
                      mac.mode.in1_signed.eq(in1_signed), mac.mode.add_mult0.eq(desc.add_mult0),
                      mac.mode.add_mult1.eq(desc.add_mult1)]
@@ -430,7 +432,7 @@ class EngineCore(wiring.Component):
         wiring.connect(m, mac.o, pl.lookup_i)
         wiring.connect(m, pl.lookup_o, rq.i)
         identity = is_pool | is_copy
-        m.d.comb += [
+        m.d.sync += [
             rq.clamp_lo.eq(Mux(identity, Mux(out_signed, -(1 << (cfg.act_bits - 1)), 0), desc.clamp_lo)),
             rq.clamp_hi.eq(Mux(identity, Mux(out_signed, (1 << (cfg.act_bits - 1)) - 1, (1 << cfg.act_bits) - 1),
                                desc.clamp_hi)),
@@ -440,17 +442,19 @@ class EngineCore(wiring.Component):
 
         # -- store: each output byte to its place in the row buffer; flush: the row to DRAM -------
         row_stride_out, row_span = geo.out_row_stride, geo.out_row_len
-        with m.If(store_start):
+        with m.If(row_start):
             m.d.sync += [st.align_a.eq(row_a[:LB]), st.align_b.eq((row_a + row_stride_out)[:LB])]
-        m.d.comb += [st.desc.eq(desc), st.geo.eq(geo), st.start.eq(store_start), st.odd_row.eq(oy[0]),
+        m.d.comb += [st.desc.eq(desc), st.geo.eq(geo), st.start.eq(row_start), st.odd_row.eq(oy[0]),
                      st.i.valid.eq(out_fifo.r_rdy & busy), st.i.p.eq(out_fifo.r_data),
                      out_fifo.r_en.eq(st.i.ready),
-                     store_row_done.eq(st.done), pipe_busy.eq(wi.busy | mac.busy | pl.lookup_o.valid),
+                     store_row_done.eq(st.done),
                      fl.s_en.eq(st.w_en), fl.s_addr.eq(st.w_addr), fl.s_data.eq(st.w_data), fl.s_mask.eq(st.w_mask),
                      fl.s_half.eq(st.w_half),
                      fl.start.eq(flush_start), fl.row_addr.eq(row_a), fl.row_stride.eq(row_stride_out),
                      fl.row_len.eq(row_span), fl.upsample.eq(upsample), fl.odd_row.eq(oy[0]),
                      flush_idle.eq(fl.idle), flush_done.eq(fl.done), fl.written.eq(writer.done)]
+        # Registered: DRAIN waits for it, a cycle late at worst (nothing enters the pipe then).
+        m.d.sync += pipe_busy.eq(wi.busy | mac.busy | pl.lookup_o.valid)
         wiring.connect(m, fl.cmd, writer.cmd)
         wiring.connect(m, fl.beats, writer.i)
         return m

@@ -1,13 +1,27 @@
 """WindowIssuer: walks an output row's (pixel, out block, tap, in block) steps, one per cycle, and
 hands each to the MAC array with its input bytes (line buffer) and weights (weight banks).
 
-Pipeline, all stages moving together when the MAC array takes a beat (one shared advance):
+Pipeline, all stages moving together when the MAC array can take a beat (one shared advance,
+``o.ready``, which the MAC array drives from a register):
 
     counters  the step; per-pixel values kept incrementally (the pixel's byte offset in each
-              input row, the weight word, the pixel's dilation), so no stage multiplies
-    window    the tap's input row slot, whether it lies inside the image, its byte offset
-    address   line buffer lane = slot start + byte offset + channel block; weight word
-    memories  both reads; their outputs are the beat's payload
+              input row, the window's left column, the weight word, the pixel's dilation), and
+              every wrap flag one step ahead (``last_*`` registered from a compare with the
+              bound minus two), so no stage multiplies or compares with a bound it computes
+    window    the tap's input row and column, its row slot, its byte offset and lane
+    address   whether the tap lies inside the image; the slot's start lane, and the byte
+              offset + channel block
+    address   line buffer lane = slot start + offset (lane arithmetic is modulo the line
+              buffer's size)
+    read      the line buffer read (its output, through the buffer's lane shifter, is
+              registered in the next stage); the weight word read
+    beat      the input bytes registered; the weights on the bank's output
+
+Per-layer constants (the bounds minus one and two, strides, -pad * pixel_stride, the slot starts)
+are registered here from the descriptor and geometry record, which hold for the whole layer.
+A DEFORM_DW row first spends four cycles fetching its first pixel's dilation (the dilation
+buffer is read from a register address, its output registered); later pixels' dilations are
+fetched during the previous pixel's nine taps.
 
 ADD's two taps are its two operands at the same pixel (in0 in slot 0, in1 in slot 1); a
 deformable tap reads (y + (ky - 1) d, x + (kx - 1) d), d the pixel's dilation clamped to
@@ -28,13 +42,16 @@ from .row_loader import n_slots
 
 __all__ = ["WindowIssuer", "ISSUE_DEPTH"]
 
-ISSUE_DEPTH = 3  # window, address and memory stages before the MAC array
+ISSUE_DEPTH = 5  # window, two address, read and beat stages before the MAC array
 
 
 class WindowIssuer(wiring.Component):
     """``start`` (a pulse): a new output row ``oy`` whose window's top (deformable: centre) row is
-    in ``base_slot``; ``enable``: issue; ``done``: every step of the row is issued; ``busy``: a
-    step is still in this pipeline. ``macs``: multiply-accumulates issued this cycle."""
+    in ``base_slot``; the row's steps issue from then on, each as soon as the MAC array takes a
+    beat; ``done``: every step of the row is issued; ``busy``: a step is still in this pipeline.
+    ``macs``: multiply-accumulates issued two cycles ago.
+    ``desc``, ``geo``, ``slot_base`` and ``skips`` must hold for two cycles before ``start`` (the
+    sequencer sets them long before a row starts)."""
 
     def __init__(self, config: EngineConfig):
         self.config = config
@@ -43,7 +60,6 @@ class WindowIssuer(wiring.Component):
         S = n_slots(config)
         super().__init__({
             "start": In(1),
-            "enable": In(1),
             "oy": In(16),
             "base_slot": In(5),
             "desc": In(descriptor_layout()),
@@ -70,138 +86,216 @@ class WindowIssuer(wiring.Component):
         P = cfg.pe_in
         LP = P.bit_length() - 1
         S = n_slots(cfg)
+        A = len(self.r_addr)  # lane address bits: lane arithmetic wraps at the buffer's size
         desc, geo = self.desc, self.geo
         i0, i1, o = desc.in0, desc.in1, desc.out
-        k, stride, pad = desc.kernel, desc.stride, desc.pad
-        rows, taps, cbi_n, ob_n, wo = geo.rows, geo.taps, geo.cbi_n, geo.ob_n, geo.wo
         is_conv, is_deform, is_add, is_dw = geo.conv, geo.deform, geo.add, geo.depthwise
         oy = self.oy
 
+        # -- per-layer constants, registered (desc and geo hold for the layer) -------------------
+        def const(value, shape, name):
+            r = Signal(shape, name=name)
+            m.d.sync += r.eq(value)
+            return r
+
+        stride = const(desc.stride, 3, "k_stride")
+        pad = const(desc.pad, 2, "k_pad")
+        rows = const(geo.rows, 5, "k_rows")
+        k_is1, k_m2 = const(desc.kernel == 1, 1, "k_is1"), const(desc.kernel - 2, 2, "k_m2")
+        taps_is1, taps_m2 = const(geo.taps == 1, 1, "taps_is1"), const(geo.taps - 2, 5, "taps_m2")
+        cbi_is1, cbi_m2 = const(geo.cbi_n == 1, 1, "cbi_is1"), const(geo.cbi_n - 2, 16, "cbi_m2")
+        ob_is1, ob_m2 = const(geo.ob_n == 1, 1, "ob_is1"), const(geo.ob_n - 2, 16, "ob_m2")
+        wo_is1, wo_m2 = const(geo.wo == 1, 1, "wo_is1"), const(geo.wo - 2, 16, "wo_m2")
+        conv, deform, add, dw = (const(f, 1, f"k_{n}") for f, n in
+                                 ((is_conv, "conv"), (is_deform, "deform"), (is_add, "add"), (is_dw, "dw")))
+        ps0 = const(i0.pixel_stride, A, "k_ps0")
+        ps1 = const(i1.pixel_stride, A, "k_ps1")
+        ps0s = const(Mux(desc.stride == 4, i0.pixel_stride << 2,
+                         Mux(desc.stride == 2, i0.pixel_stride << 1, i0.pixel_stride)), A, "k_ps0s")
+        kxb0 = const(Mux(desc.pad == 2, -(i0.pixel_stride << 1), Mux(desc.pad == 1, -i0.pixel_stride, 0)),
+                     A, "k_kxb0")  # -pad * pixel_stride: the byte offset of the window's left column
+        height = const(i0.height, 16, "k_height")
+        width = const(i0.width, 16, "k_width")
+        in_tail = const(((i0.channels - 1) & (P - 1)) + 1, range(P + 1), "k_in_tail")
+        out_tail = const(((o.channels - 1) & (P - 1)) + 1, range(P + 1), "k_out_tail")
+        # slot starts: the slot's base lane plus the lane its row starts at in its first beat
+        slot_start = Array(const(self.slot_base[s] + self.skips[s], A, f"k_slot_start{s}") for s in range(S))
+
         def times_stride(v):  # strides are 1, 2 or 4 (the checker rejects others)
             return Mux(stride == 4, v << 2, Mux(stride == 2, v << 1, v))
-
-        def mod_rows(v, subtractions=1):
-            """v % rows for v < (subtractions + 1) * rows."""
-            for _ in range(subtractions):
-                v = Mux(v >= rows, v - rows, v)
-            return v
 
         adv = Signal()
         m.d.comb += adv.eq(self.o.ready)
 
         # -- counters --------------------------------------------------------------------------
-        c_ox, c_ob, c_t, c_cb = Signal(16), Signal(16), Signal(5), Signal(16)
-        c_ky, c_kx = Signal(2), Signal(2)
-        issued_all = Signal()
+        # Every register group moves on `start | adv & e_g`, e_g a register ("issuing and this
+        # group's inner loops are at their last step") computed one step ahead with the "last"
+        # flags, so the MAC array's advance meets one LUT before any enable.
+        c_ox, c_ob, c_cb = Signal(16), Signal(16), Signal(16)
+        c_t, c_ky, c_kx = Signal(5), Signal(2), Signal(2)
+        l_cb, l_t, l_kx, l_ob, l_ox = (Signal(name=f"last_{n}") for n in ("cb", "t", "kx", "ob", "ox"))
+        go = Signal()                # issuing: after start (and the dilation fetch), until the row is issued
+        e_t, e_ky, e_ob, e_px, e_end = (Signal(name=f"e_{n}") for n in ("t", "ky", "ob", "px", "end"))
+        issued_all = Signal(init=1)  # nothing to issue before the first start
+        warm = Signal(4)             # DEFORM_DW: a one shifting down while the first dilation is fetched
         issue = Signal()
-        m.d.comb += [issue.eq(self.enable & adv & ~issued_all), self.done.eq(issued_all)]
-        last_tap = c_t == taps - 1
-        last_cb = c_cb == cbi_n - 1
-        next_pixel = issue & last_cb & last_tap & (c_ob == ob_n - 1)
-        # Per-pixel values, stepped rather than multiplied: the pixel's byte offset in an in0 row
-        # (x * stride * pixel_stride) and in an in1 row, the weight word, the dilation and its
-        # byte offset (d * pixel_stride).
-        px0, px1 = Signal(32), Signal(32)
+        m.d.comb += [issue.eq(adv & go), self.done.eq(issued_all)]
+        start = self.start
+        moves = {g: Signal(name=f"moves_{g}") for g in ("cb", "t", "ky", "ob", "px")}
+        m.d.comb += [moves["cb"].eq(start | adv & go), moves["t"].eq(start | adv & e_t),
+                     moves["ky"].eq(start | adv & e_ky), moves["ob"].eq(start | adv & e_ob),
+                     moves["px"].eq(start | adv & e_px)]
+        px0, px1 = Signal(A), Signal(A)           # the pixel's byte offset in an in0 / in1 row
+        kxb = Signal(A)                           # (kx - pad) * pixel_stride
         w_word = Signal(range(cfg.weight_depth + 1))
-        dil, dil_bytes = Signal(range(cfg.max_dilation + 1)), Signal(24)
-        iy_top = Signal(signed(20))  # oy * stride - pad: the window's top row
-        m.d.comb += self.dil_addr.eq(Mux(self.start, 0, c_ox + 1))
-        dil_next = Mux(self.dil_data > cfg.max_dilation, cfg.max_dilation, self.dil_data)
-        # d and d * pixel_stride (shifts and adds: d has at most 4 bits) for the next pixel.
-        with m.If(self.start | next_pixel):
-            m.d.sync += [dil.eq(dil_next),
-                         dil_bytes.eq(sum(Mux(dil_next[b], i0.pixel_stride << b, 0) for b in range(len(dil))))]
-        with m.If(self.start):
-            m.d.sync += [c_ox.eq(0), c_ob.eq(0), c_t.eq(0), c_cb.eq(0), c_ky.eq(0), c_kx.eq(0), issued_all.eq(0),
-                         px0.eq(0), px1.eq(0), w_word.eq(0), iy_top.eq(times_stride(oy) - pad)]
-        with m.Elif(issue):
-            m.d.sync += w_word.eq(w_word + 1)
-            with m.If(~last_cb):
-                m.d.sync += c_cb.eq(c_cb + 1)
-            with m.Else():
-                m.d.sync += c_cb.eq(0)
-                with m.If(~last_tap):
-                    m.d.sync += c_t.eq(c_t + 1)
-                    with m.If(c_kx == k - 1):
-                        m.d.sync += [c_kx.eq(0), c_ky.eq(c_ky + 1)]
-                    with m.Else():
-                        m.d.sync += c_kx.eq(c_kx + 1)
-                with m.Else():
-                    m.d.sync += [c_t.eq(0), c_kx.eq(0), c_ky.eq(0)]
-                    with m.If(c_ob != ob_n - 1):
-                        m.d.sync += c_ob.eq(c_ob + 1)
-                    with m.Else():
-                        m.d.sync += [c_ob.eq(0), w_word.eq(0), px0.eq(px0 + times_stride(i0.pixel_stride)),
-                                     px1.eq(px1 + i1.pixel_stride)]
-                        with m.If(c_ox == wo - 1):
-                            m.d.sync += issued_all.eq(1)
-                        with m.Else():
-                            m.d.sync += c_ox.eq(c_ox + 1)
-        n_in = Mux(i0.channels - (c_cb << LP) >= P, P, i0.channels - (c_cb << LP))
-        n_out = Mux(o.channels - (c_ob << LP) >= P, P, o.channels - (c_ob << LP))
-        # Registered (the counters only sum them): the small product has a cycle of its own.
-        m.d.sync += self.macs.eq(Mux(issue, Mux(is_conv, n_in * n_out, Mux(is_dw, n_out, 0)), 0))
+        iy_top = Signal(signed(20))               # oy * stride - pad: the window's top row
+        ix_left = Signal(signed(20))              # x * stride - pad: its left column
+        slot_ky = Signal(range(S))                # (base_slot + ky) % rows
+
+        # The dilation of the next pixel, fetched ahead: address register -> buffer (LUTRAM) ->
+        # clamp register -> d * pixel_stride, base_slot -/+ d -> the rows' slots (wrapped) -> the
+        # pixel's registers (four cycles; a pixel's nine taps take at least nine).
+        D = range(cfg.max_dilation + 1)
+        pf_x = Signal(range(cfg.max_width + 1))
+        m.d.comb += self.dil_addr.eq(pf_x)
+        d1 = Signal(D)
+        m.d.sync += d1.eq(Mux(self.dil_data > cfg.max_dilation, cfg.max_dilation, self.dil_data))
+        n_dil, n_db = Signal(D), Signal(A)
+        n_up, n_dn = Signal(range(S)), Signal(range(S))
+        up_raw, dn_raw = Signal(signed(7)), Signal(7)   # registered: the wrap is a stage of its own
+        m.d.sync += [up_raw.eq(self.base_slot - d1), dn_raw.eq(self.base_slot + d1)]
+        terms = [Mux(d1[b], ps0 << b, 0) for b in range(len(d1))]
+        while len(terms) > 1:  # d * pixel_stride as a balanced tree of adds (d has <= 4 bits)
+            terms = [terms[i] + terms[i + 1] if i + 1 < len(terms) else terms[i] for i in range(0, len(terms), 2)]
+        d2, db2 = Signal(D), Signal(A)
+        m.d.sync += [d2.eq(d1), db2.eq(terms[0] if terms else 0),
+                     n_dil.eq(d2), n_db.eq(db2),
+                     n_up.eq(Mux(up_raw < 0, up_raw + rows, up_raw)),
+                     n_dn.eq(Mux(dn_raw >= rows, dn_raw - rows, dn_raw))]
+        dil, db = Signal(D), Signal(A)
+        slot_up, slot_dn = Signal(range(S)), Signal(range(S))
+        with m.If(start):
+            m.d.sync += [pf_x.eq(0), warm.eq(Mux(deform, 0b1000, 0)), issued_all.eq(0)]
+        with m.Else():
+            m.d.sync += warm.eq(warm >> 1)
+            with m.If(adv & e_px | warm[0]):
+                m.d.sync += [dil.eq(n_dil), db.eq(n_db), slot_up.eq(n_up), slot_dn.eq(n_dn), pf_x.eq(pf_x + 1)]
+            with m.If(adv & e_end):
+                m.d.sync += issued_all.eq(1)
+
+        # Each counter's "last" flag (the counter is at its bound minus one: a compare with the
+        # bound minus two one step before), their conjunctions, and the groups' enables e_*:
+        # the next values at start (per-layer constants), when the dilation is in (warm), and
+        # after an issue (from registers only: the advance is only the last mux).
+        l_ct, l_px, l_end = Signal(), Signal(), Signal()  # in block and tap; and out block; and pixel
+        i_cb = Mux(l_cb, cbi_is1, c_cb == cbi_m2)
+        i_t = Mux(l_cb, Mux(l_t, taps_is1, c_t == taps_m2), l_t)
+        i_kx = Mux(l_cb, Mux(l_t | l_kx, k_is1, c_kx == k_m2), l_kx)
+        i_ob = Mux(l_ct, Mux(l_ob, ob_is1, c_ob == ob_m2), l_ob)
+        i_ox = Mux(l_px, c_ox == wo_m2, l_ox)
+        i_ct = i_cb & i_t
+        i_px = i_ct & i_ob
+        i_go = ~l_end
+        g_cb, g_t, g_ob, g_wo = geo.cbi_n == 1, geo.taps == 1, geo.ob_n == 1, geo.wo == 1
+        s_ct = const(g_cb & g_t, 1, "s_ct")
+        s_px = const(g_cb & g_t & g_ob, 1, "s_px")
+        s_end = const(g_cb & g_t & g_ob & g_wo, 1, "s_end")
+        s_ky = const(g_cb & (g_t | (desc.kernel == 1)), 1, "s_ky")
+        s_go = ~deform
+        flags = [l_cb, l_t, l_kx, l_ob, l_ox, l_ct, l_px, l_end]
+        enables = [go, e_t, e_ky, e_ob, e_px, e_end]
+        with m.If(start):
+            m.d.sync += [f.eq(v) for f, v in zip(flags, [cbi_is1, taps_is1, k_is1, ob_is1, wo_is1, s_ct, s_px, s_end])]
+            m.d.sync += [e.eq(s_go & v) for e, v in zip(enables, [1, cbi_is1, s_ky, s_ct, s_px, s_end])]
+        with m.Elif(warm[0]):
+            m.d.sync += [e.eq(v) for e, v in zip(enables, [1, l_cb, l_cb & (l_t | l_kx), l_ct, l_px, l_end])]
+        with m.Elif(adv & go):
+            m.d.sync += [f.eq(v) for f, v in zip(flags, [i_cb, i_t, i_kx, i_ob, i_ox, i_ct, i_px, i_px & i_ox])]
+            m.d.sync += [e.eq(i_go & v) for e, v in zip(enables, [1, i_cb, i_cb & (i_t | i_kx), i_ct, i_px,
+                                                                  i_px & i_ox])]
+        kx_wraps = start | l_t | l_kx
+        with m.If(moves["cb"]):  # in block; the weight word restarts with each pixel
+            m.d.sync += [c_cb.eq(Mux(start | l_cb, 0, c_cb + 1)), w_word.eq(Mux(start | e_px, 0, w_word + 1))]
+        with m.If(moves["t"]):   # tap, and its column
+            m.d.sync += [c_t.eq(Mux(start | l_t, 0, c_t + 1)), c_kx.eq(Mux(kx_wraps, 0, c_kx + 1)),
+                         kxb.eq(Mux(kx_wraps, kxb0, kxb + ps0))]
+        with m.If(moves["ky"]):  # the tap's row
+            m.d.sync += [c_ky.eq(Mux(start | l_t, 0, c_ky + 1)),
+                         slot_ky.eq(Mux(start | l_t, self.base_slot, Mux(slot_ky == rows - 1, 0, slot_ky + 1)))]
+        with m.If(moves["ob"]):
+            m.d.sync += c_ob.eq(Mux(start | l_ob, 0, c_ob + 1))
+        with m.If(moves["px"]):
+            m.d.sync += [c_ox.eq(Mux(start, 0, c_ox + 1)), px0.eq(Mux(start, 0, px0 + ps0s)),
+                         px1.eq(Mux(start, 0, px1 + ps1)), ix_left.eq(Mux(start, -pad, ix_left + stride))]
+        with m.If(start):
+            m.d.sync += iy_top.eq(times_stride(oy) - pad)
+
+
+        # Multiply-accumulates of the step: the factors registered, then their product (small).
+        mi, mo = Signal(range(P + 1)), Signal(range(P + 1))
+        m.d.sync += [mi.eq(Mux(issue & conv, Mux(l_cb, in_tail, P), Mux(issue & dw, 1, 0))),
+                     mo.eq(Mux(l_ob, out_tail, P)),
+                     self.macs.eq(mi * mo)]
 
         # -- window stage ----------------------------------------------------------------------
-        def dil_times(c):  # (c - 1) * dil for c in 0..2, without a multiplier
-            return Mux(c == 0, -dil, Mux(c == 2, dil, 0))
+        def by_k(c, minus, plus, centre):  # the value for a tap index c of 0, 1, 2 (deformable)
+            return Mux(c == 0, minus, Mux(c == 2, plus, centre))
 
-        iy, ix = Signal(signed(20)), Signal(signed(20))
-        m.d.comb += [
-            iy.eq(Mux(is_deform, oy + dil_times(c_ky), Mux(is_add, oy, iy_top + c_ky))),
-            ix.eq(Mux(is_deform, c_ox + dil_times(c_kx), Mux(is_add, c_ox, times_stride(c_ox) - pad + c_kx))),
-        ]
-        d_slot = Signal(signed(8))
-        m.d.comb += d_slot.eq(self.base_slot + dil_times(c_ky))
-        d_slot_fixed = Mux(d_slot < 0, d_slot + rows, Mux(d_slot >= rows, d_slot - rows, d_slot))
-        # The tap's byte offset in its row: the pixel's, plus (kx - 1) dilations (deformable) or
-        # kx - pad pixels.
-        ps0 = i0.pixel_stride
-        kx_bytes = Signal(signed(24))
-        with m.Switch(c_kx - pad):
-            for v in (-2, -1, 1, 2):
-                with m.Case(v):
-                    m.d.comb += kx_bytes.eq(v * ps0)
-        deform_bytes = Mux(c_kx == 0, -dil_bytes, Mux(c_kx == 2, dil_bytes, 0))
-
-        a_valid, a_first, a_last, a_inb, a_tap1 = (Signal(name=f"a_{n}") for n in
-                                                   ("valid", "first", "last", "inb", "tap1"))
-        a_ob, a_slot, a_lane = Signal(16), Signal(range(S)), Signal(16)
-        a_xoff = Signal(32)
-        a_word = Signal.like(w_word)
+        a_valid, a_first, a_last, a_tap1 = (Signal(name=f"a_{n}") for n in ("valid", "first", "last", "tap1"))
+        a_ob, a_word = Signal(16), Signal.like(w_word)
+        a_iy, a_ix = Signal(signed(20)), Signal(signed(20))
+        a_slot, a_xoff, a_lane = Signal(range(S)), Signal(A), Signal(A)
         with m.If(adv):
             m.d.sync += [
-                a_valid.eq(issue), a_first.eq((c_t == 0) & (c_cb == 0)), a_last.eq(last_tap & last_cb),
-                a_inb.eq((iy >= 0) & (iy < i0.height) & (ix >= 0) & (ix < i0.width)),
+                a_valid.eq(issue), a_first.eq((c_t == 0) & (c_cb == 0)), a_last.eq(l_t & l_cb),
                 a_tap1.eq(c_t[0]), a_ob.eq(c_ob), a_word.eq(w_word),
-                a_slot.eq(Mux(is_add, c_t[0], Mux(is_deform, d_slot_fixed, mod_rows(self.base_slot + c_ky)))),
-                a_lane.eq(Mux(is_conv, c_cb, c_ob) << LP),
-                a_xoff.eq(Mux(is_add, Mux(c_t[0], px1, px0), px0 + Mux(is_deform, deform_bytes, kx_bytes))),
+                a_iy.eq(Mux(deform, by_k(c_ky, oy - dil, oy + dil, oy), Mux(add, oy, iy_top + c_ky))),
+                a_ix.eq(Mux(deform, by_k(c_kx, c_ox - dil, c_ox + dil, c_ox), Mux(add, c_ox, ix_left + c_kx))),
+                a_slot.eq(Mux(add, c_t[0], Mux(deform, by_k(c_ky, slot_up, slot_dn, self.base_slot), slot_ky))),
+                a_xoff.eq(Mux(add, Mux(c_t[0], px1, px0),
+                              Mux(deform, by_k(c_kx, px0 - db, px0 + db, px0), px0 + kxb))),
+                a_lane.eq(Mux(conv, c_cb, c_ob) << LP),
             ]
 
-        # -- address stage ---------------------------------------------------------------------
-        slot_start = Array(self.slot_base[s] + self.skips[s] for s in range(S))
+        # -- address stages: in bounds; the slot's start and the offset, then their sum ----------
         b_valid, b_first, b_last, b_inb, b_tap1 = (Signal(name=f"b_{n}") for n in
                                                    ("valid", "first", "last", "inb", "tap1"))
-        b_ob = Signal(16)
-        b_addr = Signal.like(self.r_addr)
-        b_word = Signal.like(w_word)
+        b_ob, b_word = Signal(16), Signal.like(w_word)
+        b_start, b_off = Signal(A), Signal(A)
         with m.If(adv):
-            m.d.sync += [b_valid.eq(a_valid), b_first.eq(a_first), b_last.eq(a_last), b_inb.eq(a_inb),
-                         b_tap1.eq(a_tap1), b_ob.eq(a_ob), b_word.eq(a_word),
-                         b_addr.eq(slot_start[a_slot] + (a_xoff + a_lane))]
-        m.d.comb += [self.r_addr.eq(b_addr), self.r_en.eq(adv), self.w_addr.eq(b_word), self.w_en.eq(adv)]
+            m.d.sync += [b_valid.eq(a_valid), b_first.eq(a_first), b_last.eq(a_last), b_tap1.eq(a_tap1),
+                         b_ob.eq(a_ob), b_word.eq(a_word),
+                         b_inb.eq((a_iy >= 0) & (a_iy < height) & (a_ix >= 0) & (a_ix < width)),
+                         b_start.eq(slot_start[a_slot]), b_off.eq(a_xoff + a_lane)]
+        c_valid, c_first, c_last, c_inb, c_tap1 = (Signal(name=f"c_{n}") for n in
+                                                   ("valid", "first", "last", "inb", "tap1"))
+        c_ob, c_word = Signal(16), Signal.like(w_word)
+        c_addr = Signal.like(self.r_addr)
+        with m.If(adv):
+            m.d.sync += [c_valid.eq(b_valid), c_first.eq(b_first), c_last.eq(b_last), c_inb.eq(b_inb),
+                         c_tap1.eq(b_tap1), c_ob.eq(b_ob), c_word.eq(b_word), c_addr.eq(b_start + b_off)]
+        m.d.comb += [self.r_addr.eq(c_addr), self.r_en.eq(adv)]
 
-        # -- memory stage: the beat ------------------------------------------------------------
+        # -- read stage: the line buffer's output arrives; the weights are read ------------------
         s1_valid, s1_first, s1_last, s1_inb, s1_tap1 = (Signal(name=f"s1_{n}") for n in
                                                         ("valid", "first", "last", "inb", "tap1"))
-        s1_ob = Signal(16)
+        s1_ob, s1_word = Signal(16), Signal.like(w_word)
         with m.If(adv):
-            m.d.sync += [s1_valid.eq(b_valid), s1_first.eq(b_first), s1_last.eq(b_last), s1_inb.eq(b_inb),
-                         s1_tap1.eq(b_tap1), s1_ob.eq(b_ob)]
+            m.d.sync += [s1_valid.eq(c_valid), s1_first.eq(c_first), s1_last.eq(c_last), s1_inb.eq(c_inb),
+                         s1_tap1.eq(c_tap1), s1_ob.eq(c_ob), s1_word.eq(c_word)]
+        m.d.comb += [self.w_addr.eq(s1_word), self.w_en.eq(adv)]
+
+        # -- beat stage: input bytes registered, weights on the banks' outputs -------------------
+        s2_valid, s2_first, s2_last, s2_inb, s2_tap1 = (Signal(name=f"s2_{n}") for n in
+                                                        ("valid", "first", "last", "inb", "tap1"))
+        s2_ob = Signal(16)
+        s2_x = Signal(8 * P)
+        with m.If(adv):
+            m.d.sync += [s2_valid.eq(s1_valid), s2_first.eq(s1_first), s2_last.eq(s1_last), s2_inb.eq(s1_inb),
+                         s2_tap1.eq(s1_tap1), s2_ob.eq(s1_ob), s2_x.eq(self.r_data[:8 * P])]
         beat = self.o.p
-        m.d.comb += [self.o.valid.eq(s1_valid), beat.x.eq(self.r_data[:8 * P]), beat.w.eq(self.w_data),
-                     beat.in_bounds.eq(s1_inb), beat.second.eq(s1_tap1), beat.first.eq(s1_first),
-                     beat.last.eq(s1_last), beat.tag.eq(s1_ob),
-                     self.busy.eq(a_valid | b_valid | s1_valid)]
+        m.d.comb += [self.o.valid.eq(s2_valid), beat.x.eq(s2_x), beat.w.eq(self.w_data),
+                     beat.in_bounds.eq(s2_inb), beat.second.eq(s2_tap1), beat.first.eq(s2_first),
+                     beat.last.eq(s2_last), beat.tag.eq(s2_ob),
+                     self.busy.eq(a_valid | b_valid | c_valid | s1_valid | s2_valid)]
         return m
