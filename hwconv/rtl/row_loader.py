@@ -62,7 +62,6 @@ class RowLoader(wiring.Component):
         m = Module()
         cfg = self.config
         LW, BB = cfg.line_word_bytes, cfg.bus_bytes
-        LB = BB.bit_length() - 1
         S = n_slots(cfg)
         m.submodules.linebuf = lb = SplitBuffer(LW, 8, cfg.line_buffer_depth)
         m.submodules.dil = dilmem = Memory(shape=unsigned(8), depth=cfg.max_width, init=[])
@@ -77,38 +76,44 @@ class RowLoader(wiring.Component):
         for s in range(S):
             m.d.sync += self.slot_base[s].eq(slot_lanes * s)
 
-        slot = Signal.like(self.slot)
         dilation = Signal()
         active = Signal()
         skips = Array(self.skips[s] for s in range(S))
         with m.If(self.start):
-            m.d.sync += [slot.eq(self.slot), dilation.eq(self.dilation), active.eq(1)]
+            m.d.sync += [dilation.eq(self.dilation), active.eq(1)]
             with m.If(~self.dilation):
                 m.d.sync += skips[self.slot].eq(self.skip)
 
         # -- input row: raw beats into the slot ------------------------------------------------
-        bk = Signal(16)  # beat of the row
+        # The write address is a register: the slot's base when the row starts, a beat further on
+        # after each beat (no slot mux or adder in front of the line buffer).
+        w_ptr = Signal.like(lb.w_addr)
         beat_take = self.beats.valid & self.beats.ready
+        with m.If(self.start):
+            m.d.sync += w_ptr.eq(Array(self.slot_base[s] for s in range(S))[self.slot])
+        with m.Elif(beat_take):
+            m.d.sync += w_ptr.eq(w_ptr + BB)
         m.d.comb += [
             self.beats.ready.eq(active & ~dilation),
-            lb.w_addr.eq(Array(self.slot_base[s] for s in range(S))[slot] + (bk << LB)),
-            lb.w_data.eq(self.beats.p.data), lb.w_mask.eq((1 << BB) - 1), lb.w_en.eq(beat_take),
+            lb.w_addr.eq(w_ptr), lb.w_data.eq(self.beats.p.data), lb.w_mask.eq((1 << BB) - 1),
+            lb.w_en.eq(beat_take),
         ]
         # -- dilation row: the first byte of each pixel ----------------------------------------
         u_x, u_p = Signal(16), Signal(16)
+        ps_m1 = Signal(16)  # the dilation tensor's pixel stride minus one, registered
+        m.d.sync += ps_m1.eq(self.desc.in1.pixel_stride - 1)
         u_take = self.bytes.valid & self.bytes.ready
         m.d.comb += [self.bytes.ready.eq(active & dilation),
                      dil_w.addr.eq(u_x), dil_w.data.eq(self.bytes.p.byte), dil_w.en.eq(u_take & (u_p == 0))]
 
         with m.If(self.start):
-            m.d.sync += [bk.eq(0), u_x.eq(0), u_p.eq(0)]
+            m.d.sync += [u_x.eq(0), u_p.eq(0)]
         with m.Else():
             with m.If(beat_take):
-                m.d.sync += bk.eq(bk + 1)
                 with m.If(self.beats.p.last):
                     m.d.sync += active.eq(0)
             with m.If(u_take):
-                with m.If(u_p == self.desc.in1.pixel_stride - 1):
+                with m.If(u_p == ps_m1):
                     m.d.sync += [u_p.eq(0), u_x.eq(u_x + 1)]
                 with m.Else():
                     m.d.sync += u_p.eq(u_p + 1)
