@@ -1,7 +1,7 @@
 """Driver checks shared by every backend: plain functions `check_*(driver, ...)`.
 
 tests/test_driver_golden.py and tests/test_driver_pynq.py call them, and the simulation tests
-call them unchanged with an EngineDriver over hwconv.sim.backend.SimBackend. Each check raises
+call them unchanged with an EngineDriver over hwconv.driver.backends.sim.SimBackend. Each check raises
 AssertionError (or pytest.skip when the backend cannot do what it needs) and returns something
 useful to print. `small_program(config)` is a program small enough for an RTL simulation
 (8x8 pixels, every opcode); pass a bigger one where the backend is fast.

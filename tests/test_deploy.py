@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from driver_checks import small_program
 from hwconv.boards import load_board
 from hwconv.driver.deploy import (VENDORED, DeployError, DeployRefused, SshTarget, build_folder, foreign_files,
                                   manifest_files, normalize_remote_dir, remote_commands, upload)
@@ -167,7 +166,7 @@ def test_deploy_over_ssh_gives_the_same_detections(tmp_path, detector_hwc, sshd)
     assert there["detections"] == here["detections"] and len(here["detections"]) > 0
     # In-process driver on the same picture: the same boxes.
     from hwconv.driver.engine import EngineDriver
-    from hwconv.driver.golden_backend import GoldenBackend
+    from hwconv.driver.backends.golden import GoldenBackend
 
     with EngineDriver(GoldenBackend(CFG)) as d:
         d.load(detector_hwc)

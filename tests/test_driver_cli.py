@@ -41,7 +41,7 @@ def test_run_draws_detections(tmp_path, program_path, capsys):
     n = int(out.split("golden: ")[1].split(" detection")[0])
     assert n > 0, out
     from hwconv.driver.engine import EngineDriver
-    from hwconv.driver.golden_backend import GoldenBackend
+    from hwconv.driver.backends.golden import GoldenBackend
     from hwconv.quant.draw import draw_detections
 
     with EngineDriver(GoldenBackend(EngineConfig())) as d:  # what the picture must show

@@ -11,10 +11,10 @@ import torch
 from driver_checks import (check_detect_matches_golden, check_error_reported, check_identity,
                            check_register_semantics, check_run_matches_golden, check_soft_reset_then_rerun,
                            check_throughput, check_timeout, random_inputs, small_program)
-from hwconv.driver.backend import BackendError
+from hwconv.driver.backends import BackendError
 from hwconv.driver.decode import decode
 from hwconv.driver.engine import EngineDriver, EngineNotFound, EngineRunError
-from hwconv.driver.golden_backend import GoldenBackend
+from hwconv.driver.backends.golden import GoldenBackend
 from hwconv.driver.preprocess import letterbox, quantize_image, resize
 from hwconv.spec import EngineConfig, ErrorCode
 from hwconv.spec.memory import PAGE_BYTES

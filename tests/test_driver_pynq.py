@@ -1,5 +1,5 @@
 """EngineDriver on the PYNQ backend, off-board: pynq 4.0's Overlay parses a minimal .hwh, binds
-EngineDriver to the engine by VLNV, programs the PL clock through the PS clock registers, and
+EngineIP (which owns an EngineDriver) to the engine by VLNV, programs the PL clock through the PS clock registers, and
 MMIO/allocate reach the golden register model through GoldenPynqDevice (a pynq.Device)."""
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from hwconv.spec import ENGINE_VLNV, EngineConfig
 
 pynq = pytest.importorskip("pynq", reason="pynq is not installed")
 
-from hwconv.driver.backend import BackendError  # noqa: E402
+from hwconv.driver.backends import BackendError  # noqa: E402
 from hwconv.driver.engine import EngineDriver  # noqa: E402
-from hwconv.driver.pynq_backend import PynqBackend, open_engine  # noqa: E402
-from hwconv.driver.pynq_offboard import GoldenPynqDevice, write_minimal_hwh  # noqa: E402
+from hwconv.driver.backends.pynq import EngineIP, PynqBackend, open_engine  # noqa: E402
+from hwconv.driver.backends.pynq_offboard import GoldenPynqDevice, write_minimal_hwh  # noqa: E402
 
 CFG = EngineConfig()
 
@@ -49,14 +49,15 @@ def program():
 
 def test_overlay_binds_engine_driver_by_vlnv(board):
     _, device, engine = board
-    assert isinstance(engine, EngineDriver) and isinstance(engine, pynq.DefaultIP)
-    assert isinstance(engine.backend, PynqBackend)
-    ip = engine.backend.overlay.ip_dict["hwconv_engine_0"]
-    assert ip["type"] == ENGINE_VLNV and ip["phys_addr"] == 0xA000_0000
+    assert isinstance(engine, EngineDriver) and isinstance(engine.backend, PynqBackend)
+    ip = engine.backend.ip
+    assert isinstance(ip, EngineIP) and isinstance(ip, pynq.DefaultIP) and ip.driver is engine
+    desc = engine.backend.overlay.ip_dict["hwconv_engine_0"]
+    assert desc["type"] == ENGINE_VLNV and desc["phys_addr"] == 0xA000_0000
     assert device.downloads == 1 and engine.backend.overlay.is_loaded()
     # DefaultIP's register_map (from the .hwh's address block) reads the same registers.
-    assert int(engine.register_map.ID) == engine.read("ID")
-    assert engine.register_map.VERSION.major == 1
+    assert int(ip.register_map.ID) == engine.read("ID")
+    assert ip.register_map.VERSION.major == 1
 
 
 def test_clock_is_what_pynq_programmed(board):

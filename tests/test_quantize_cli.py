@@ -133,7 +133,7 @@ def test_validate_reproduces_the_ap_quantize_reported(run, voc_root):
     if v["AP50"] is not None:
         assert abs(v["AP50"] - r["w4a8_AP50"]) <= 0.005, (v["AP50"], r["w4a8_AP50"])
     from hwconv.driver.engine import EngineDriver
-    from hwconv.driver.golden_backend import GoldenBackend
+    from hwconv.driver.backends.golden import GoldenBackend
     from hwconv.quant.checkpoint import model_from_checkpoint
     from hwconv.quant.data import open_split
     from hwconv.quant.data.prepare import PreparedSet

@@ -47,9 +47,9 @@ def test_driver_program_checks_on_rtl():
 import cocotb  # noqa: E402
 import numpy as np  # noqa: E402
 
-from hwconv.driver.backend import BackendError  # noqa: E402
+from hwconv.driver.backends import BackendError  # noqa: E402
 from hwconv.spec.memory import PAGE_BYTES  # noqa: E402
-from hwconv.sim.backend import SimBackend, run_blocking  # noqa: E402
+from hwconv.driver.backends.sim import SimBackend, run_blocking  # noqa: E402
 from hwconv.sim.testbench import EngineTestbench  # noqa: E402
 from hwconv.sim.runner import config_from_env  # noqa: E402
 from hwconv.spec.registers import ENGINE_ID, offset, reg  # noqa: E402

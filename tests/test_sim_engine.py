@@ -117,11 +117,12 @@ def _codenet(cfg: EngineConfig, size: int):
 
 async def _run_and_compare(tb: EngineTestbench, prog, inputs, what: str) -> None:
     await tb.load_program(prog, inputs)
-    st = await tb.run(TIMEOUT_CYCLES)
+    st = await tb.host.run(TIMEOUT_CYCLES)
+    tb.check_no_violations()
     assert st.ok and st.layers_done == len(prog.layers), f"{what}: {st.describe()}"
     cmp = compare_arenas(prog, tb.arena(), golden_arena(prog, inputs))
     assert cmp.match, f"{what}: {cmp.describe()}"
-    counters = await tb.counters()
+    counters = await tb.host.counters(len(prog.layers))
     assert counters.cycles > 0 and counters.layers_done == len(prog.layers)
     assert [c.macs for c in counters.layers] == [layer_macs(d) for d in prog.layers], \
         f"{what}: PERF_LAYER_MACS differs from the spec's count"
@@ -167,20 +168,21 @@ async def reset_mid_program_then_clean_rerun(dut):
     await tb.reset()
     for kind in ("hard", "soft"):
         await tb.load_program(prog, inputs)
-        await tb.start()
-        while (await tb.read_reg("LAYERS_DONE")) < 2:
-            st = await tb.status()
+        await tb.host.start()
+        while (await tb.host.read("LAYERS_DONE")) < 2:
+            st = await tb.host.status()
             assert st.busy, f"the program ended before the {kind} reset: {st.describe()}"
             await tb.cycles(200)
         if kind == "hard":
             await tb.reset()
         else:
-            await tb.soft_reset(timeout_cycles=20_000)   # EngineHang if it stays busy
-        st = await tb.status()
+            await tb.host.soft_reset(20_000)   # EngineTimeout if it stays busy
+        st = await tb.host.status()
         assert not st.busy and not st.done, f"after a {kind} reset: {st.describe()}"
         # A clean rerun from a freshly loaded arena.
         await tb.load_program(prog, inputs)
-        st = await tb.run(TIMEOUT_CYCLES)
+        st = await tb.host.run(TIMEOUT_CYCLES)
+        tb.check_no_violations()
         assert st.ok, f"rerun after a {kind} reset: {st.describe()}"
         cmp = compare_arenas(prog, tb.arena(), want)
         assert cmp.match, f"rerun after a {kind} reset: {cmp.describe()}"
@@ -198,7 +200,8 @@ async def error_program(dut):
     tb = EngineTestbench.for_program(dut, prog)
     await tb.reset()
     await tb.load_program(prog, inputs, image=image)
-    st = await tb.run(TIMEOUT_CYCLES)           # an EngineHang fails the test: no hang
+    st = await tb.host.run(TIMEOUT_CYCLES)           # an EngineTimeout fails the test: no hang
+    tb.check_no_violations()
     assert st.done and not st.busy, st.describe()
     assert st.error == want.error and st.error_layer == want.error_layer, \
         f"{kind}: engine says {st.describe()}, golden {want.error.name} at layer {want.error_layer}"

@@ -68,7 +68,8 @@ def test_failing_cocotb_test_is_reported_with_its_message():
 # -- cocotb side (runs inside the simulator; pytest collects none of it: no test_ names) --------
 import cocotb  # noqa: E402
 
-from hwconv.sim.testbench import EngineTestbench, EngineHang  # noqa: E402
+from hwconv.driver.protocol import EngineTimeout  # noqa: E402
+from hwconv.sim.testbench import EngineTestbench  # noqa: E402
 from hwconv.sim.layout import Region  # noqa: E402
 from hwconv.sim.runner import config_from_env  # noqa: E402
 
@@ -89,7 +90,7 @@ async def _point_at_zero_image(tb: EngineTestbench) -> None:
     """A zeroed, mapped image at DESC_BASE: the engine stops with BAD_MAGIC."""
     if not any(r.name == "image" for r in tb.map.regions):
         tb.map.add(Region("image", IMAGE_BASE, 4096, writable=False))
-    await tb.write_reg64("DESC_BASE", IMAGE_BASE)
+    await tb.host.write64("DESC_BASE", IMAGE_BASE)
 
 
 @cocotb.test()
@@ -102,26 +103,26 @@ async def id_registers_under_backpressure(dut):
     written = {}
     for i in range(24):
         name = rng.choice(list(want))
-        got = await tb.read_reg(name)
+        got = await tb.host.read(name)
         assert got == want[name], f"read {i}: {name} = 0x{got:08x}, expected 0x{want[name]:08x}"
         target = rng.choice(rw)
         written[target] = rng.getrandbits(32)
-        await tb.write_reg(target, written[target])
+        await tb.host.write(target, written[target])
     for name, value in written.items():
-        got = await tb.read_reg(name)
+        got = await tb.host.read(name)
         assert got == value, f"{name} reads 0x{got:08x} after writing 0x{value:08x}"
     # Read-only registers ignore writes.
-    await tb.write_reg("ID", 0)
-    assert await tb.read_reg("ID") == ENGINE_ID
+    await tb.host.write("ID", 0)
+    assert await tb.host.read("ID") == ENGINE_ID
 
 
 async def _one_run(tb: EngineTestbench) -> dict:
     await _point_at_zero_image(tb)
-    await tb.start(irq=True)
-    st = await tb.wait_done(timeout_cycles=10_000)
-    counters = await tb.counters(n_layers=0)
+    await tb.host.start(irq=True)
+    st = await tb.host.wait_done(10_000)
+    counters = await tb.host.counters(0)
     return {"status": st, "counters": counters,
-            "layer_macs": await tb.read_reg64("PERF_LAYER_MACS")}
+            "layer_macs": await tb.host.read64("PERF_LAYER_MACS")}
 
 
 @cocotb.test()
@@ -132,20 +133,20 @@ async def start_done_irq_counters(dut):
     st, counters = r["status"], r["counters"]
     assert st.done and not st.busy, st.describe()
     assert tb.irq(), "done with IRQ_ENABLE.done set, but irq is low"
-    assert await tb.field("IRQ_STATUS", "done") == 1
-    await tb.write_reg("IRQ_STATUS", 1)                      # W1C
+    assert await tb.host.field("IRQ_STATUS", "done") == 1
+    await tb.host.write("IRQ_STATUS", 1)                      # W1C
     await tb.cycles(2)
     assert not tb.irq(), "irq stays high after IRQ_STATUS was cleared"
-    assert await tb.field("IRQ_STATUS", "done") == 0
-    assert await tb.field("STATUS", "done") == 1, "clearing the interrupt cleared STATUS.done"
+    assert await tb.host.field("IRQ_STATUS", "done") == 0
+    assert await tb.host.field("STATUS", "done") == 1, "clearing the interrupt cleared STATUS.done"
     assert counters.cycles > 0, "CYCLES is 0 after a run"
     assert st.error == ErrorCode.BAD_MAGIC and st.error_layer == 0, st.describe()
     # With IRQ_ENABLE.done clear the line stays low; the run still ends in IRQ_STATUS.done.
-    await tb.start(irq=False)
-    st2 = await tb.wait_done(timeout_cycles=10_000)
+    await tb.host.start(irq=False)
+    st2 = await tb.host.wait_done(10_000)
     assert st2 == st, f"same run, different status: {st2.describe()} vs {st.describe()}"
     assert not tb.irq(), "irq rose with IRQ_ENABLE.done clear"
-    assert (await tb.counters(0)).cycles == counters.cycles, "same run, different CYCLES"
+    assert (await tb.host.counters(0)).cycles == counters.cycles, "same run, different CYCLES"
 
 
 @cocotb.test()
@@ -155,22 +156,22 @@ async def reset_mid_run_then_clean_rerun(dut):
 
     # Hard reset one cycle into a run: everything returns to its reset value.
     await _point_at_zero_image(tb)
-    await tb.start(irq=True)
+    await tb.host.start(irq=True)
     assert not tb.irq(), "the run finished before the reset: nothing was interrupted"
     await tb.reset()
-    st = await tb.status()
+    st = await tb.host.status()
     assert not st.busy and not st.done and not tb.irq(), st.describe()
-    assert await tb.read_reg("DESC_BASE_LO") == 0, "hard reset kept DESC_BASE"
-    assert await tb.read_reg("IRQ_ENABLE") == 0, "hard reset kept IRQ_ENABLE"
+    assert await tb.host.read("DESC_BASE_LO") == 0, "hard reset kept DESC_BASE"
+    assert await tb.host.read("IRQ_ENABLE") == 0, "hard reset kept IRQ_ENABLE"
     clean = await _one_run(tb)
     assert clean["counters"] == reference["counters"], (clean["counters"], reference["counters"])
     assert clean["layer_macs"] == reference["layer_macs"]
     assert clean["status"] == reference["status"]
 
     # Soft reset mid-run: the core goes idle, configuration stays, a rerun is clean.
-    await tb.start(irq=True)
-    st = await tb.soft_reset(timeout_cycles=2000)   # EngineHang if it stays busy
-    assert await tb.read_reg("DESC_BASE_LO") == IMAGE_BASE, "soft reset cleared DESC_BASE"
+    await tb.host.start(irq=True)
+    st = await tb.host.soft_reset(2000)   # EngineTimeout if it stays busy
+    assert await tb.host.read("DESC_BASE_LO") == IMAGE_BASE, "soft reset cleared DESC_BASE"
     again = await _one_run(tb)
     assert again["counters"] == reference["counters"]
     assert again["layer_macs"] == reference["layer_macs"]
@@ -181,10 +182,10 @@ async def hang_is_reported_not_waited_for(dut):
     tb = await _testbench(dut)
     # No start at all: done never comes, and wait_done must say so within its budget.
     for irq in (True, False):
-        await tb.write_reg("IRQ_ENABLE", int(irq))
+        await tb.host.write("IRQ_ENABLE", int(irq))
         try:
-            await tb.wait_done(timeout_cycles=500)
-        except EngineHang as exc:
+            await tb.host.wait_done(500)
+        except EngineTimeout as exc:
             assert "not done after 500 cycles" in str(exc) and "busy=0 done=0" in str(exc), exc
         else:
             raise AssertionError("wait_done returned without a run")
@@ -193,5 +194,5 @@ async def hang_is_reported_not_waited_for(dut):
 @cocotb.test()
 async def deliberately_failing(dut):
     tb = await _testbench(dut)
-    got = await tb.read_reg("CONFIG_HASH")
+    got = await tb.host.read("CONFIG_HASH")
     assert got == tb.config.config_hash + 1, f"CONFIG_HASH is 0x{got:08x}"

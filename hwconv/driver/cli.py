@@ -18,7 +18,7 @@ def open_driver(backend: str, program, *, bitfile: str | None = None):
     from .engine import EngineDriver
 
     if backend == "golden":
-        from .golden_backend import GoldenBackend
+        from .backends.golden import GoldenBackend
 
         return EngineDriver(GoldenBackend(program.config))
     if backend != "pynq":
@@ -27,7 +27,7 @@ def open_driver(backend: str, program, *, bitfile: str | None = None):
         raise SystemExit("hwconv: --backend pynq needs the pynq package (a PYNQ board image has it)")
     if not bitfile:
         raise SystemExit("hwconv: --backend pynq needs --bitfile <stem>.bit (with <stem>.hwh beside it)")
-    from .pynq_backend import open_engine
+    from .backends.pynq import open_engine
 
     try:
         return open_engine(bitfile, config=program.config)

@@ -57,8 +57,8 @@ VENDORED = {  # the closure of what the runner imports, numpy and pynq aside
              "registers.py", "validate.py"],
     "golden": ["__init__.py", "engine.py", "ops.py"],
     "compiler": ["__init__.py", "builder.py", "cost.py"],
-    "driver": ["__init__.py", "backend.py", "decode.py", "engine.py", "golden_backend.py", "preprocess.py",
-               "pynq_backend.py"],
+    "driver": ["__init__.py", "decode.py", "engine.py", "preprocess.py", "protocol.py"],
+    "driver/backends": ["__init__.py", "golden.py", "pynq.py"],
 }
 RUNNER = "run_engine.py"
 NOTEBOOK = "hwconv_engine.ipynb"

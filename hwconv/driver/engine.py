@@ -1,12 +1,14 @@
 """EngineDriver: load a program, run it, read the counters, detect; the same code on every backend.
 
-On a PYNQ board the class is a `pynq.DefaultIP` bound by ENGINE_VLNV, so
-``pynq.Overlay("hwconv_<board>_<stem>.bit").hwconv_engine_0`` is an EngineDriver (import this
-module first so the binding is registered). Anywhere else it wraps a Backend:
-``EngineDriver(GoldenBackend(config))``. pynq is imported only if installed.
+``EngineDriver(GoldenBackend(config))`` runs against the golden register model; on a PYNQ board
+``open_engine("hwconv_<board>_<stem>.bit")`` (backends/pynq.py) returns the EngineDriver that the
+overlay's engine IP owns. The register protocol itself (identify, regions, start, wait, status,
+counters) is `EngineProtocol` (protocol.py), the one implementation the cocotb testbench uses too;
+this class is its sync facade plus what a host adds around it: device buffers, tensors in and out
+of the arena, inputs checked, detection.
 
 A run, from one start (hwconv.spec.registers): the driver writes the inputs into the arena
-buffer, flushes, clears IRQ_STATUS, writes CONTROL.start and polls STATUS.done (waiting on the
+buffer, flushes, clears IRQ_STATUS, writes CONTROL.start and waits for IRQ_STATUS.done (on the
 interrupt between polls) until its deadline; a run that is not done by then raises
 EngineTimeout and leaves the engine for `soft_reset()`. STATUS.error raises EngineRunError with
 the ErrorCode name, the layer index and name. Then it invalidates the arena and reads the
@@ -22,36 +24,22 @@ from pathlib import Path
 import numpy as np
 
 from ..spec.memory import read_tensor, write_tensor
-from ..spec.program import FORMAT_VERSION, Program
-from ..spec.registers import (CONTROL_SOFT_RESET, CONTROL_START, ENGINE_ID, ENGINE_VLNV, IRQ_ENABLE_DONE,
-                              IRQ_STATUS_DONE, STATUS_BUSY, STATUS_DONE, STATUS_ERROR, ErrorCode, field_value,
-                              offset)
-from .backend import Backend, BackendError, Buffer
+from ..spec.program import Program
+from ..spec.registers import IRQ_STATUS_DONE, ErrorCode, offset
+from .backends import Backend, BackendError, Buffer
+from .protocol import BackendPort, EngineNotFound, EngineProtocol, EngineTimeout, run_sync
 
-try:  # on a board (or wherever pynq is installed) the driver binds to the engine IP by VLNV
-    from pynq import DefaultIP as _IPBase
-except ImportError:  # pynq is optional: every other backend works without it
-    _IPBase = object
-
-
-POLL_S = 0.01  # longest wait between two STATUS reads
+__all__ = ["EngineDriver", "EngineNotFound", "EngineRunError", "EngineTimeout", "RunStats"]
 
 
 class EngineRunError(RuntimeError):
     """The engine stopped a run with an error code (STATUS.error)."""
 
-    def __init__(self, code: ErrorCode, layer: int, layer_name: str | None, layers_done: int):
+    def __init__(self, code: ErrorCode | int, layer: int, layer_name: str | None, layers_done: int):
         where = f"layer {layer}" + (f" ({layer_name})" if layer_name else "")
-        super().__init__(f"engine stopped with {code.name} at {where} after {layers_done} layer(s)")
+        what = code.name if isinstance(code, ErrorCode) else f"unknown error code {code}"
+        super().__init__(f"engine stopped with {what} at {where} after {layers_done} layer(s)")
         self.code, self.layer, self.layer_name, self.layers_done = code, layer, layer_name, layers_done
-
-
-class EngineTimeout(RuntimeError):
-    """STATUS.done did not rise before the deadline: the engine is hung or the timeout too short."""
-
-
-class EngineNotFound(RuntimeError):
-    """The register window does not answer like a hwconv engine (ID, VERSION, CONFIG_HASH)."""
 
 
 @dataclass
@@ -81,23 +69,18 @@ class RunStats:
                 "counter_source": self.counter_source}
 
 
-class EngineDriver(_IPBase):
-    bindto = [ENGINE_VLNV]
+class EngineDriver:
+    """The sync host of one engine behind a `Backend` (module docstring)."""
 
-    def __init__(self, backend: Backend | dict):
-        if isinstance(backend, Backend):
-            self.backend = backend
-        else:  # PYNQ built us from an overlay's IP description
-            super().__init__(backend)
-            from .pynq_backend import PynqBackend
-
-            self.backend = PynqBackend.for_ip(self)
+    def __init__(self, backend: Backend):
+        self.backend = backend
+        self.protocol = EngineProtocol(BackendPort(backend))
         self.program: Program | None = None
         self._buffers: dict[str, Buffer] = {}
 
     # -- registers ------------------------------------------------------------------------------
-    def read(self, name_or_offset) -> int:  # noqa: D401 - also DefaultIP.read(offset)
-        """A register by spec name (or byte offset, as DefaultIP.read)."""
+    def read(self, name_or_offset) -> int:
+        """A register by spec name (or byte offset)."""
         off = offset(name_or_offset) if isinstance(name_or_offset, str) else name_or_offset
         return self.backend.read_reg(off)
 
@@ -107,40 +90,21 @@ class EngineDriver(_IPBase):
 
     def read64(self, name: str) -> int:
         """A 64-bit counter: _LO first (it latches _HI), then _HI."""
-        lo = self.read(f"{name}_LO")
-        return self.read(f"{name}_HI") << 32 | lo
-
-    def _write64(self, name: str, value: int) -> None:
-        self.write(f"{name}_LO", value & 0xFFFF_FFFF)
-        self.write(f"{name}_HI", value >> 32)
+        return run_sync(self.protocol.read64(name))
 
     def identify(self) -> dict:
         """ID, VERSION and CONFIG_HASH, checked: an EngineNotFound names what does not match."""
-        ident = self.read("ID")
-        if ident != ENGINE_ID:
-            raise EngineNotFound(f"{self.backend.name}: ID register reads 0x{ident:08x}, a hwconv engine "
-                                 f"reads 0x{ENGINE_ID:08x} (wrong bitstream or address?)")
-        version = self.read("VERSION")
-        major, minor = field_value("VERSION", "major", version), field_value("VERSION", "minor", version)
-        if major != FORMAT_VERSION[0]:
-            raise EngineNotFound(f"{self.backend.name}: engine runs program format {major}.{minor}, this "
-                                 f"driver writes {FORMAT_VERSION[0]}.{FORMAT_VERSION[1]}")
-        return {"id": ident, "version": (major, minor), "config_hash": self.read("CONFIG_HASH")}
+        return run_sync(self.protocol.identify())
 
     def status(self) -> dict:
-        s = self.read("STATUS")
-        return {"busy": bool(s & STATUS_BUSY), "done": bool(s & STATUS_DONE), "error": bool(s & STATUS_ERROR),
-                "error_code": ErrorCode(self.read("ERROR")).name if s & STATUS_ERROR else None,
-                "layers_done": self.read("LAYERS_DONE")}
+        st = run_sync(self.protocol.status())
+        code = st.error.name if isinstance(st.error, ErrorCode) else str(st.error)
+        return {"busy": st.busy, "done": st.done, "error": st.failed,
+                "error_code": code if st.failed else None, "layers_done": st.layers_done}
 
     def soft_reset(self, timeout_s: float = 1.0) -> None:
         """CONTROL.soft_reset: back to idle (configuration registers are kept)."""
-        self.write("CONTROL", CONTROL_SOFT_RESET)
-        deadline = time.monotonic() + timeout_s
-        while self.read("STATUS") & STATUS_BUSY:
-            if time.monotonic() > deadline:
-                raise EngineTimeout(f"{self.backend.name}: still busy {timeout_s} s after a soft reset")
-            self.backend.wait_irq(POLL_S)
+        run_sync(self.protocol.soft_reset(timeout_s))
 
     # -- program --------------------------------------------------------------------------------
     def load(self, program: Program | str | Path) -> None:
@@ -170,15 +134,13 @@ class EngineDriver(_IPBase):
         for b in self._buffers.values():
             b.flush()
         limit = 1 << program.config.addr_width
-        for name, buf in (("DESC_BASE", "image"), ("PARAMS_BASE", "params"), ("ARENA_BASE", "arena")):
-            addr = self._buffers[buf].device_address
-            if addr + self._buffers[buf].nbytes > limit:
-                raise BackendError(f"{buf} buffer at 0x{addr:x} is beyond the engine's "
+        for name, b in self._buffers.items():
+            if b.device_address + b.nbytes > limit:
+                raise BackendError(f"{name} buffer at 0x{b.device_address:x} is beyond the engine's "
                                    f"{program.config.addr_width}-bit address space")
-            self._write64(name, addr)
-        self.write("PARAMS_SIZE", len(params))
-        self.write("ARENA_SIZE", program.arena_bytes)
-        self.write("IRQ_ENABLE", IRQ_ENABLE_DONE)
+        run_sync(self.protocol.set_regions(self._buffers["image"].device_address,
+                                           self._buffers["params"].device_address, len(params),
+                                           self._buffers["arena"].device_address, program.arena_bytes))
         self.program = program
 
     def _free(self) -> None:
@@ -225,41 +187,21 @@ class EngineDriver(_IPBase):
         for t in prog.inputs:
             write_tensor(arena.array, t.ref, values[t.name])
         arena.flush()
-        self.write("IRQ_STATUS", IRQ_STATUS_DONE)
         t0 = time.perf_counter()
-        self.write("CONTROL", CONTROL_START)
-        status = self._wait_done(timeout_s)
+        st = run_sync(self.protocol.run(timeout_s))
         wall = time.perf_counter() - t0
-        self.write("IRQ_STATUS", IRQ_STATUS_DONE)
-        layers_done = self.read("LAYERS_DONE")
-        if status & STATUS_ERROR:
-            code, layer = ErrorCode(self.read("ERROR")), self.read("ERROR_LAYER")
-            name = prog.layer_names[layer] if layer < len(prog.layer_names) else None
-            raise EngineRunError(code, layer, name, layers_done)
+        run_sync(self.protocol.write("IRQ_STATUS", IRQ_STATUS_DONE))  # the interrupt line low again
+        if st.failed:
+            name = prog.layer_names[st.error_layer] if st.error_layer < len(prog.layer_names) else None
+            raise EngineRunError(st.error, st.error_layer, name, st.layers_done)
         arena.invalidate()
         outputs = {t.name: read_tensor(arena.array, t.ref, t.signed) for t in prog.outputs}
-        stats = RunStats(cycles=self.read64("CYCLES"), clock_hz=self.backend.clock_hz,
-                         stall_cycles=self.read("STALL_CYCLES"), layers_done=layers_done, wall_s=wall,
+        c = run_sync(self.protocol.counters(st.layers_done if layer_counters else 0))
+        stats = RunStats(cycles=c.cycles, clock_hz=self.backend.clock_hz, stall_cycles=c.stall_cycles,
+                         layers_done=c.layers_done, wall_s=wall,
+                         layer_cycles=[x.cycles for x in c.layers], layer_macs=[x.macs for x in c.layers],
                          counter_source=getattr(self.backend, "counter_source", "hardware"))
-        if layer_counters:
-            for i in range(layers_done):
-                self.write("PERF_SELECT", i)
-                stats.layer_cycles.append(self.read("PERF_LAYER_CYCLES"))
-                stats.layer_macs.append(self.read64("PERF_LAYER_MACS"))
         return outputs, stats
-
-    def _wait_done(self, timeout_s: float) -> int:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            status = self.read("STATUS")
-            if status & STATUS_DONE:
-                return status
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise EngineTimeout(
-                    f"{self.backend.name}: engine not done after {timeout_s} s (STATUS 0x{status:x}, "
-                    f"{self.read('LAYERS_DONE')} layer(s) done); soft_reset() returns it to idle")
-            self.backend.wait_irq(min(remaining, POLL_S))
 
     def throughput_test(self, n: int = 10, inputs=None, timeout_s: float = 10.0) -> dict:
         """Run n frames back to back; figures from the engine's counters and from the host clock."""

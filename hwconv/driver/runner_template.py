@@ -58,7 +58,7 @@ def read_image(path: Path) -> np.ndarray:
 
 def open_driver(backend: str, program: Program, bitfile: Path | None) -> EngineDriver:
     if backend == "golden":
-        from hwconv.driver.golden_backend import GoldenBackend
+        from hwconv.driver.backends.golden import GoldenBackend
 
         return EngineDriver(GoldenBackend(program.config))
     if bitfile is None:
@@ -67,7 +67,7 @@ def open_driver(backend: str, program: Program, bitfile: Path | None) -> EngineD
             sys.exit("run_engine: no bitstream in bitfile/ (the deploy folder was built without one: run "
                      "`hwconv build` where Vivado is, deploy again, or use --backend golden)")
         bitfile = found[0]
-    from hwconv.driver.pynq_backend import open_engine
+    from hwconv.driver.backends.pynq import open_engine
 
     return open_engine(bitfile, config=program.config)
 

@@ -1,12 +1,12 @@
-"""Simulation of the generated engine RTL: cocotb benches, the runner, the driver backend.
+"""Simulation of the generated engine RTL: the cocotb testbench, the runner, RTL-vs-golden checks.
 
 - `runner`: build the Verilog of an EngineConfig for Verilator or Icarus once (cached under
-  ~/.cache/hwconv/sim, see runner.build_root), run cocotb test modules on it through cocotb's Python runner, measure speed.
-- `testbench`: `EngineTestbench`, the system testbench (clock/reset, AXI4-Lite master, checked AXI DRAM,
-  random backpressure, program/register/counter helpers) used inside cocotb tests.
+  ~/.cache/hwconv/sim, see runner.build_root), run cocotb test modules on it through cocotb's
+  Python runner, measure speed.
+- `testbench`: `EngineTestbench`, the transport (clock/reset, AXI4-Lite master, checked AXI DRAM,
+  random backpressure) under the driver's one protocol implementation (`tb.host`).
 - `layout`: where a program's image, params and arena go in the simulated DRAM.
-- `backend`: `SimBackend`, the driver's register-level backend on the testbench (blocking calls
-  bridged into the simulation).
+- the driver's blocking backend on the testbench is hwconv.driver.backends.sim (`SimBackend`).
 - `compare`: RTL arena vs golden model, first mismatching layer and (y, x, c).
 - `programs`: random one-op programs and corrupted device images for RTL tests.
 - `simulate` / `cli`: `hwconv simulate` (cocotb module `cocotb_program` runs the program).

@@ -22,7 +22,8 @@ from cocotb.triggers import ClockCycles
 
 from ..fileio import atomic_write_bytes, atomic_write_text
 from ..spec.program import Program
-from .testbench import EngineTestbench, EngineHang
+from ..driver.protocol import EngineTimeout
+from .testbench import EngineTestbench
 from .runner import config_from_env
 
 JOB_ENV = "HWCONV_SIM_JOB"
@@ -43,12 +44,12 @@ async def run_program_on_rtl(dut):
         tb.set_backpressure(float(job["backpressure"]), seed=int(job.get("seed", 0)))
     await tb.load_program(program, inputs)
     t0, ps0 = time.perf_counter(), get_sim_time("ps")
-    await tb.start(irq=True)
+    await tb.host.start(irq=True)
 
     async def report_progress() -> None:
         while True:
             await ClockCycles(dut.ap_clk, PROGRESS_EVERY_CYCLES)
-            done = await tb.read_reg("LAYERS_DONE")
+            done = await tb.host.read("LAYERS_DONE")
             cycles = int((get_sim_time("ps") - ps0) // tb.clock_period_ps)
             atomic_write_text(job_dir / "progress.json",
                               json.dumps({"layers_done": done, "cycles": cycles}))
@@ -56,15 +57,15 @@ async def run_program_on_rtl(dut):
     progress = cocotb.start_soon(report_progress())
     result: dict = {}
     try:
-        st = await tb.wait_done(int(job["timeout_cycles"]))
-        result["hang"] = None
-    except EngineHang as exc:
-        st = await tb.status()
+        st = await tb.host.wait_done(int(job["timeout_cycles"]))
+        result["hang"] = None  # DRAM violations, if any, are in the result below
+    except EngineTimeout as exc:
+        st = await tb.host.status()
         result["hang"] = str(exc)
     finally:
         progress.cancel()
     wall = time.perf_counter() - t0
-    counters = await tb.counters()
+    counters = await tb.host.counters(len(program.layers))
     atomic_write_bytes(job_dir / "arena.bin", tb.arena())
     result.update({
         "status": {"busy": st.busy, "done": st.done, "error": int(st.error),

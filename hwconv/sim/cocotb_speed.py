@@ -51,8 +51,9 @@ async def measure_speed(dut):
     tb.set_backpressure(0.5, seed=1)
     runs, t0, ps0 = 0, time.perf_counter(), get_sim_time("ps")
     while (get_sim_time("ps") - ps0) < cycles * tb.clock_period_ps:
-        await tb.start(irq=True)
-        await tb.wait_done(timeout_cycles=50_000_000)
+        await tb.host.start(irq=True)
+        await tb.host.wait_done(50_000_000)
+        tb.check_no_violations()
         runs += 1
     bench_s = time.perf_counter() - t0
     clocked = int((get_sim_time("ps") - ps0) // tb.clock_period_ps)

@@ -1,29 +1,27 @@
-"""`EngineTestbench`: the system testbench of the engine top, for cocotb tests and `hwconv simulate`.
+"""`EngineTestbench`: the engine top's transport in cocotb: clock, reset, AXI-Lite master and RAM.
 
 What it wraps around the generated top (``ap_clk``, ``ap_rst_n``, ``s_axi_control_*``,
 ``m_axi_gmem_*``, ``irq``; see hwconv/rtl/top.py):
 
 - a clock at the config's period (rounded to an even number of picoseconds) and the active-low
   synchronous reset;
-- a cocotbext-axi `AxiLiteMaster` on ``s_axi_control``; registers are read and written by their
-  NAME from `hwconv.spec.registers` (``await tb.read_reg("STATUS")``), 64-bit counters as
-  LO-then-HI pairs (``read_reg64("CYCLES")``);
+- a cocotbext-axi `AxiLiteMaster` on ``s_axi_control``: the testbench is the register *port* of
+  the driver's protocol (hwconv.driver.protocol: ``read_reg``/``write_reg`` by offset,
+  ``wait_irq`` on the irq line, deadlines in clock cycles), and `host` is the one
+  `EngineProtocol` over it: ``await tb.host.read("STATUS")``, ``tb.host.start()``,
+  ``tb.host.wait_done(cycles)``, ``tb.host.counters(n)``, as a board's driver does;
 - a DRAM model on ``m_axi_gmem``: cocotbext-axi's `AxiRamRead`/`AxiRamWrite` over one
   `bytearray`, with every engine access checked against the regions the testbench mapped
   (`hwconv.sim.layout`). An access outside them, or a write into the read-only image/params,
-  is answered SLVERR and recorded; `wait_done` fails the test naming it. The engine's AXI port
-  therefore cannot scribble over memory unnoticed.
+  is answered SLVERR and recorded; `check_no_violations` fails the test naming it. The engine's
+  AXI port therefore cannot scribble over memory unnoticed.
 - random backpressure (`set_backpressure`): seeded pause generators on all five channels of the
   DRAM model (AW/W/AR ready, R/B valid) and of the AXI-Lite master; `hang_bus` stops the DRAM
   answering altogether.
 
-Program helpers: `load_program` places the device image, params and arena (inputs written) and
-programs the base/size registers; `start` / `wait_done` (a hang fails with the engine's state,
-never hangs the test) / `read_outputs` / `arena` / `counters` (total, stall and per-layer cycles
-and MACs through PERF_SELECT).
-
-All helpers are coroutines except the pure memory accessors (`arena`, `read_outputs`, `mem`),
-which touch only Python memory.
+Memory helpers: `load_program` places the device image, params and arena (inputs written) in
+DRAM and has `host` program the regions; `arena` / `read_outputs` / `write_mem` / `read_mem`
+touch only Python memory.
 """
 
 from __future__ import annotations
@@ -37,69 +35,48 @@ import numpy as np
 
 from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, First, RisingEdge
+from cocotb.utils import get_sim_time
 from cocotbext.axi import AxiBus, AxiLiteBus, AxiLiteMaster
 from cocotbext.axi.axi_ram import AxiRamRead, AxiRamWrite
 
-from ..spec.memory import read_tensor, write_tensor
+from ..driver.protocol import EngineProtocol
 from ..spec.config import EngineConfig
+from ..spec.memory import read_tensor, write_tensor
 from ..spec.program import Program
-from ..spec.registers import (CONTROL_SOFT_RESET, CONTROL_START, IRQ_ENABLE_DONE, IRQ_STATUS_DONE,
-                              REGISTER_BYTES, ErrorCode, reg)
+from ..spec.registers import IRQ_ENABLE_DONE, REGISTER_BYTES, offset
 from .layout import MemoryMap, ProgramLayout, Region, place_program, ram_bytes_for
 
-__all__ = ["AccessViolation", "Counters", "EngineTestbench", "EngineHang", "LayerCounters",
-           "RunStatus", "random_pauses"]
+__all__ = ["AccessViolation", "CycleDeadline", "EngineTestbench", "random_pauses"]
 
 DEFAULT_RAM_BYTES = 16 << 20
-DEFAULT_TIMEOUT_CYCLES = 1_000_000
 _RESP_OKAY = 0
-_POLL_CYCLES = 64        # STATUS poll period when the interrupt is not enabled
+_POLL_CYCLES = 64        # register poll period while the done interrupt is not enabled
+_IRQ_ENABLE = offset("IRQ_ENABLE")
 _QUIET_LOGGERS = ("cocotb.%s.s_axi_control", "cocotb.%s.m_axi_gmem", "cocotb.%s")
-
-
-class EngineHang(AssertionError):
-    """The engine did not finish a run within the allowed cycles (a test failure)."""
 
 
 class AccessViolation(AssertionError):
     """The engine accessed DRAM outside the regions the testbench gave it."""
 
 
-@dataclass(frozen=True)
-class RunStatus:
-    busy: bool
-    done: bool
-    error: ErrorCode | int
-    error_layer: int
-    layers_done: int
+@dataclass
+class CycleDeadline:
+    """A deadline in clock cycles of the simulation (the testbench's unit of time)."""
 
-    @property
-    def ok(self) -> bool:
-        return self.done and not self.busy and self.error == ErrorCode.NONE
+    testbench: "EngineTestbench"
+    cycles: int
+
+    def __post_init__(self) -> None:
+        self._end = self.testbench.now_cycles() + self.cycles
+
+    def remaining(self) -> int:
+        return max(0, self._end - self.testbench.now_cycles())
+
+    def expired(self) -> bool:
+        return self.remaining() == 0
 
     def describe(self) -> str:
-        err = self.error.name if isinstance(self.error, ErrorCode) else f"unknown code {self.error}"
-        return (f"busy={int(self.busy)} done={int(self.done)} error={err} "
-                f"error_layer={self.error_layer} layers_done={self.layers_done}")
-
-
-@dataclass(frozen=True)
-class LayerCounters:
-    cycles: int
-    macs: int
-
-
-@dataclass(frozen=True)
-class Counters:
-    cycles: int                  # CYCLES: start to done
-    stall_cycles: int            # STALL_CYCLES: datapath waiting on DRAM
-    layers_done: int
-    layers: tuple[LayerCounters, ...] = ()   # PERF_SELECT = 0 .. n-1
-
-    def to_dict(self) -> dict:
-        return {"cycles": self.cycles, "stall_cycles": self.stall_cycles,
-                "layers_done": self.layers_done,
-                "layers": [{"cycles": c.cycles, "macs": c.macs} for c in self.layers]}
+        return f"{self.cycles} cycles"
 
 
 def random_pauses(seed: int, probability: float) -> Iterator[bool]:
@@ -150,6 +127,8 @@ class EngineTestbench:
         self.layout: ProgramLayout | None = None
         self._irq_enabled = False
         self._pauses: dict[str, object] = {}
+        self.name = "rtl"
+        self.host = EngineProtocol(self)   # the driver's protocol, with this testbench as its port
 
         dut.ap_rst_n.value = 0
         period_ps = 2 * max(1, round(1e6 / config.clock_mhz / 2))   # even: 50 % duty cycle
@@ -221,52 +200,36 @@ class EngineTestbench:
         await ClockCycles(self.dut.ap_clk, 2)
         self._irq_enabled = False
 
-    # -- registers ------------------------------------------------------------------------------
-    async def read_reg_at(self, offset: int) -> int:
+    # -- the register port (hwconv.driver.protocol) ----------------------------------------------
+    async def read_reg(self, offset: int) -> int:
+        """One AXI4-Lite read at byte `offset`; a response other than OKAY fails the test."""
         resp = await self.control.read(offset, REGISTER_BYTES)
         if resp.resp != _RESP_OKAY:
             raise AssertionError(f"AXI-Lite read of 0x{offset:02x} answered {resp.resp!r}")
         return int.from_bytes(resp.data, "little")
 
-    async def write_reg_at(self, offset: int, value: int) -> None:
+    async def write_reg(self, offset: int, value: int) -> None:
         if not 0 <= value < 1 << 32:
             raise ValueError(f"register write at 0x{offset:02x}: {value} is not a 32-bit value")
         resp = await self.control.write(offset, value.to_bytes(REGISTER_BYTES, "little"))
         if resp.resp != _RESP_OKAY:
             raise AssertionError(f"AXI-Lite write of 0x{offset:02x} answered {resp.resp!r}")
-
-    async def read_reg(self, name: str) -> int:
-        return await self.read_reg_at(reg(name).offset)
-
-    async def write_reg(self, name: str, value: int) -> None:
-        await self.write_reg_at(reg(name).offset, value)
-        if name == "IRQ_ENABLE":
+        if offset == _IRQ_ENABLE:
             self._irq_enabled = bool(value & IRQ_ENABLE_DONE)
 
-    async def read_reg64(self, stem: str) -> int:
-        """A 64-bit register pair: LO first (it latches HI), then HI."""
-        lo = await self.read_reg(f"{stem}_LO")
-        return lo | await self.read_reg(f"{stem}_HI") << 32
+    async def wait_irq(self, budget: float) -> bool:
+        """Simulate until the irq line is high or `budget` cycles pass (only a poll period while
+        the done interrupt is disabled: the line cannot rise then)."""
+        cycles = max(1, int(budget)) if self._irq_enabled else min(max(1, int(budget)), _POLL_CYCLES)
+        if not self.irq():
+            await First(RisingEdge(self.dut.irq), ClockCycles(self.dut.ap_clk, cycles))
+        return self.irq()
 
-    async def write_reg64(self, stem: str, value: int) -> None:
-        await self.write_reg(f"{stem}_LO", value & 0xFFFFFFFF)
-        await self.write_reg(f"{stem}_HI", value >> 32)
+    def deadline(self, timeout: float) -> CycleDeadline:
+        return CycleDeadline(self, int(timeout))
 
-    async def field(self, register: str, name: str) -> int:
-        lsb, width = reg(register).field(name)
-        return (await self.read_reg(register) >> lsb) & ((1 << width) - 1)
-
-    async def status(self) -> RunStatus:
-        raw = await self.read_reg("STATUS")
-        bit = lambda f: bool(raw >> reg("STATUS").field(f)[0] & 1)  # noqa: E731
-        code = await self.read_reg("ERROR")
-        try:
-            error: ErrorCode | int = ErrorCode(code)
-        except ValueError:
-            error = code
-        return RunStatus(busy=bit("busy"), done=bit("done"), error=error,
-                         error_layer=await self.read_reg("ERROR_LAYER"),
-                         layers_done=await self.read_reg("LAYERS_DONE"))
+    def now_cycles(self) -> int:
+        return get_sim_time("ps") // self.clock_period_ps
 
     # -- DRAM -----------------------------------------------------------------------------------
     def _check_access(self, addr: int, nbytes: int, write: bool) -> None:
@@ -332,11 +295,8 @@ class EngineTestbench:
             self.map.add(r)
         self.program, self.layout = program, layout
 
-        await self.write_reg64("DESC_BASE", layout.image.base)
-        await self.write_reg64("PARAMS_BASE", layout.params.base)
-        await self.write_reg("PARAMS_SIZE", layout.params.size)
-        await self.write_reg64("ARENA_BASE", layout.arena.base)
-        await self.write_reg("ARENA_SIZE", layout.arena.size)
+        await self.host.set_regions(layout.image.base, layout.params.base, layout.params.size,
+                                    layout.arena.base, layout.arena.size)
         return layout
 
     def arena(self) -> bytes:
@@ -351,79 +311,9 @@ class EngineTestbench:
         arena = np.frombuffer(self.arena(), dtype=np.uint8)
         return {t.name: read_tensor(arena, t.ref, t.signed) for t in self.program.outputs}
 
-    # -- runs -------------------------------------------------------------------------------------
-    async def start(self, *, irq: bool = True) -> None:
-        """Clear a pending interrupt, enable (or not) the done interrupt, pulse CONTROL.start."""
-        await self.write_reg("IRQ_STATUS", IRQ_STATUS_DONE)
-        await self.write_reg("IRQ_ENABLE", IRQ_ENABLE_DONE if irq else 0)
-        await self.write_reg("CONTROL", CONTROL_START)
-
-    async def soft_reset(self, timeout_cycles: int = 10_000) -> RunStatus:
-        """CONTROL.soft_reset, then wait until STATUS.busy clears (an engine may first drain
-        its outstanding bursts); EngineHang if it stays busy."""
-        await self.write_reg("CONTROL", CONTROL_SOFT_RESET)
-        waited = 0
-        while (st := await self.status()).busy:
-            if waited >= timeout_cycles:
-                raise EngineHang(f"engine still busy {timeout_cycles} cycles after "
-                                 f"CONTROL.soft_reset: {st.describe()}")
-            await ClockCycles(self.dut.ap_clk, _POLL_CYCLES)
-            waited += _POLL_CYCLES
-        return st
-
     def irq(self) -> bool:
         """The interrupt line now (a clear failure if it is X/Z in a 4-state simulator)."""
         return _bit(self.dut.irq, "irq")
-
-    async def wait_done(self, timeout_cycles: int = DEFAULT_TIMEOUT_CYCLES) -> RunStatus:
-        """Wait for the end of the run `start` began, then return STATUS/ERROR.
-
-        With the interrupt enabled it waits on the irq line; without, it polls IRQ_STATUS.done
-        (the pending bit is set at the end of a run whatever IRQ_ENABLE says, and `start` clears
-        it, so a previous run's STATUS.done is never mistaken for this one's). Raises EngineHang
-        naming the engine's state after `timeout_cycles`, and AccessViolation if the engine
-        touched DRAM outside its regions."""
-        clk = self.dut.ap_clk
-        finished = True
-        if self._irq_enabled:
-            if not self.irq():
-                t = await First(RisingEdge(self.dut.irq), ClockCycles(clk, timeout_cycles))
-                finished = not isinstance(t, ClockCycles)
-        else:
-            waited = 0
-            while not await self.field("IRQ_STATUS", "done"):
-                if waited >= timeout_cycles:
-                    finished = False
-                    break
-                await ClockCycles(clk, _POLL_CYCLES)
-                waited += _POLL_CYCLES
-        st = await self.status()
-        if not finished:
-            cycles = await self.read_reg64("CYCLES")
-            raise EngineHang(f"engine not done after {timeout_cycles} cycles: {st.describe()}, "
-                             f"CYCLES={cycles}" + (f"; DRAM violations: {self.violations[:3]}"
-                                                   if self.violations else ""))
-        self.check_no_violations()
-        return st
-
-    async def run(self, timeout_cycles: int = DEFAULT_TIMEOUT_CYCLES) -> RunStatus:
-        await self.start()
-        return await self.wait_done(timeout_cycles)
-
-    async def counters(self, n_layers: int | None = None) -> Counters:
-        """Counters of the last run; per-layer ones for layers 0..n_layers-1 (default: the
-        loaded program's layers, none without a program)."""
-        if n_layers is None:
-            n_layers = len(self.program.layers) if self.program is not None else 0
-        cycles = await self.read_reg64("CYCLES")
-        stall = await self.read_reg("STALL_CYCLES")
-        done = await self.read_reg("LAYERS_DONE")
-        layers = []
-        for i in range(n_layers):
-            await self.write_reg("PERF_SELECT", i)
-            layer_cycles = await self.read_reg("PERF_LAYER_CYCLES")
-            layers.append(LayerCounters(layer_cycles, await self.read_reg64("PERF_LAYER_MACS")))
-        return Counters(cycles, stall, done, tuple(layers))
 
 
 def _bit(signal, name: str) -> bool:

@@ -20,7 +20,8 @@ import cocotb
 
 from ...fileio import atomic_write_bytes, atomic_write_text
 from ...spec.program import Program
-from ..testbench import AccessViolation, EngineTestbench, EngineHang
+from ...driver.protocol import EngineTimeout
+from ..testbench import AccessViolation, EngineTestbench
 from ..layout import place_program, ram_bytes_for
 from ..runner import config_from_env
 
@@ -44,13 +45,14 @@ async def run_batch(dut):
         await tb.load_program(program, inputs)
         result: dict = {"hang": None, "violation": None}
         try:
-            st = await tb.run(int(entry["timeout_cycles"]))
-        except EngineHang as exc:
-            st, result["hang"] = await tb.status(), str(exc)
+            st = await tb.host.run(int(entry["timeout_cycles"]))
+            tb.check_no_violations()
+        except EngineTimeout as exc:
+            st, result["hang"] = await tb.host.status(), str(exc)
         except AccessViolation as exc:
-            st, result["violation"] = await tb.status(), str(exc)
+            st, result["violation"] = await tb.host.status(), str(exc)
         tb.set_backpressure(0.0)
-        cycles = await tb.read_reg64("CYCLES")
+        cycles = await tb.host.read64("CYCLES")
         atomic_write_bytes(job / f"{name}.arena.bin", tb.arena())
         result.update({"busy": st.busy, "done": st.done, "error": int(st.error),
                        "error_layer": st.error_layer, "layers_done": st.layers_done,

@@ -1,13 +1,14 @@
 """PYNQ backend: the engine IP of a loaded overlay, through pynq's MMIO and allocate.
 
-    from hwconv.driver.pynq_backend import open_engine
+    from hwconv.driver.backends.pynq import open_engine
     engine = open_engine("bitfile/hwconv_ultra96v2_w4a8_16x16_250mhz.bit")   # an EngineDriver
     engine.load("tiny_w4a8_16x16.hwc")
     print(engine.detect(image)["boxes"])
 
-`open_engine` loads the overlay (the .hwh must sit beside the .bit, as PYNQ requires), finds the
-IP whose VLNV is hwconv.spec.ENGINE_VLNV; PYNQ builds it as an EngineDriver because the driver
-class binds to that VLNV. Registers go through the IP's MMIO, buffers are `pynq.allocate` arrays
+`open_engine` loads the overlay (the .hwh must sit beside the .bit, as PYNQ requires) and finds
+the IP whose VLNV is hwconv.spec.ENGINE_VLNV; PYNQ builds it as an `EngineIP` (a DefaultIP bound
+by that VLNV), which owns the EngineDriver that runs programs on it (`ip.driver`, what
+open_engine returns). Registers go through the IP's MMIO, buffers are `pynq.allocate` arrays
 (physically contiguous, cache-flushed on flush()). The backend waits for done by polling STATUS
 (1 ms sleeps): a frame takes milliseconds, and polling needs no interrupt controller in the
 block design. The clock is the PL clock 0 as the PS reports it (pynq.Clocks.fclk0_mhz).
@@ -23,9 +24,15 @@ from pathlib import Path
 
 import numpy as np
 
-from ..spec.config import EngineConfig
-from ..spec.registers import ENGINE_VLNV, REGISTER_MAP_BYTES
-from .backend import Backend, BackendError, Buffer, check_alloc_size, check_reg_access
+from ...spec.config import EngineConfig
+from ...spec.registers import ENGINE_VLNV, REGISTER_MAP_BYTES
+from ..engine import EngineDriver
+from . import Backend, BackendError, Buffer, check_alloc_size, check_reg_access
+
+try:  # on a board (or wherever pynq is installed) the engine IP binds by VLNV
+    from pynq import DefaultIP
+except ImportError:  # pynq is optional: the other backends work without it
+    DefaultIP = None
 
 
 class PynqBuffer(Buffer):
@@ -52,8 +59,10 @@ class PynqBuffer(Buffer):
 class PynqBackend(Backend):
     name = "pynq"
 
-    def __init__(self, mmio, device, *, config: EngineConfig | None = None, clock_hz: float | None = None):
+    def __init__(self, mmio, device, *, config: EngineConfig | None = None, clock_hz: float | None = None,
+                 ip=None):
         self.mmio, self.device = mmio, device
+        self.ip = ip  # the EngineIP (pynq.DefaultIP) whose MMIO this is, when PYNQ built one
         self.config = config
         self._clock_hz = clock_hz
         self._buffers: list[PynqBuffer] = []
@@ -62,7 +71,7 @@ class PynqBackend(Backend):
     @classmethod
     def for_ip(cls, ip) -> "PynqBackend":
         """The backend of a DefaultIP that PYNQ instantiated (uses its mmio and device)."""
-        return cls(ip.mmio, ip.device)
+        return cls(ip.mmio, ip.device, ip=ip)
 
     @property
     def clock_hz(self) -> float:
@@ -102,6 +111,18 @@ class PynqBackend(Backend):
         self._buffers.clear()
 
 
+if DefaultIP is not None:
+    class EngineIP(DefaultIP):
+        """The engine in an overlay: PYNQ builds one per instance whose VLNV is ENGINE_VLNV; it
+        owns the EngineDriver (`driver`) that runs programs through its MMIO and pynq.allocate."""
+
+        bindto = [ENGINE_VLNV]
+
+        def __init__(self, description: dict):
+            super().__init__(description)
+            self.driver = EngineDriver(PynqBackend.for_ip(self))
+
+
 def find_engine_ips(ip_dict: dict) -> list[str]:
     """Names (hierarchical paths) of every engine instance in an overlay's ip_dict."""
     return sorted(name for name, d in ip_dict.items() if d.get("type") == ENGINE_VLNV)
@@ -111,8 +132,6 @@ def open_engine(bitfile: str | Path, *, config: EngineConfig | None = None, down
                 device=None, ip_name: str | None = None):
     """Load the overlay and return its engine as an EngineDriver (backend: PynqBackend)."""
     import pynq
-
-    from .engine import EngineDriver  # registers the VLNV binding before the overlay is built
 
     bitfile = Path(bitfile).resolve()
     if not bitfile.is_file():
@@ -129,13 +148,13 @@ def open_engine(bitfile: str | Path, *, config: EngineConfig | None = None, down
     ip = overlay
     for part in name.split("/"):
         ip = getattr(ip, part)
-    if not isinstance(ip, EngineDriver):
-        raise BackendError(f"{name}: PYNQ bound {type(ip).__name__}, not EngineDriver (VLNV {ENGINE_VLNV})")
-    backend = ip.backend
+    if not isinstance(ip, EngineIP):
+        raise BackendError(f"{name}: PYNQ bound {type(ip).__name__}, not EngineIP (VLNV {ENGINE_VLNV})")
+    backend = ip.driver.backend
     backend.overlay = overlay
     for name in ("engine.json", "engine.toml"):  # beside the bitstream, or in the deploy folder above it
         for folder in (bitfile.parent, bitfile.parent.parent):
             if config is None and (folder / name).is_file():
                 config = EngineConfig.load(folder / name)
     backend.config = config
-    return ip
+    return ip.driver

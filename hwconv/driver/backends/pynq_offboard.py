@@ -35,10 +35,10 @@ import numpy as np
 import pynq
 from pynq.buffer import PynqBuffer
 
-from ..fileio import atomic_write_text
-from ..spec.config import EngineConfig
-from ..spec.registers import ENGINE_VLNV, REGISTER_MAP_BYTES, REGISTERS, Access
-from .golden_backend import DeviceMemory, EngineModel
+from ...fileio import atomic_write_text
+from ...spec.config import EngineConfig
+from ...spec.registers import ENGINE_VLNV, REGISTER_MAP_BYTES, REGISTERS, Access
+from .golden import DeviceMemory, EngineModel
 
 ENGINE_BASE = 0xA000_0000   # first address of M_AXI_HPM0_FPD on Zynq UltraScale+
 ENGINE_RANGE = 0x1_0000     # Vivado's smallest AXI4-Lite window, 64 KiB

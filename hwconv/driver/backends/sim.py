@@ -1,4 +1,4 @@
-"""`SimBackend`: the driver's register-level backend (hwconv/driver/backend.py) on the RTL testbench.
+"""`SimBackend`: the driver's register-level backend (hwconv/driver/backends) on the RTL testbench.
 
 The driver is plain blocking code; the simulation is cocotb coroutines. cocotb 2 joins them with
 `cocotb.task.bridge` (run a blocking function in a thread, awaited from a test) and
@@ -34,12 +34,12 @@ import numpy as np
 from cocotb.task import bridge, resume
 from cocotb.triggers import ClockCycles, First, RisingEdge
 
-from ..driver.backend import (Backend, BackendError, Buffer, check_alloc_size,
+from . import (Backend, BackendError, Buffer, check_alloc_size,
                               check_reg_access)
-from ..spec.memory import PAGE_BYTES
-from ..spec.registers import REGISTER_MAP_BYTES
-from .testbench import EngineTestbench
-from .layout import RAM_BASE, Region, align_up
+from ...spec.memory import PAGE_BYTES
+from ...spec.registers import REGISTER_MAP_BYTES
+from ...sim.testbench import EngineTestbench
+from ...sim.layout import RAM_BASE, Region, align_up
 
 __all__ = ["SimBackend", "SimBuffer", "run_blocking"]
 
@@ -130,12 +130,12 @@ class SimBackend(Backend):
     def read_reg(self, offset: int) -> int:
         self._live("read_reg")
         check_reg_access(offset, window=REGISTER_MAP_BYTES)
-        return _in_sim(self.testbench.read_reg_at, int(offset))
+        return _in_sim(self.testbench.read_reg, int(offset))
 
     def write_reg(self, offset: int, value: int) -> None:
         self._live("write_reg")
         check_reg_access(offset, value, window=REGISTER_MAP_BYTES)
-        _in_sim(self.testbench.write_reg_at, int(offset), int(value))
+        _in_sim(self.testbench.write_reg, int(offset), int(value))
 
     def wait_irq(self, timeout_s: float) -> bool:
         """Simulate until the irq line is high or `timeout_s` wall-clock seconds have passed
@@ -178,7 +178,7 @@ def _in_sim(coro_fn: Callable[..., object], *args):
     # object never awaited and a less helpful message.
     if threading.current_thread() is threading.main_thread():
         raise BackendError("SimBackend methods block on the simulation: call them from code "
-                           "started with hwconv.sim.backend.run_blocking (cocotb.task.bridge), "
+                           "started with hwconv.driver.backends.sim.run_blocking (cocotb.task.bridge), "
                            "not from a coroutine")
     return resume(coro_fn)(*args)
 

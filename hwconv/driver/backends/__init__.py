@@ -1,8 +1,10 @@
-"""The backend interface: the few register-level operations the engine driver needs.
+"""The backends, side by side, and the interface they share: the few register-level operations
+the engine driver needs.
 
 `EngineDriver` (hwconv/driver/engine.py) talks to the engine only through a `Backend`, so the
-same driver code runs on a PYNQ board (pynq_backend.py), against the golden register model
-(golden_backend.py) and against the cocotb bench of the RTL (hwconv/sim/backend.py).
+same driver code runs on a PYNQ board (pynq.py), against the golden register model (golden.py)
+and against the cocotb testbench of the RTL (sim.py). pynq_offboard.py puts the golden model
+behind pynq's own Overlay/MMIO/allocate, so the PYNQ backend is tested off the board.
 
 Backend
 -------
@@ -67,7 +69,7 @@ import time
 
 import numpy as np
 
-from ..spec.config import EngineConfig
+from ...spec.config import EngineConfig
 
 class BackendError(RuntimeError):
     """A backend cannot do what was asked (no memory, closed, bad register offset, no board)."""

@@ -24,16 +24,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..compiler.cost import ideal_cycles, layer_macs
-from ..golden.engine import execute
-from ..spec.config import EngineConfig
-from ..spec.isa import LayerDescriptor
-from ..spec.memory import PAGE_BYTES
-from ..spec.program import VERSION_WORD
-from ..spec.registers import (CONTROL_SOFT_RESET, CONTROL_START, ENGINE_ID, IRQ_ENABLE_DONE, IRQ_STATUS_DONE,
+from ...compiler.cost import ideal_cycles, layer_macs
+from ...golden.engine import execute
+from ...spec.config import EngineConfig
+from ...spec.isa import LayerDescriptor
+from ...spec.memory import PAGE_BYTES
+from ...spec.program import VERSION_WORD
+from ...spec.registers import (CONTROL_SOFT_RESET, CONTROL_START, ENGINE_ID, IRQ_ENABLE_DONE, IRQ_STATUS_DONE,
                               REGISTER_MAP_BYTES, REGISTERS, STATUS_BUSY, STATUS_DONE, STATUS_ERROR, Access,
                               ErrorCode)
-from .backend import Backend, BackendError, Buffer, check_alloc_size, check_reg_access
+from . import Backend, BackendError, Buffer, check_alloc_size, check_reg_access
 
 DEVICE_MEMORY_BASE = 0x1000_0000  # where the model's buffers start (inside Zynq DDR, like CMA)
 MASK32 = 0xFFFF_FFFF
@@ -217,7 +217,7 @@ def _figure_clock_hz(config: EngineConfig) -> float:
     """min(board clock, estimated Fmax) on the host (hwconv.rtl.clock); the board package carries
     no timing data, so there the engine config's clock stands (the PYNQ backend reads the real one)."""
     try:
-        from ..rtl.clock import clock_for
+        from ...rtl.clock import clock_for
     except ImportError:
         return config.clock_mhz * 1e6
     return clock_for(config).mhz * 1e6
