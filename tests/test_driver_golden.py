@@ -212,3 +212,30 @@ def test_quantize_image_matches_verify():
 
     want = verify_quantize(torch.from_numpy(img).permute(2, 0, 1).double() / 255.0, P())
     assert np.array_equal(quantize_image(img, t3), want)
+
+
+def test_run_sync_refuses_a_coroutine_that_suspends():
+    import asyncio
+
+    from hwconv.driver.protocol import run_sync
+
+    async def suspends():
+        await asyncio.sleep(0)
+        return 1
+
+    async def returns():
+        return 2
+
+    assert run_sync(returns()) == 2
+    with pytest.raises(RuntimeError, match="suspended on a blocking port"):
+        run_sync(suspends())
+
+
+def test_driver_core_imports_neither_pynq_nor_its_backend():
+    import subprocess
+    import sys
+
+    code = ("import sys, hwconv.driver.engine, hwconv.driver.backends.golden; "
+            "print(sorted(m for m in sys.modules if m == 'pynq' or m.endswith('backends.pynq')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
