@@ -10,9 +10,10 @@ from amaranth.sim import Simulator
 from hwconv.rtl.split_buffer import SplitBuffer
 
 
-@pytest.mark.parametrize("lanes,lane_bits,depth", [(4, 8, 16), (16, 9, 8), (8, 1, 6)])
-def test_runs_and_windows_match_a_flat_model(lanes, lane_bits, depth):
-    dut = SplitBuffer(lanes, lane_bits, depth)
+@pytest.mark.parametrize("lanes,lane_bits,depth,write_register", [
+    (4, 8, 16, False), (16, 9, 8, False), (8, 1, 6, False), (4, 8, 16, True), (16, 9, 8, True)])
+def test_runs_and_windows_match_a_flat_model(lanes, lane_bits, depth, write_register):
+    dut = SplitBuffer(lanes, lane_bits, depth, write_register=write_register)
     rng = random.Random(lanes * depth)
     size = lanes * depth
     model = [0] * size
@@ -30,6 +31,8 @@ def test_runs_and_windows_match_a_flat_model(lanes, lane_bits, depth):
                 ctx.set(dut.w_en, 1)
                 await ctx.tick()
                 ctx.set(dut.w_en, 0)
+                if write_register:  # the write lands a cycle later
+                    await ctx.tick()
                 for i in range(lanes):
                     if mask >> i & 1:
                         model[addr + i] = vals[i]

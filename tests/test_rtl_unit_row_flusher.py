@@ -33,7 +33,7 @@ def test_flush_sends_what_was_stored_and_clears_it(upsample, seed):
                 stored[h][lane] = int(rng.integers(0, 256))
     dut = RowFlusher(CFG)
     rw = row_word_lanes(CFG)
-    stall = rng.random(10_000) < 0.3
+    stall = rng.random(10_000) < 0.3  # [:5000] beats, [5000:] commands
     cmds, beats = [], []
 
     async def bench(ctx):
@@ -42,36 +42,43 @@ def test_flush_sends_what_was_stored_and_clears_it(upsample, seed):
         ctx.set(dut.clear, 0)
         while not ctx.get(dut.idle):
             await ctx.tick()
-        for h in halves:
-            for lane, byte in stored[h].items():
-                ctx.set(dut.s_en, 1)
-                ctx.set(dut.s_half, h)
-                ctx.set(dut.s_addr, lane)
-                ctx.set(dut.s_data, byte | 0x100)
-                ctx.set(dut.s_mask, 1)
+        writes = [(h, lane, byte) for h in halves for lane, byte in stored[h].items()]
+        for k, (h, lane, byte) in enumerate(writes):
+            ctx.set(dut.s_en, 1)
+            ctx.set(dut.s_half, h)
+            ctx.set(dut.s_addr, lane)
+            ctx.set(dut.s_data, byte | 0x100)
+            ctx.set(dut.s_mask, 1)
+            if k < len(writes) - 1:
                 await ctx.tick()
-        ctx.set(dut.s_en, 0)
         for rnd in range(2):  # the second flush finds every strobe cleared
             for name, v in dict(row_addr=row_addr, row_stride=row_stride, row_len=row_len,
                                 upsample=int(upsample), odd_row=odd).items():
                 ctx.set(getattr(dut, name), v)
-            ctx.set(dut.start, 1)
+            ctx.set(dut.start, 1)  # the first one in the cycle of the store's last write
             await ctx.tick()
             ctx.set(dut.start, 0)
+            ctx.set(dut.s_en, 0)
             t = 0
+            owed = []  # the DMA writer's model: beats still owed per accepted command, in order
             while not ctx.get(dut.done):
                 assert t < 5000
-                ctx.set(dut.cmd.ready, 1)
+                ctx.set(dut.cmd.ready, int(not stall[t + 5000]))
                 ctx.set(dut.beats.ready, int(not stall[t]))
                 ctx.set(dut.written, 0)
-                if ctx.get(dut.cmd.valid):
+                if ctx.get(dut.cmd.valid) and ctx.get(dut.cmd.ready):
                     cmds.append((rnd, ctx.get(dut.cmd.p.addr), ctx.get(dut.cmd.p.length)))
+                    owed.append(cmds[-1][2] // BB)
                 if ctx.get(dut.beats.valid) and ctx.get(dut.beats.ready):
+                    assert owed and owed[0] > 0, "a beat before its command"
                     beats.append((rnd, ctx.get(dut.beats.p.data), ctx.get(dut.beats.p.strb)))
-                    if sum(1 for b in beats if b[0] == rnd) in (sum(c[2] // BB for c in cmds if c[0] == rnd),):
+                    owed[0] -= 1
+                    if owed[0] == 0:
+                        owed.pop(0)
                         ctx.set(dut.written, 1)  # the DMA's response once the command's beats are in
                 await ctx.tick()
                 t += 1
+            assert not owed
             ctx.set(dut.written, 0)
             await ctx.tick()
 

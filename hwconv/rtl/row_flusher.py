@@ -7,12 +7,22 @@ byte that is not the tensor's (other channels of a concat) as it was in DRAM.
 
 ``clear`` (a pulse, at the start of a run) zeroes every strobe first: a run cut short by a reset
 must not leak its bytes into the next.
+
+Pipelined for the clock: each half's write (a strobe clear of the run, the flush's clear behind
+a beat it read, or the store's bytes) is chosen and registered before the memory; the flush
+reads ahead, a word per cycle while it holds credit, into a registered read stage and a small
+FIFO whose output register drives ``beats`` (so ``beats.valid`` and its payload are registers
+and no read waits on ``beats.ready``); the command's address and length are registers worked
+out in the cycle after ``start``. A store write in the cycle of ``start`` or before is in the
+memory before the flush reads it (its two write registers: this unit's choice, then the split
+buffer's shifted lanes).
 """
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Mux, Signal
+from amaranth.hdl import Cat, Const, Module, Mux, Signal
 from amaranth.lib import stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
 from ..spec.config import EngineConfig
@@ -21,6 +31,8 @@ from .split_buffer import SplitBuffer
 from .store import row_word_lanes
 
 __all__ = ["RowFlusher"]
+
+_FIFO_DEPTH = 8  # >= the read credit's round trip (issue, memory, read register, FIFO 2, credit)
 
 
 class RowFlusher(wiring.Component):
@@ -49,7 +61,7 @@ class RowFlusher(wiring.Component):
             "written": In(1),   # the DMA writer's done: one pulse per acknowledged command
         })
 
-    def elaborate(self, platform) -> Module:
+    def elaborate(self, platform) -> Module:  # noqa: C901 - one flush sequence, read top to bottom
         m = Module()
         cfg = self.config
         BB = cfg.bus_bytes
@@ -57,10 +69,13 @@ class RowFlusher(wiring.Component):
         aw = cfg.addr_width
         RW = row_word_lanes(cfg)
         rb_words = cfg.row_buffer_bytes // RW // 2  # per half
-        rbh = [SplitBuffer(RW, 9, rb_words) for _ in range(2)]
+        rbh = [SplitBuffer(RW, 9, rb_words, write_register=True) for _ in range(2)]
         m.submodules.rowbuf0, m.submodules.rowbuf1 = rbh
+        lane_bits = len(rbh[0].w_addr)
+        words_per_half = rb_words * RW // BB  # bus words
+        word_bits = max(1, (words_per_half + 1).bit_length())
 
-        # Clearing at the start of a run.
+        # -- clearing at the start of a run ---------------------------------------------------------
         clearing = Signal()
         clear_addr = Signal(range(rb_words + 1))
         with m.If(self.clear):
@@ -70,75 +85,107 @@ class RowFlusher(wiring.Component):
             with m.If(clear_addr == rb_words - 1):
                 m.d.sync += clearing.eq(0)
 
-        # The row's addresses are latched at the start: the sequencer moves on to the next row.
-        fl_half = Signal()
-        fl_word = Signal(range(rb_words + 1))
-        fl_dones = Signal(2)
-        fl_two = Signal()  # an upsampled row: two output rows, one per half
-        fl_a_addr, fl_b_addr = Signal(aw), Signal(aw)
-        fl_a_beats, fl_b_beats = Signal(32), Signal(32)
-        fl_a_half = Signal()
-        fl_addr = Mux(fl_half, fl_b_addr, fl_a_addr)
-        fl_beats = Mux(fl_half, fl_b_beats, fl_a_beats)
-        fl_lane = fl_word << LB
-        row_a = self.row_addr
-        row_b = Signal(aw)
-        m.d.comb += row_b.eq(row_a + self.row_stride)
+        # -- the row, latched at start; its commands worked out the next cycle ------------------------
+        a_addr, stride, length = Signal(aw), Signal(32), Signal(32)
+        two, a_half = Signal(), Signal()
+        b_addr = Signal(aw)
+        a_beats, b_beats = Signal(32), Signal(32)
         with m.If(self.start):
-            m.d.sync += [fl_a_addr.eq(row_a), fl_b_addr.eq(row_b), fl_two.eq(self.upsample),
-                         fl_a_beats.eq((row_a[:LB] + self.row_len + BB - 1) >> LB),
-                         fl_b_beats.eq((row_b[:LB] + self.row_len + BB - 1) >> LB),
-                         fl_a_half.eq(~self.upsample & self.odd_row)]
-        with m.If(self.written):
-            m.d.sync += fl_dones.eq(fl_dones + 1)
+            m.d.sync += [a_addr.eq(self.row_addr), stride.eq(self.row_stride), length.eq(self.row_len),
+                         two.eq(self.upsample), a_half.eq(~self.upsample & self.odd_row)]
+        b_skip = Signal(LB + 1)  # where the second row starts in its beat: (a + stride) mod BB
+        m.d.comb += b_skip.eq((a_addr[:LB] + stride[:LB])[:LB])
 
-        f_half = Signal()
-        f_w_en, f_r_en = Signal(), Signal()
-        f_w_addr, f_r_addr = Signal(32), Signal(32)
-        m.d.comb += f_half.eq(Mux(fl_half, 1, fl_a_half))
+        # -- the flush: command, reads (a word per cycle while credit lasts), then the acknowledgements
+        cmd_addr, cmd_len = Signal(aw), Signal(32)
+        rd_half = Signal()     # the half being read
+        rd_word = Signal(word_bits)
+        rd_last = Signal()     # rd_word is the command's last word
+        rd_m1 = Signal(word_bits)  # the command's words - 1 (a row fits its half)
+        rd_m2 = Signal(word_bits)  # ... - 2: rd_last's compare one word ahead, without an adder
+        second = Signal()      # on the upsampled row's second half
+        dones = Signal(2)
+        with m.If(self.written):
+            m.d.sync += dones.eq(dones + 1)
+
+        m.submodules.fifo = fifo = SyncFIFOBuffered(width=BB * 9, depth=_FIFO_DEPTH)
+        held = Signal(range(_FIFO_DEPTH + 1))  # words read and not yet taken by `beats`
+        credit = Signal(init=1)  # a register: held < depth
+        issue = Signal()   # read rd_word of rd_half this cycle
+        give = self.beats.valid & self.beats.ready
+        m.d.sync += held.eq(held + issue - give)
+        # credit after this cycle, from compares of `held` alone and the two handshakes
+        m.d.sync += credit.eq(Mux(issue & ~give, held < _FIFO_DEPTH - 1, Mux(give & ~issue, 1, credit)))
+
+        # One-hot state registers (not an FSM): `issue` is two registers ANDed.
+        s_idle = Signal(init=1)
+        s_prep, s_cmd, s_read, s_wait = Signal(), Signal(), Signal(), Signal()
+
+        def goto(frm, to):
+            m.d.sync += [frm.eq(0), to.eq(1)]
+
+        with m.If(s_idle):
+            m.d.comb += self.idle.eq(~clearing)
+            with m.If(self.start):
+                m.d.sync += [dones.eq(0), second.eq(0)]
+                goto(s_idle, s_prep)
+        with m.If(s_prep):
+            beats_a = (a_addr[:LB] + length + (BB - 1)) >> LB
+            m.d.sync += [b_addr.eq(a_addr + stride), a_beats.eq(beats_a),
+                         b_beats.eq((b_skip + length + (BB - 1)) >> LB),
+                         cmd_addr.eq(a_addr >> LB << LB), cmd_len.eq(beats_a << LB),
+                         rd_m1.eq(beats_a - 1), rd_m2.eq(beats_a - 2), rd_half.eq(a_half)]
+            goto(s_prep, s_cmd)
+        with m.If(s_cmd):
+            m.d.comb += [self.cmd.valid.eq(1), self.cmd.p.addr.eq(cmd_addr), self.cmd.p.length.eq(cmd_len)]
+            with m.If(self.cmd.ready):
+                m.d.sync += [rd_word.eq(0), rd_last.eq(rd_m1 == 0)]
+                goto(s_cmd, s_read)
+        with m.If(s_read):
+            m.d.comb += issue.eq(credit)
+            with m.If(credit):
+                m.d.sync += [rd_word.eq(rd_word + 1), rd_last.eq(rd_word == rd_m2)]
+                with m.If(rd_last):
+                    with m.If(two & ~second):
+                        m.d.sync += [second.eq(1), rd_half.eq(1), cmd_addr.eq(b_addr >> LB << LB),
+                                     cmd_len.eq(b_beats << LB), rd_m1.eq(b_beats - 1), rd_m2.eq(b_beats - 2)]
+                        goto(s_read, s_cmd)
+                    with m.Else():
+                        goto(s_read, s_wait)
+        with m.If(s_wait):
+            with m.If(dones == Mux(two, 2, 1)):
+                m.d.comb += self.done.eq(1)
+                goto(s_wait, s_idle)
+
+        # -- reads: memory, a registered read stage, the FIFO --------------------------------------
+        r_lane = Signal(lane_bits)
+        m.d.comb += r_lane.eq(Cat(Const(0, LB), rd_word))
+        rd_v = Signal(2)          # a word in the memory's output / in the read register
+        rd_sel = Signal()         # the half it came from
+        rd_data = Signal(BB * 9)
+        m.d.sync += [rd_v.eq(Cat(issue, rd_v[0])), rd_sel.eq(rd_half)]
         for h, buf in enumerate(rbh):
+            m.d.comb += [buf.r_addr.eq(r_lane), buf.r_en.eq(issue & (rd_half == h))]
+        m.d.sync += rd_data.eq(Mux(rd_sel, rbh[1].r_data, rbh[0].r_data)[:BB * 9])
+        lanes = [fifo.r_data[9 * j:9 * j + 9] for j in range(BB)]
+        m.d.comb += [fifo.w_en.eq(rd_v[1]), fifo.w_data.eq(rd_data),
+                     self.beats.valid.eq(fifo.r_rdy), fifo.r_en.eq(self.beats.ready),
+                     self.beats.p.data.eq(Cat(*[v[:8] for v in lanes])),
+                     self.beats.p.strb.eq(Cat(*[v[8] for v in lanes]))]
+
+        # -- writes: each half's, chosen and registered before its memory ----------------------------
+        # The flush clears the strobes of the word it read (later: read before write).
+        clr_en, clr_lane = Signal(2), Signal(lane_bits)
+        m.d.sync += [clr_en.eq(Mux(issue, Mux(rd_half, 0b10, 0b01), 0)), clr_lane.eq(r_lane)]
+        for h, buf in enumerate(rbh):
+            w_en, w_addr, w_data, w_mask = Signal(), Signal(lane_bits), Signal(RW * 9), Signal(RW)
+            m.d.comb += [buf.w_en.eq(w_en), buf.w_addr.eq(w_addr), buf.w_data.eq(w_data), buf.w_mask.eq(w_mask)]
             with m.If(clearing):
-                m.d.comb += [buf.w_addr.eq(clear_addr * RW), buf.w_data.eq(0), buf.w_mask.eq(-1), buf.w_en.eq(1)]
-            with m.Elif(f_w_en & (f_half == h)):  # the flush clears the strobes of a beat it sent
-                m.d.comb += [buf.w_addr.eq(f_w_addr), buf.w_data.eq(0), buf.w_mask.eq((1 << BB) - 1),
-                             buf.w_en.eq(1)]
+                m.d.sync += [w_addr.eq(clear_addr * RW), w_data.eq(0), w_mask.eq(-1), w_en.eq(1)]
+            with m.Elif(clr_en[h]):
+                m.d.sync += [w_addr.eq(clr_lane), w_data.eq(0), w_mask.eq((1 << BB) - 1), w_en.eq(1)]
             with m.Elif(self.s_en & (self.s_half == h)):
-                m.d.comb += [buf.w_addr.eq(self.s_addr), buf.w_data.eq(self.s_data), buf.w_mask.eq(self.s_mask),
-                             buf.w_en.eq(1)]
-            m.d.comb += [buf.r_addr.eq(f_r_addr), buf.r_en.eq(f_r_en & (f_half == h))]
-        fr_data = Mux(f_half, rbh[1].r_data, rbh[0].r_data)
-        with m.FSM(name="flush"):
-            with m.State("IDLE"):
-                m.d.comb += self.idle.eq(~clearing)
-                with m.If(self.start):
-                    m.d.sync += [fl_half.eq(0), fl_word.eq(0), fl_dones.eq(0)]
-                    m.next = "CMD"
-            with m.State("CMD"):
-                m.d.comb += [self.cmd.valid.eq(1), self.cmd.p.addr.eq(fl_addr >> LB << LB),
-                             self.cmd.p.length.eq(fl_beats << LB)]
-                with m.If(self.cmd.ready):
-                    m.d.sync += fl_word.eq(0)
-                    m.next = "READ"
-            with m.State("READ"):
-                m.d.comb += [f_r_addr.eq(fl_lane), f_r_en.eq(1)]
-                m.next = "BEAT"
-            with m.State("BEAT"):
-                lanes = [fr_data[9 * j:9 * j + 9] for j in range(BB)]
-                m.d.comb += [self.beats.valid.eq(1), self.beats.p.data.eq(Cat(*[v[:8] for v in lanes])),
-                             self.beats.p.strb.eq(Cat(*[v[8] for v in lanes]))]
-                with m.If(self.beats.ready):  # clear the strobes behind us: the next row starts empty
-                    m.d.comb += [f_w_addr.eq(fl_lane), f_w_en.eq(1)]
-                    m.d.sync += fl_word.eq(fl_word + 1)
-                    with m.If(fl_word == fl_beats - 1):
-                        with m.If(fl_two & ~fl_half):
-                            m.d.sync += fl_half.eq(1)
-                            m.next = "CMD"
-                        with m.Else():
-                            m.next = "WAIT"
-                    with m.Else():  # read the next word now: one beat per cycle
-                        m.d.comb += [f_r_addr.eq(fl_lane + BB), f_r_en.eq(1)]
-            with m.State("WAIT"):
-                with m.If(fl_dones == Mux(fl_two, 2, 1)):
-                    m.d.comb += self.done.eq(1)
-                    m.next = "IDLE"
+                m.d.sync += [w_addr.eq(self.s_addr), w_data.eq(self.s_data), w_mask.eq(self.s_mask), w_en.eq(1)]
+            with m.Else():
+                m.d.sync += w_en.eq(0)
         return m

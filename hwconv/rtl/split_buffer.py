@@ -24,12 +24,18 @@ class SplitBuffer(wiring.Component):
     Write: ``w_en`` writes ``w_data`` lane i to lane ``w_addr + i`` where ``w_mask`` bit i is set.
     Read: ``r_en`` reads lanes ``r_addr`` .. ``r_addr + lanes - 1``, on ``r_data`` the next cycle
     (held while ``r_en`` is low). Addresses are in lanes.
+
+    ``write_register``: the shifted write (both words' addresses, lanes and enables) is
+    registered before the memories, so the write lands a cycle later (a read issued in the
+    cycle after ``w_en`` then still sees the old lanes) and the shifter is not in the memories'
+    input path.
     """
 
-    def __init__(self, lanes: int, lane_bits: int, depth: int):
+    def __init__(self, lanes: int, lane_bits: int, depth: int, *, write_register: bool = False):
         if lanes & (lanes - 1) or depth % 2:
             raise ValueError("lanes must be a power of two and depth even")
         self.lanes, self.lane_bits, self.depth = lanes, lane_bits, depth
+        self.write_register = write_register
         addr_bits = (lanes * depth - 1).bit_length()
         super().__init__({
             "w_en": In(1), "w_addr": In(addr_bits), "w_data": In(lanes * lane_bits), "w_mask": In(lanes),
@@ -47,20 +53,25 @@ class SplitBuffer(wiring.Component):
             banks.append((mem.write_port(granularity=lb), mem.read_port()))
         (ew, er), (ow, orr) = banks
 
-        # -- write: the run shifted into a two-word window, split at the word boundary --
+        # -- write: the run placed in a two-word window, split at the word boundary --
         w = self.w_addr >> sh
         off = self.w_addr[:sh]
-        data2 = Signal(2 * n * lb)
-        mask2 = Signal(2 * n)
-        m.d.comb += [data2.eq(self.w_data << (off * lb)), mask2.eq(self.w_mask << off)]
-        lo_d, hi_d = data2[:n * lb], data2[n * lb:]
-        lo_m, hi_m = mask2[:n], mask2[n:]
+        # Data: the run rotated by whole lanes (one case per offset): lane k of either word holds
+        # run lane (k - off) mod n wherever its enable is set. Enables: the mask shifted.
+        # A rotated lane k lands in the first word when k >= off, in the second when k < off.
+        rot, rot_m = Signal(n * lb), Signal(n)
+        with m.Switch(off):
+            for k in range(n):
+                with m.Case(k):
+                    m.d.comb += [rot.eq(self.w_data.rotate_left(k * lb)), rot_m.eq(self.w_mask.rotate_left(k))]
         odd = w[0]
-        m.d.comb += [
+        in_even = Cat(*[(off <= k) ^ odd for k in range(n)])  # the lane's word is the even one
+        dom = m.d.sync if self.write_register else m.d.comb
+        dom += [
             ew.addr.eq(Mux(odd, (w + 1) >> 1, w >> 1)), ow.addr.eq(w >> 1),
-            ew.data.eq(Mux(odd, hi_d, lo_d)), ow.data.eq(Mux(odd, lo_d, hi_d)),
-            ew.en.eq(Mux(self.w_en, Mux(odd, hi_m, lo_m), 0)),
-            ow.en.eq(Mux(self.w_en, Mux(odd, lo_m, hi_m), 0)),
+            ew.data.eq(rot), ow.data.eq(rot),
+            ew.en.eq(Mux(self.w_en, rot_m & in_even, 0)),
+            ow.en.eq(Mux(self.w_en, rot_m & ~in_even, 0)),
         ]
 
         # -- read: both words, then the lanes from the offset on --
@@ -70,6 +81,10 @@ class SplitBuffer(wiring.Component):
                      er.en.eq(self.r_en), orr.en.eq(self.r_en)]
         with m.If(self.r_en):
             m.d.sync += [r_odd.eq(rw[0]), r_off.eq(self.r_addr[:sh])]
-        pair = Mux(r_odd, Cat(orr.data, er.data), Cat(er.data, orr.data))
-        m.d.comb += self.r_data.eq(pair >> (r_off * lb))
+        pair = Signal(2 * n * lb)
+        m.d.comb += pair.eq(Mux(r_odd, Cat(orr.data, er.data), Cat(er.data, orr.data)))
+        with m.Switch(r_off):
+            for k in range(n):
+                with m.Case(k):
+                    m.d.comb += self.r_data.eq(pair >> (k * lb))
         return m
