@@ -147,7 +147,6 @@ def test_layers_read_their_input_scale_from_their_input():
     assert float(scales["stages.0.0.branch1.0"]) == float(scales["stages.0.0.branch2.0"]) == scale(m.stem.act)
     assert float(scales["stages.0.1.branch2.0"]) == scale(stage2[0].branch2[2].act)  # the stage's quantiser
     assert float(scales["hm.0"]) == scale(m.decoder[-1].act)
-    assert float(m.stem.input_scale()) == scale(m.input_quant)
     for name, mod in m.named_modules():  # this project's modules (Brevitas' proxies keep their own lists)
         if not type(mod).__module__.startswith("hwconv."):
             continue
