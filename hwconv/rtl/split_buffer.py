@@ -28,14 +28,18 @@ class SplitBuffer(wiring.Component):
     ``write_register``: the shifted write (both words' addresses, lanes and enables) is
     registered before the memories, so the write lands a cycle later (a read issued in the
     cycle after ``w_en`` then still sees the old lanes) and the shifter is not in the memories'
-    input path.
+    input path. ``read_register``: the two words read are registered before the lane shifter,
+    so ``r_data`` comes two cycles after ``r_en`` (held while ``r_en`` is low), and the BRAM
+    output goes straight into a register.
     """
 
-    def __init__(self, lanes: int, lane_bits: int, depth: int, *, write_register: bool = False):
+    def __init__(self, lanes: int, lane_bits: int, depth: int, *, write_register: bool = False,
+                 read_register: bool = False):
         if lanes & (lanes - 1) or depth % 2:
             raise ValueError("lanes must be a power of two and depth even")
         self.lanes, self.lane_bits, self.depth = lanes, lane_bits, depth
         self.write_register = write_register
+        self.read_register = read_register
         addr_bits = (lanes * depth - 1).bit_length()
         super().__init__({
             "w_en": In(1), "w_addr": In(addr_bits), "w_data": In(lanes * lane_bits), "w_mask": In(lanes),
@@ -83,6 +87,12 @@ class SplitBuffer(wiring.Component):
             m.d.sync += [r_odd.eq(rw[0]), r_off.eq(self.r_addr[:sh])]
         pair = Signal(2 * n * lb)
         m.d.comb += pair.eq(Mux(r_odd, Cat(orr.data, er.data), Cat(er.data, orr.data)))
+        if self.read_register:
+            r_en1, words, r_off1 = Signal(), Signal(2 * n * lb), Signal(sh)
+            m.d.sync += r_en1.eq(self.r_en)
+            with m.If(r_en1):
+                m.d.sync += [words.eq(pair), r_off1.eq(r_off)]
+            pair, r_off = words, r_off1
         with m.Switch(r_off):
             for k in range(n):
                 with m.Case(k):
