@@ -9,7 +9,9 @@ It takes ~60 cycles per layer: the one division the rules need, (channels - 1) /
 for each tensor, runs on a shared 16-step restoring divider rather than three array dividers.
 The arithmetic after it is pipelined, with no two multipliers or long adders chained in one
 cycle: the descriptor and the quotients hold still, so every product is registered and `done`
-rises `STAGES` cycles after the divisions, when the last stage has settled.
+rises `STAGES` cycles after the divisions, when the last stage has settled. Every multiplier is
+at most 16 x 16 bits (one DSP48 with fabric registers at its pins): a 32 x 16 product is two
+registered 16 x 16 partial products, added in the next stage.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ __all__ = ["DescriptorChecker", "REFS", "STAGES"]
 
 REFS = ("in0", "in1", "out")
 SPAN_BITS = 48
-STAGES = 7  # registered stages from the divisions to `done`
+STAGES = 9  # registered stages from the divisions to `done`
 
 
 class DescriptorChecker(wiring.Component):
@@ -67,52 +69,65 @@ class DescriptorChecker(wiring.Component):
             return out
 
         def is_op(*ops):
-            return any_of(op == o for o in ops)
+            return any_of(op_r[o] for o in ops)
+
+        op_r = {}  # the opcode decoded, registered (below)
 
         # -- sequential part: (C - 1) // gc and % gc for each tensor ---------------------------
-        which = Signal(range(len(REFS) + 1))
+        # A restoring divider, 17 cycles a tensor (a load, then 16 steps). Its datapath registers
+        # step every cycle (no enable chain); the control is a one-hot tensor select and two
+        # flags registered a step ahead (`load`: the next cycle loads a tensor, `last`: it is the
+        # tensor's 16th step).
+        which = Signal(len(REFS))      # one-hot: the tensor being divided
         step = Signal(range(17))
+        load, last, running = Signal(), Signal(), Signal()
         num = Signal(16)
         rem = Signal(17)
         quo = Signal(16)
-        running = Signal()
         quots = {r: Signal(16, name=f"{r}_q") for r in REFS}
         rems = {r: Signal(16, name=f"{r}_r") for r in REFS}
         ready = Signal()
 
-        divisor = Signal(16)
-        dividend = Signal(16)
-        for i, r in enumerate(REFS):
-            with m.If(which == i):
-                m.d.comb += [divisor.eq(refs[r].group_channels), dividend.eq(refs[r].channels - 1)]
+        divisor = Signal(16)  # registered when the tensor's division starts (its load)
+        div_nz = Signal()
+        dividend_in = Signal(16)
+        divisor_in = Signal(16)
+        m.d.comb += [
+            dividend_in.eq(any_of(Mux(which[i], refs[r].channels - 1, 0) for i, r in enumerate(REFS))),
+            divisor_in.eq(any_of(Mux(which[i], refs[r].group_channels, 0) for i, r in enumerate(REFS))),
+        ]
+        trial = Signal(17)
+        diff = Signal(18)   # trial - divisor; its borrow (bit 17) is the compare: one carry chain
+        ge = Signal()
+        m.d.comb += [trial.eq((rem << 1) | num[15]), diff.eq(trial - divisor), ge.eq(~diff[17])]
+        taken = div_nz & ge
+        m.d.sync += [num.eq(Mux(load, dividend_in, num << 1)),
+                     rem.eq(Mux(load, 0, Mux(taken, diff[:17], trial))),
+                     quo.eq(Mux(load, 0, Cat(taken, quo)))]
+        with m.If(load):
+            m.d.sync += [divisor.eq(divisor_in), div_nz.eq(divisor_in != 0)]
 
         with m.If(self.start):
-            m.d.sync += [which.eq(0), step.eq(0), running.eq(1), ready.eq(0)]
+            m.d.sync += [which.eq(1), step.eq(0), load.eq(1), last.eq(0), running.eq(1), ready.eq(0)]
         with m.Elif(running):
-            with m.If(step == 0):
-                m.d.sync += [num.eq(dividend), rem.eq(0), quo.eq(0), step.eq(1)]
-            with m.Elif(step <= 16):
-                trial = Signal(17)
-                m.d.comb += trial.eq((rem << 1) | num[15])
-                with m.If((divisor != 0) & (trial >= divisor)):
-                    m.d.sync += [rem.eq(trial - divisor), quo.eq((quo << 1) | 1)]
-                with m.Else():
-                    m.d.sync += [rem.eq(trial), quo.eq(quo << 1)]
-                m.d.sync += [num.eq(num << 1), step.eq(step + 1)]
-                with m.If(step == 16):
-                    for i, r in enumerate(REFS):
-                        with m.If(which == i):
-                            m.d.sync += [quots[r].eq(Mux(trial >= divisor, (quo << 1) | 1, quo << 1)),
-                                         rems[r].eq(Mux(trial >= divisor, trial - divisor, trial))]
-                    m.d.sync += [which.eq(which + 1), step.eq(0)]
-                    with m.If(which == len(REFS) - 1):
-                        m.d.sync += [running.eq(0), ready.eq(1)]
+            m.d.sync += [step.eq(Mux(last, 0, step + 1)), load.eq(last), last.eq(~load & (step == 15))]
+            with m.If(last):
+                m.d.sync += which.eq(which << 1)
+                with m.If(which[-1]):
+                    m.d.sync += [running.eq(0), ready.eq(1), load.eq(0)]
+        for i, r in enumerate(REFS):
+            with m.If(running & last & which[i]):
+                m.d.sync += [quots[r].eq(Cat(ge, quo)), rems[r].eq(Mux(ge, diff[:17], trial))]
 
         # -- pipelined arithmetic: every value a register, at most one product deep -------------
         def stage(value, shape, name):
             r = Signal(shape, name=name)
             m.d.sync += r.eq(value)
             return r
+
+        # Values of the descriptor alone settle during the divisions (the descriptor holds from
+        # before `start`), so only the chains from the quotients count towards STAGES.
+        op_r.update({o: stage(op == o, 1, f"is_{o.name.lower()}") for o in Opcode})
 
         settled = Signal(STAGES)  # the divisions' `ready`, delayed through the stages
         with m.If(self.start):
@@ -137,34 +152,44 @@ class DescriptorChecker(wiring.Component):
         hw_m1 = {r: stage(hw[r] - 1, 32, f"{r}_hw_m1") for r in REFS}
         kk_out = stage(d.out.channels * kk, 32, "kk_out")
         kk_cb_out = stage(cb_out * kk, 32, "kk_cb_out")
-        # stage 3
-        hw_ps = {r: stage(hw_m1[r] * refs[r].pixel_stride, SPAN_BITS, f"{r}_hw_ps") for r in REFS}
+        def wide_product(a, b, width, name):
+            """a (32 bits) * b (16 bits) as two registered 16 x 16 products, summed a stage later."""
+            lo = stage(a[:16] * b, 32, f"{name}_lo")
+            hi = stage(a[16:32] * b, 32, f"{name}_hi")
+            return stage((hi << 16) + lo, width, name)
+
+        # stage 3 (partial products), 3b (their sums)
+        hw_ps = {r: wide_product(hw_m1[r], refs[r].pixel_stride, SPAN_BITS, f"{r}_hw_ps") for r in REFS}
         row_bytes = {r: stage(row_ps[r] + reach[r], 32, f"{r}_row_bytes") for r in REFS}
         row_stride = {r: stage(row_ps[r] + refs[r].pixel_stride, 32, f"{r}_row_stride") for r in REFS}
-        kk_out_cin = stage(kk_out * d.in0.channels, 48, "kk_out_cin")
-        kk_cb_out_cin = stage(kk_cb_out * cb_in, 48, "kk_cb_out_cin")
+        kk_out_cin = wide_product(kk_out, d.in0.channels, 48, "kk_out_cin")
+        kk_cb_out_cin = wide_product(kk_cb_out, cb_in, 48, "kk_cb_out_cin")
         # stage 4
         span = {r: stage(hw_ps[r] + reach[r], SPAN_BITS, f"{r}_span_r") for r in REFS}
         n_weights = stage(Mux(is_op(Opcode.CONV), kk_out_cin, kk_out), 40, "n_weights")
         weight_words = stage(Mux(is_op(Opcode.CONV), kk_cb_out_cin,
                                  Mux(is_op(Opcode.DWCONV, Opcode.DEFORM_DW), kk_cb_out, 0)), 32, "weight_words")
-        longest = Mux(is_op(Opcode.ADD) & (row_bytes["in1"] > row_bytes["in0"]), row_bytes["in1"], row_bytes["in0"])
+        longest = stage(Mux(is_op(Opcode.ADD) & (row_bytes["in1"] > row_bytes["in0"]), row_bytes["in1"],
+                            row_bytes["in0"]), 32, "longest")
+        # stage 5
         slot_words = stage((longest + BB - 1 + cfg.line_word_bytes - 1) >> (cfg.line_word_bytes.bit_length() - 1),
                            32, "slot_words")
         row_need = stage(row_bytes["out"] + BB - 1, 33, "row_need")
-        # stage 5
-        line_words = stage(rows * slot_words, 40, "line_words")
+        # stage 6 (partial products), 7 (their sum)
+        line_words = wide_product(slot_words, rows, 40, "line_words")
 
         for r in REFS:
             m.d.comb += [getattr(self, f"{r}_reach").eq(reach[r]), getattr(self, f"{r}_span").eq(span[r])]
 
         # -- the rules, in validate.check_descriptor's order of codes ---------------------------
         known_flags = int(sum(Flag))
-        kernel_ok = any_of(is_op(o) & any_of(d.kernel == k for k in ks) for o, ks in KERNELS.items())
-        stride_ok = any_of(is_op(o) & any_of(d.stride == s for s in ss) for o, ss in STRIDES.items())
-        max_pad = Mux(is_op(Opcode.MAXPOOL), d.kernel - 1, d.kernel >> 1)
-        pad_ok = Mux(is_op(Opcode.DEFORM_DW), d.pad == 1, d.pad <= max_pad)
-        wbits_ok = ~is_op(*WEIGHTED_OPS) | (d.weight_bits == 4) | (d.weight_bits == 8)
+        kernel_ok = stage(any_of(is_op(o) & any_of(d.kernel == k for k in ks) for o, ks in KERNELS.items()),
+                          1, "kernel_ok")
+        stride_ok = stage(any_of(is_op(o) & any_of(d.stride == s for s in ss) for o, ss in STRIDES.items()),
+                          1, "stride_ok")
+        max_pad = stage(Mux(is_op(Opcode.MAXPOOL), d.kernel - 1, d.kernel >> 1), signed(9), "max_pad")
+        pad_ok = stage(Mux(is_op(Opcode.DEFORM_DW), d.pad == 1, d.pad <= max_pad), 1, "pad_ok")
+        wbits_ok = stage(~is_op(*WEIGHTED_OPS) | (d.weight_bits == 4) | (d.weight_bits == 8), 1, "wbits_ok")
         uses_in1 = is_op(Opcode.ADD, Opcode.DEFORM_DW)
         used = {"out": 1, "in0": 1, "in1": uses_in1}
 
@@ -175,10 +200,11 @@ class DescriptorChecker(wiring.Component):
                 ref_bad.append(used[r] & (t.group_channels != t.channels))
             bad = ((t.height == 0) | (t.width == 0) | (t.channels == 0) | (t.group_channels == 0)
                    | (t.group_channels > t.channels) | (t.group_stride < t.group_channels)
-                   | (reach[r] > t.pixel_stride) | (t.channels > cfg.max_channels))
+                   | (t.channels > cfg.max_channels))
             if r != "out":
                 bad = bad | (t.width > cfg.max_width)
-            ref_bad.append(used[r] & bad)
+            ref_bad.append(stage(used[r] & bad, 1, f"{r}_bad"))
+            ref_bad.append(stage(used[r] & (reach[r] > t.pixel_stride), 1, f"{r}_reach_bad"))
 
         up = (d.flags & Flag.UPSAMPLE2X) != 0
         o, i0, i1 = d.out, d.in0, d.in1
@@ -186,16 +212,15 @@ class DescriptorChecker(wiring.Component):
         wo = Mux(up, o.width >> 1, o.width)
         up_bad = up & (o.height[0] | o.width[0])
 
-        def conv_size(size):
-            num_ = Signal(signed(20))
-            m.d.comb += num_.eq(size + 2 * d.pad - d.kernel)
+        def conv_size(size, name):  # (size + 2 pad - kernel) // stride + 1, over two stages
+            num_ = stage(size + 2 * d.pad - d.kernel, signed(20), f"{name}_num")
             q = Mux(d.stride == 4, num_ >> 2, Mux(d.stride == 2, num_ >> 1, num_))
             return q + 1
 
         windowed = is_op(Opcode.CONV, Opcode.DWCONV, Opcode.MAXPOOL)
-        want_h = Mux(windowed, conv_size(i0.height), i0.height)
-        want_w = Mux(windowed, conv_size(i0.width), i0.width)
-        shape_bad = (want_h != ho) | (want_w != wo)
+        want_h = stage(Mux(windowed, conv_size(i0.height, "h"), i0.height), signed(20), "want_h")
+        want_w = stage(Mux(windowed, conv_size(i0.width, "w"), i0.width), signed(20), "want_w")
+        shape_bad = stage((want_h != stage(ho, 16, "ho_r")) | (want_w != stage(wo, 16, "wo_r")), 1, "shape_bad")
         chan_bad = ~is_op(Opcode.CONV) & (o.channels != i0.channels)
         deform_bad = is_op(Opcode.DEFORM_DW) & (
             (i1.channels != 1) | (i1.height != i0.height) | (i1.width != i0.width)
@@ -207,23 +232,30 @@ class DescriptorChecker(wiring.Component):
         out_signed = (d.flags & Flag.OUT_SIGNED) != 0
         lo = Mux(out_signed, -(1 << (cfg.act_bits - 1)), 0)
         hi = Mux(out_signed, (1 << (cfg.act_bits - 1)) - 1, (1 << cfg.act_bits) - 1)
-        clamp_bad = is_op(*REQUANT_OPS) & ((d.clamp_lo < lo) | (d.clamp_lo > d.clamp_hi) | (d.clamp_hi > hi))
+        clamp_bad = stage(is_op(*REQUANT_OPS) & ((d.clamp_lo < lo) | (d.clamp_lo > d.clamp_hi) | (d.clamp_hi > hi)),
+                          1, "clamp_bad")
 
         # On-chip buffer fit (validate.line_buffer_words / weight_words / row_buffer_need).
         fit_bad = ((line_words > cfg.line_buffer_depth) | (weight_words > cfg.weight_depth)
                    | (row_need > cfg.row_buffer_bytes // 2))
 
-        bad_terms = [~kernel_ok | ~stride_ok | ~pad_ok | ~wbits_ok | ((d.flags & ~known_flags) != 0) | up_bad
-                     | (wo > cfg.max_width) | chan_bad | deform_bad | add_bad | sign_bad,
-                     any_of(ref_bad), shape_bad, clamp_bad, fit_bad]
+        # The descriptor's own rules, each registered in stage 1 (then ORed).
+        op_bad = [stage(~kernel_ok | ~stride_ok | ~pad_ok | ~wbits_ok, 1, "op_bad"),
+                  stage(((d.flags & ~known_flags) != 0) | up_bad | (wo > cfg.max_width), 1, "flags_bad"),
+                  stage(chan_bad | deform_bad | add_bad | sign_bad, 1, "shape_rules_bad")]
+        bad_terms = [any_of(op_bad), any_of(ref_bad), shape_bad, clamp_bad, fit_bad]
 
-        arena_bad = any_of(used[r] & ((refs[r].addr + span[r]) > self.arena_size) for r in REFS)
-        packed = stage(Mux(d.weight_bits == 8, n_weights, (n_weights + 1) >> 1), 40, "packed")  # stage 5
-        weights_bad = is_op(*WEIGHTED_OPS) & ((d.weights_offset + packed) > self.params_size)
-        records_bad = is_op(*REQUANT_OPS) & (
-            (d.params_offset + o.channels * REQUANT_RECORD_BYTES) > self.params_size)
+        # Bounds as compares with what is left past an offset (registered in stage 1): a + n > size
+        # is n > size - a, so no add sits in front of a compare.
+        arena_room = {r: stage(self.arena_size - refs[r].addr, signed(34), f"{r}_room") for r in REFS}
+        arena_bad = any_of(used[r] & (span[r] > arena_room[r]) for r in REFS)
+        packed = stage(Mux(d.weight_bits == 8, n_weights, (n_weights + 1) >> 1), 40, "packed")  # stage 6
+        weights_room = stage(self.params_size - d.weights_offset, signed(34), "weights_room")
+        weights_bad = is_op(*WEIGHTED_OPS) & (packed > weights_room)
+        records_room = stage(self.params_size - d.params_offset, signed(34), "records_room")
+        records_bad = is_op(*REQUANT_OPS) & stage(o.channels * REQUANT_RECORD_BYTES > records_room, 1, "records_bad")
 
-        # stage 6: each rule group registered; stage 7: the code, and the geometry every unit
+        # stage 8: each rule group registered; stage 9: the code, and the geometry every unit
         # reads while the layer runs
         bad_r = [stage(term, 1, f"bad{i}") for i, term in enumerate(bad_terms)]
         arena_bad_r = stage(arena_bad, 1, "arena_bad")
