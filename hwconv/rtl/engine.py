@@ -31,7 +31,6 @@ from __future__ import annotations
 
 from amaranth.hdl import Cat, Module, Mux, Signal, signed
 from amaranth.lib import wiring
-from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
 from ..spec.config import EngineConfig
@@ -95,7 +94,6 @@ class EngineCore(wiring.Component):
     def elaborate(self, platform) -> Module:  # noqa: C901 - one sequencer, read top to bottom
         m = Module()
         cfg = self.config
-        P = cfg.pe_in
         LB = _log2(cfg.bus_bytes)
         aw = cfg.addr_width
 
@@ -106,7 +104,6 @@ class EngineCore(wiring.Component):
         m.submodules.issuer = wi = WindowIssuer(cfg)
         m.submodules.mac = mac = MacArray(cfg)
         m.submodules.rq = rq = Requantizer(cfg)
-        m.submodules.out_fifo = out_fifo = SyncFIFOBuffered(width=P * 8, depth=8)
         connect_part(m, self.bus, reader.bus)
         connect_part(m, self.bus, writer.bus)
 
@@ -437,16 +434,16 @@ class EngineCore(wiring.Component):
             rq.clamp_hi.eq(Mux(identity, Mux(out_signed, (1 << (cfg.act_bits - 1)) - 1, (1 << cfg.act_bits) - 1),
                                desc.clamp_hi)),
         ]
-        m.d.comb += [out_fifo.w_en.eq(rq.o.valid), out_fifo.w_data.eq(Cat(*rq.o.payload)),
-                     rq.o.ready.eq(out_fifo.w_rdy)]
+        # The requantiser's output is its own FIFO (valid and payload registers) and the store's
+        # ready comes from registers: they connect directly.
+        m.d.comb += rq.o.ready.eq(st.i.ready & busy)
 
         # -- store: each output byte to its place in the row buffer; flush: the row to DRAM -------
         row_stride_out, row_span = geo.out_row_stride, geo.out_row_len
         with m.If(row_start):
             m.d.sync += [st.align_a.eq(row_a[:LB]), st.align_b.eq((row_a + row_stride_out)[:LB])]
         m.d.comb += [st.desc.eq(desc), st.geo.eq(geo), st.start.eq(row_start), st.odd_row.eq(oy[0]),
-                     st.i.valid.eq(out_fifo.r_rdy & busy), st.i.p.eq(out_fifo.r_data),
-                     out_fifo.r_en.eq(st.i.ready),
+                     st.i.valid.eq(rq.o.valid & busy), st.i.p.eq(Cat(*rq.o.payload)),
                      store_row_done.eq(st.done),
                      fl.s_en.eq(st.w_en), fl.s_addr.eq(st.w_addr), fl.s_data.eq(st.w_data), fl.s_mask.eq(st.w_mask),
                      fl.s_half.eq(st.w_half),
