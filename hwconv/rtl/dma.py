@@ -60,8 +60,9 @@ def _beat_shift(data_width: int) -> int:
 class BurstSplitter(wiring.Component):
     """Commands in, AXI4 bursts out (AxADDR, AxLEN and whether it ends the command).
 
-    One burst per cycle; each is as long as the command, 256 beats and the rest of the 4 KiB page
-    allow. ``active``: a command is being split.
+    A burst every other cycle (each is prepared in a cycle, then offered from registers); each is
+    as long as the command, 256 beats and the rest of the 4 KiB page allow. ``active``: a command
+    is being split.
     """
 
     def __init__(self, addr_width: int, data_width: int):
@@ -75,33 +76,81 @@ class BurstSplitter(wiring.Component):
     def elaborate(self, platform) -> Module:
         m = Module()
         s = _beat_shift(self.data_width)
-        page_beats = PAGE_BYTES >> s
+        page_bits = _PAGE_SHIFT - s  # beats per 4 KiB page, as a power of two
+        len_bits = (MAX_BURST_BEATS - 1).bit_length()
         addr = Signal(self.addr_width)
         left = Signal(LENGTH_BITS - s)  # beats of the command not yet in a burst
-        to_page = Signal(range(page_beats + 1))
-        cap = Signal(range(MAX_BURST_BEATS + 1))
-        n = Signal(range(MAX_BURST_BEATS + 1))  # beats in the burst on offer
-        m.d.comb += [
-            to_page.eq(page_beats - addr[s:_PAGE_SHIFT]),
-            cap.eq(Mux(to_page < MAX_BURST_BEATS, to_page, MAX_BURST_BEATS)),
-            n.eq(Mux(left < cap, left, cap)),
-            self.cmd.ready.eq(~self.active),
-            self.burst.valid.eq(self.active),
-            self.burst.p.addr.eq(addr),
-            self.burst.p.len.eq(n - 1),
-            self.burst.p.final.eq(left == n),
+
+        # The page's room (capped at 256 beats), without a subtraction from the address: beats
+        # to the end of the page are page_beats - off; when that is at most 256 (off's bits above
+        # the low 8 all ones) it is 256 - off[:8], else the cap is 256; so cap - 1 is
+        # ~(off[:8] if those bits are all ones else 0). Kept as registers beside addr (cap and
+        # cap - 1): after a full-cap burst the next address is the page's end (cap 256) or 256
+        # beats on (the same low bits, the bits above one higher).
+        def room_m1(off, high_all_ones):
+            if page_bits <= len_bits:
+                return ~off
+            return ~Mux(high_all_ones, off[:len_bits], 0)
+
+        def high_all_ones(off):
+            return off[len_bits:].all() if page_bits > len_bits else 1
+
+        cap_m1 = Signal(len_bits)
+        cap = Signal(len_bits + 1)
+        off = addr[s:_PAGE_SHIFT]
+        if page_bits > len_bits:
+            high = off[len_bits:]
+            after_m1 = Mux(high.all(), MAX_BURST_BEATS - 1, room_m1(off, high == (1 << len(high)) - 2))
+        else:
+            after_m1 = (1 << page_bits) - 1
+        cmd_off = self.cmd.p.addr[s:_PAGE_SHIFT]
+        cmd_cap_m1 = room_m1(cmd_off, high_all_ones(cmd_off))
+
+        # A burst is prepared in one cycle (`prep`) and offered from registers the next: it ends
+        # the command when left <= cap, its beats are then `left`, else `cap`. What follows a
+        # full-cap burst is prepared too (`n_*`), so taking a burst only loads registers. The
+        # prepare cycle costs a cycle per burst (bursts are up to 256 beats long); a command of
+        # length 0 is dropped there.
+        prep = Signal()
+        b_len = Signal(len_bits)
+        b_final = Signal()
+        n_addr, n_left = Signal.like(addr), Signal.like(left)
+        n_cap_m1, n_cap = Signal.like(cap_m1), Signal.like(cap)
+        fits = ~left[len_bits + 1:].any() & (left[:len_bits + 1] <= cap)
+        m.d.sync += [  # functions of the state, which holds still while a burst is on offer
+            b_final.eq(fits), b_len.eq(Mux(fits, left[:len_bits] - 1, cap_m1)),
+            n_addr.eq(Cat(Const(0, s), addr[s:] + cap)), n_left.eq(left - cap),
+            n_cap_m1.eq(after_m1), n_cap.eq(after_m1 + 1),
         ]
-        with m.If(self.cmd.valid & self.cmd.ready):
-            length = self.cmd.p.length[s:]
-            m.d.sync += [
-                addr.eq(Cat(Const(0, s), self.cmd.p.addr[s:])),
-                left.eq(length),
-                self.active.eq(length != 0),
-            ]
-        with m.If(self.burst.valid & self.burst.ready):
-            m.d.sync += [addr.eq(addr + (n << s)), left.eq(left - n)]
-            with m.If(self.burst.p.final):
+        m.d.comb += [
+            self.cmd.ready.eq(~self.active),
+            self.burst.valid.eq(self.active & ~prep),
+            self.burst.p.addr.eq(addr),
+            self.burst.p.len.eq(b_len),
+            self.burst.p.final.eq(b_final),
+        ]
+        take_cmd = self.cmd.valid & self.cmd.ready
+        issue = self.burst.valid & self.burst.ready
+        with m.If(prep):
+            m.d.sync += prep.eq(0)
+            with m.If(~left.any()):
                 m.d.sync += self.active.eq(0)
+        # The state loads from the command (idle) or from n_* (active): the enable is the only
+        # signal that depends on the consumer's ready.
+        load = Signal()
+        m.d.comb += load.eq(take_cmd | issue & ~b_final)
+        with m.If(load):
+            m.d.sync += [
+                addr.eq(Mux(self.active, n_addr, Cat(Const(0, s), self.cmd.p.addr[s:]))),
+                left.eq(Mux(self.active, n_left, self.cmd.p.length[s:])),
+                cap_m1.eq(Mux(self.active, n_cap_m1, cmd_cap_m1)),
+                cap.eq(Mux(self.active, n_cap, cmd_cap_m1 + 1)),
+                prep.eq(1),
+            ]
+        with m.If(take_cmd):
+            m.d.sync += self.active.eq(1)
+        with m.If(issue & b_final):
+            m.d.sync += self.active.eq(0)
         return m
 
 
@@ -194,9 +243,11 @@ class DMAReader(_DMABase):
 
         took = bus.rvalid & bus.rready
         bad = bus.rresp[1]  # SLVERR or DECERR; EXOKAY is never asked for
+        # RREADY is a register: high when the buffer had room for two beats a cycle before (at
+        # most one came since), so it depends on no bus input in the same cycle.
+        m.d.sync += bus.rready.eq(buffer.w_level + took <= self.buffer_depth - 2)
         m.d.comb += [
-            bus.rready.eq(buffer.w_rdy),
-            buffer.w_en.eq(bus.rvalid),
+            buffer.w_en.eq(took),
             buffer.w_data.eq(Cat(Mux(bad, 0, bus.rdata), bus.rlast & inflight.r_data)),
             inflight.r_en.eq(took & bus.rlast),
             self.o.valid.eq(buffer.r_rdy),
@@ -241,7 +292,8 @@ class DMAWriter(_DMABase):
         m.submodules.split = split = BurstSplitter(self.config.addr_width, dw)
         wiring.connect(m, wiring.flipped(self.cmd), split.cmd)
         n = self.max_outstanding
-        m.submodules.w_bursts = w_bursts = SyncFIFO(width=8, depth=n)  # AWLEN, until WLAST
+        # AWLEN, until WLAST; buffered, so the W side's "last beat" compare reads a register
+        m.submodules.w_bursts = w_bursts = SyncFIFOBuffered(width=8, depth=n)
         m.submodules.b_bursts = b_bursts = SyncFIFO(width=1, depth=n)  # final flag, until B
 
         issue = split.burst.valid & split.burst.ready
@@ -252,13 +304,17 @@ class DMAWriter(_DMABase):
         ]
         _drive_address(m, bus, "aw", split, issue, self.axi_id, bus.signature.size)
 
-        # W: a register stage fed by `i` for the burst at the head of w_bursts.
+        # W: a register stage fed by `i` for the burst at the head of w_bursts. The head is
+        # popped the cycle after its last beat (`pop`, a register), that cycle taking no beat:
+        # one idle cycle per burst, and no path from the bus through the FIFO's pointers.
         beat = Signal(8)  # index of the next beat within that burst
         last = beat == w_bursts.r_data
         load = self.i.valid & self.i.ready
+        pop = Signal()
+        m.d.sync += pop.eq(load & last)
         m.d.comb += [
-            self.i.ready.eq((~bus.wvalid | bus.wready) & w_bursts.r_rdy),
-            w_bursts.r_en.eq(load & last),
+            self.i.ready.eq((~bus.wvalid | bus.wready) & w_bursts.r_rdy & ~pop),
+            w_bursts.r_en.eq(pop),
         ]
         with m.If(load):
             m.d.sync += [bus.wvalid.eq(1), bus.wdata.eq(self.i.p.data),
