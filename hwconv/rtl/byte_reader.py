@@ -3,11 +3,18 @@
 The DMA moves whole aligned bus beats; tensors, descriptors and parameter records start at any
 byte. The reader asks the DMA for the enclosing beats and hands out exactly the requested bytes,
 dropping the ones before the start and after the end.
+
+Pipelined for the clock: a command is registered when taken and goes to the DMA the next cycle
+(one adder from registers: the enclosing beats' length); the held beat is a shift register whose
+low byte is the byte on offer (the start offset shifted out as the beat is loaded), a second beat
+register takes each beat from the DMA, the following one while the held one is handed out (so
+the DMA's ready is a register), and the "last byte" / "last of the beat" tests are flags kept a step ahead: every
+output and every ready comes from registers through a few LUTs.
 """
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, Mux, Signal, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -49,50 +56,76 @@ class ByteReader(wiring.Component):
         m.d.comb += [dma.clear.eq(self.clear), self.error.eq(dma.error),
                      self.stall_cycles.eq(dma.stall_cycles)]
 
+        # -- commands: taken when the previous one is fully out, registered, then to the DMA ----
+        free = Signal(init=1)  # no command taken and not yet fully handed out
+        c_addr = Signal(cfg.addr_width)
+        c_len = Signal(32)
+        c_pending = Signal()  # the registered command waits for the DMA
+        m.d.comb += [
+            self.cmd.ready.eq(free),
+            dma.cmd.valid.eq(c_pending),
+            dma.cmd.p.addr.eq(c_addr >> sh << sh),
+            # the enclosing beats: (offset in the first beat + length + bb - 1), whole beats
+            dma.cmd.p.length.eq((c_len + c_addr[:sh] + (bb - 1)) >> sh << sh),
+        ]
+        with m.If(dma.cmd.ready):
+            m.d.sync += c_pending.eq(0)
+
         remaining = Signal(32)  # bytes of the current command not yet handed out
-        idx = Signal(range(bb))  # byte of the held beat to hand out next
-        first = Signal()  # the next beat is the command's first: start at the address offset
-        skip = Signal(range(bb))
+        rem1 = Signal()  # remaining == 1: the byte on offer is the last
+        start = Signal(range(bb))  # where the next beat's first byte is: the offset, then 0
+        # Two beat registers: `nxt` takes each beat from the DMA, shifted so that its first byte
+        # to hand out is its lowest; `beat` holds the one being handed out (the byte on offer in
+        # its low 8 bits, `at_end` when it is the beat's last byte) and loads from `nxt`. The
+        # DMA's ready is `~nxt_valid`, a register: nothing from `o.ready`.
         beat = Signal(cfg.axi_data_width)
         have = Signal()
-
-        # A new command once the last one is fully out; the DMA gets the enclosing beats.
-        end = Signal(cfg.addr_width + 1)
+        idx = Signal(range(bb))  # byte of the held beat on offer
+        at_end = Signal()  # idx == bb - 1
+        nxt = Signal(cfg.axi_data_width)
+        nxt_valid = Signal()
+        nxt_idx = Signal(range(bb))
+        nxt_at_end = Signal()
         raw_active = Signal()  # a raw command's beats are still to come
-        idle = (remaining == 0) & ~have & ~raw_active
-        m.d.comb += [
-            end.eq(self.cmd.p.addr + self.cmd.p.length + bb - 1),
-            dma.cmd.p.addr.eq(self.cmd.p.addr >> sh << sh),
-            dma.cmd.p.length.eq((end >> sh << sh) - (self.cmd.p.addr >> sh << sh)),
-            dma.cmd.valid.eq(self.cmd.valid & idle),
-            self.cmd.ready.eq(dma.cmd.ready & idle),
-        ]
-        with m.If(self.cmd.valid & self.cmd.ready):
+
+        cmd_take = self.cmd.valid & self.cmd.ready
+        with m.If(cmd_take):
+            length = self.cmd.p.length
+            m.d.sync += [c_addr.eq(self.cmd.p.addr), c_len.eq(length), c_pending.eq(length != 0),
+                         free.eq(~self.raw & (length == 0))]
             with m.If(self.raw):
                 m.d.sync += raw_active.eq(1)
             with m.Else():
-                m.d.sync += [remaining.eq(self.cmd.p.length), first.eq(1), skip.eq(self.cmd.p.addr[:sh])]
+                m.d.sync += [remaining.eq(length), rem1.eq(length == 1), start.eq(self.cmd.p.addr[:sh])]
 
         # raw: beats straight through
+        raw_out = self.beats.valid & self.beats.ready
         m.d.comb += [self.beats.valid.eq(raw_active & dma.o.valid), self.beats.p.eq(dma.o.p)]
-        with m.If(self.beats.valid & self.beats.ready & dma.o.p.last):
-            m.d.sync += raw_active.eq(0)
+        with m.If(raw_out & dma.o.p.last):
+            m.d.sync += [raw_active.eq(0), free.eq(1)]
 
         take = Signal()
         release = Signal()
+        hand = have & self.o.ready
         m.d.comb += [
             self.o.valid.eq(have),
-            self.o.p.byte.eq(beat.word_select(idx, 8)),
-            self.o.p.last.eq(remaining == 1),
-            release.eq(have & self.o.ready & ((idx == bb - 1) | (remaining == 1))),
-            dma.o.ready.eq(Mux(raw_active, self.beats.ready,
-                               (~have | release) & (remaining != 0) & ~(release & (remaining == 1)))),
-            take.eq(dma.o.valid & dma.o.ready & ~raw_active),
+            self.o.p.byte.eq(beat[:8]),
+            self.o.p.last.eq(rem1),
+            release.eq(hand & (at_end | rem1)),
+            dma.o.ready.eq(Mux(raw_active, self.beats.ready, ~nxt_valid)),
+            take.eq(dma.o.valid & ~nxt_valid & ~raw_active),
         ]
-        with m.If(have & self.o.ready):
-            m.d.sync += [remaining.eq(remaining - 1), idx.eq(idx + 1)]
-        with m.If(release):
-            m.d.sync += have.eq(0)
         with m.If(take):
-            m.d.sync += [beat.eq(dma.o.p.data), have.eq(1), first.eq(0), idx.eq(Mux(first, skip, 0))]
+            m.d.sync += [nxt.eq(dma.o.p.data >> Cat(Const(0, 3), start)), nxt_idx.eq(start),
+                         nxt_at_end.eq(start == bb - 1), nxt_valid.eq(1), start.eq(0)]
+        with m.If(hand):
+            m.d.sync += [remaining.eq(remaining - 1), rem1.eq(remaining == 2),
+                         idx.eq(idx + 1), at_end.eq(idx == bb - 2), beat.eq(beat >> 8)]
+            with m.If(rem1):
+                m.d.sync += free.eq(1)
+        with m.If(~have | release):
+            # the held beat is free (or freed now): the next one if it is there
+            m.d.sync += have.eq(nxt_valid)
+            with m.If(nxt_valid):
+                m.d.sync += [beat.eq(nxt), idx.eq(nxt_idx), at_end.eq(nxt_at_end), nxt_valid.eq(0)]
         return m
