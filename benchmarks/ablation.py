@@ -108,7 +108,7 @@ def detector_gmac(model: CenterNet) -> float:
     model.eval()
     try:
         size = model.cfg.input_size
-        with unfolded():  # folded blocks call deform() directly, past the hook
+        with unfolded(model):  # folded blocks call deform() directly, past the hook
             model(torch.rand(1, 3, size, size, device=next(model.parameters()).device))
     finally:
         model.train(was_training)

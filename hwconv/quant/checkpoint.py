@@ -31,7 +31,7 @@ import io
 import json
 import pickle
 import random
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -45,7 +45,7 @@ from brevitas.proxy.runtime_quant import ActQuantProxyFromInjectorBase
 from hwconv.fileio import InputFileError, atomic_write_bytes, check_regular_file
 
 from .deform import QuantDeformConv
-from .models import CONFIGS, CenterNet, DetectorConfig, build_detector, fold_batchnorm, unfolded
+from .models import CONFIGS, CenterNet, DetectorConfig, build_detector, fold_batchnorm
 
 FORMAT = "hwconv-checkpoint"
 VERSION = 1
@@ -204,12 +204,12 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
     """model.eval() for inference, restoring the training flag after.
 
     Eval mode normally runs BN folded into the quantised weights (models.fold_params), which needs
-    the quantisers; a float-mode model therefore runs conv -> BN (running statistics) unfolded."""
+    the scales its activations carry; a float-mode model has none and runs conv -> BN (running
+    statistics) unfolded by itself."""
     was_training = model.training
     model.eval()
     try:
-        with unfolded() if get_quant_mode(model) == "float" else nullcontext():
-            yield model
+        yield model
     finally:
         model.train(was_training)
 

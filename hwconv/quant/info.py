@@ -125,7 +125,7 @@ def layer_stats(model: CenterNet, input_size: int | None = None) -> list[LayerSt
     was_training = model.training
     model.eval()
     try:
-        with unfolded():  # the folded path bypasses the convs' forward hooks
+        with unfolded(model):  # the folded path bypasses the convs' forward hooks
             model(torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(0)))
     finally:
         model.train(was_training)

@@ -51,22 +51,8 @@ def _unregistered(m: nn.Module, name: str, value: object) -> None:
     object.__setattr__(m, name, value)
 
 
-# The context managers called without a model act on every detector of the process: kept only for
-# callers outside this package's model files that do not pass their model yet (qonnx.py, info.py,
-# checkpoint.py, bench_ablation.py); remove once they do.
-_EVERY_MODEL = {"fold_enabled": True, "exact_enabled": True}
-
-
 @contextlib.contextmanager
-def _layer_flag(model: nn.Module | None, flag: str) -> Iterator[None]:
-    if model is None:
-        before = _EVERY_MODEL[flag]
-        _EVERY_MODEL[flag] = False
-        try:
-            yield
-        finally:
-            _EVERY_MODEL[flag] = before
-        return
+def _layer_flag(model: nn.Module, flag: str) -> Iterator[None]:
     layers = [m for m in model.modules() if isinstance(m, _Folding)]
     before = [m.__dict__.get(flag) for m in layers]
     for m in layers:
@@ -81,16 +67,16 @@ def _layer_flag(model: nn.Module | None, flag: str) -> Iterator[None]:
                 setattr(m, flag, b)
 
 
-def unfolded(model: nn.Module | None = None):
+def unfolded(model: nn.Module):
     """Context manager: `model` runs conv -> BN unfolded even in eval mode (e.g. to hook every
-    conv's forward). Without a model: every detector (deprecated, see `_EVERY_MODEL`)."""
+    conv's forward)."""
     return _layer_flag(model, "fold_enabled")
 
 
-def float_requant(model: nn.Module | None = None):
+def float_requant(model: nn.Module):
     """Context manager: `model`'s folded path requantises in float, as Brevitas fake-quant computes
     it (what eval mode computed before it became exact): for comparisons with float graphs and
-    diagnostics. Without a model: every detector (deprecated, see `_EVERY_MODEL`)."""
+    diagnostics."""
     return _layer_flag(model, "exact_enabled")
 
 
@@ -140,21 +126,10 @@ class _Folding:
     where = "layer"  # the module's name in the detector, for error messages (set by CenterNet)
 
     def _fold_mode(self) -> bool:
-        return (not self.training or self.folded) and self.fold_enabled and _EVERY_MODEL["fold_enabled"]
+        return (not self.training or self.folded) and self.fold_enabled
 
     def _exact_mode(self) -> bool:
-        return self._fold_mode() and self.exact_enabled and _EVERY_MODEL["exact_enabled"]
-
-    def input_scale(self) -> Tensor:
-        """The scale this layer's input carries in an eval pass of its detector
-        (`CenterNet.input_scales`), for callers that fold layer by layer (qonnx.deployment_copy)."""
-        detector = self.__dict__.get("_detector")
-        if detector is None:
-            raise RuntimeError(f"{self.where}: not part of a detector, its input scale is unknown")
-        scale = detector.input_scales().get(self.where)
-        if scale is None:
-            raise RuntimeError(f"{self.where}: its input carries no scale (activation quantisation is off)")
-        return scale
+        return self._fold_mode() and self.exact_enabled
 
     def folded_conv(self, x: Tensor, s_in: Tensor, conv, bn) -> Tensor:
         qw, bias, _, _ = fold_params(conv, bn, s_in)
@@ -373,8 +348,6 @@ class CenterNet(nn.Module):
         for name, m in self.named_modules():
             if isinstance(m, (_Folding, ShuffleUnit)):
                 m.where = name
-            if isinstance(m, _Folding):
-                _unregistered(m, "_detector", self)  # for `_Folding.input_scale`
 
     @torch.no_grad()
     def input_scales(self) -> dict[str, Tensor]:

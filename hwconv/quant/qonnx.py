@@ -149,7 +149,7 @@ class _Outputs(nn.Module):
         self.net = net
 
     def forward(self, x):
-        with unfolded():
+        with unfolded(self.net):
             out = self.net(x)
         return tuple(out[k] for k in OUTPUTS)
 
@@ -161,10 +161,11 @@ def deployment_copy(model: CenterNet, check_images: torch.Tensor | None = None) 
 
     With `check_images`, verifies the copy reproduces the eval model bit for bit on them."""
     model.eval()
+    scales = model.input_scales()  # what each layer's input carries: the scale it folds with
     net = copy.deepcopy(model).eval()
     for name, m in net.named_modules():
         if isinstance(m, ConvBNAct):
-            _fold_into(m[0], m[1], m.input_scale())
+            _fold_into(m[0], m[1], scales[name])
             m[1] = nn.Identity()
         elif isinstance(m, DeformUp):
             if m.deform.pw_conv is not None:  # depthwise: the model folds BN into the pointwise conv
@@ -173,10 +174,10 @@ def deployment_copy(model: CenterNet, check_images: torch.Tensor | None = None) 
             m.deform = _ExportDeform(m.deform, f"{name}.deform")
         elif isinstance(m, (Head, CoDeNetHead)):  # their ConvBNAct items fold in the branch above
             for i in m.bias_convs:
-                _fold_into(m[i].conv, None, m[i].input_scale())
+                _fold_into(m[i].conv, None, scales[f"{name}.{i}"])
     deployed = _Outputs(net).eval()
     if check_images is not None:
-        with float_requant():  # the deployed graph requantises in float, as the old eval path did
+        with float_requant(model):  # the deployed graph requantises in float, as the old eval path did
             want = model(check_images)
         got = deployed(check_images)
         for k, g in zip(OUTPUTS, got):
@@ -253,7 +254,7 @@ def compare_qonnx(model: CenterNet, qonnx_path: str | Path, images: torch.Tensor
     from .export import act_scale
 
     model.eval()
-    with float_requant():  # QONNX graphs requantise in float: compare like with like
+    with float_requant(model):  # QONNX graphs requantise in float: compare like with like
         want = model(images)
     got = run_qonnx(qonnx_path, images)
     stats = {}

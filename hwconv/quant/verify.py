@@ -5,7 +5,7 @@ In eval mode the model requantises exactly as the engine does (models.py: exact 
 accumulators, the exported integer bias and (mult, shift), round half up), so the two agree on every
 element; a difference means the model and the exporter or the golden model have drifted apart.
 The fake-quant model can also be evaluated in float64 (`float64_copy`, which keeps the original's
-integers), and under `models.float_requant()` as Brevitas computes it in float: there, elements
+integers), and under `models.float_requant(model)` as Brevitas computes it in float: there, elements
 differ at requantisation near-ties (float32 noise, and the engine's 24-bit multiplier deciding a
 value within ~1e-7 of a .5 boundary against the exact scale ratio), and one flipped element
 spreads to much of that image's outputs. Figures: docs/results/integer_vs_fakequant.md.
@@ -32,7 +32,7 @@ def float64_copy(model: torch.nn.Module) -> torch.nn.Module:
     """An eval-mode float64 copy of a Brevitas model (the original is untouched). Feed it
     `images.double()`. Where it runs exact (eval), it takes its integer weights, biases, (mult,
     shift) and scales from `model` (`models.derive_integers_from`): derived again in float64 they
-    could differ in a last bit from what `model` exports. Under `models.float_requant()` it is the
+    could differ in a last bit from what `model` exports. Under `models.float_requant(model)` it is the
     float fake-quant network without float32 rounding noise."""
     return derive_integers_from(copy.deepcopy(model).double().eval(), model)
 
