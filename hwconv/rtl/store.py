@@ -98,7 +98,8 @@ class Store(wiring.Component):
         act = Signal()     # placing a piece of `cur` this cycle
         last_use = Signal()
         row_end = Signal()  # the row's last piece was placed last cycle: done from the next
-        m.d.comb += [act.eq(cur_v & ~done & ~row_end & ~prep),
+        running = Signal()  # a register: ~done & ~row_end & ~prep
+        m.d.comb += [act.eq(cur_v & running),
                      self.i.ready.eq(~cur_v | act & last_use),
                      self.done.eq(done)]
         with m.If(self.i.ready):
@@ -137,6 +138,10 @@ class Store(wiring.Component):
         with m.Elif(prep):
             m.d.sync += prep.eq(0)
         m.d.sync += row_end.eq(next_pixel & ox_last)
+        with m.If(self.start | next_pixel & ox_last):
+            m.d.sync += running.eq(0)
+        with m.Elif(prep):
+            m.d.sync += running.eq(1)
 
         # Registered "last" compares: each is set from the counter's next value.
         def step_ob(to_zero):
@@ -165,9 +170,6 @@ class Store(wiring.Component):
                 with m.Else():
                     u_step(False)
                     m.d.sync += st_h.eq(0)
-                    step_ob(False)
-                    with m.If(ob_last):
-                        step_ob(True)
             with m.Else():
                 with m.If(~next_chan):
                     u_step(True)
@@ -183,10 +185,13 @@ class Store(wiring.Component):
                     with m.If(j_last):
                         m.d.comb += j_n.eq(0)
                         m.d.sync += [j_valid.eq(1), j_last.eq(P == 1)]
-                        step_ob(False)
                         with m.If(ob_last):
-                            step_ob(True)
                             m.d.sync += [st_r.eq(0), r_last.eq(gc_one), grp.eq(0), off.eq(0)]
+            # The block's last piece, whatever the mode: the next block (flat, for the clock).
+            with m.If(last_use):
+                step_ob(False)
+                with m.If(ob_last):
+                    step_ob(True)
             with m.If(next_pixel):
                 m.d.sync += [st_ox.eq(st_ox + 1), ox_last.eq(st_ox == wo_m2)]
                 m.d.sync += [b.eq(b + pix_step) for b in base]
