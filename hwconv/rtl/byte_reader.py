@@ -8,7 +8,8 @@ Pipelined for the clock: a command is registered when taken and goes to the DMA 
 (one adder from registers: the enclosing beats' length); the held beat is a shift register whose
 low byte is the byte on offer (the start offset shifted out as the beat is loaded), a second beat
 register takes each beat from the DMA, the following one while the held one is handed out (so
-the DMA's ready is a register), and the "last byte" / "last of the beat" tests are flags kept a step ahead: every
+the DMA's ready is a register), the bytes leave through a two-entry skid buffer (so `o.ready`
+steers only its registers), and the "last byte" / "last of the beat" tests are flags kept a step ahead: every
 output and every ready comes from registers through a few LUTs.
 """
 
@@ -106,23 +107,35 @@ class ByteReader(wiring.Component):
 
         take = Signal()
         release = Signal()
-        hand = have & self.o.ready
+        # `o` from a two-entry skid buffer (`o_*` on offer, `sp_*` the spare): the byte leaves the
+        # beat register when the spare is empty (a register), so `o.ready` (the sequencer's state
+        # decode in the engine) only steers these few registers.
+        o_valid, o_byte, o_last = Signal(), Signal(8), Signal()
+        sp_valid, sp_byte, sp_last = Signal(), Signal(8), Signal()
+        hand = have & ~sp_valid
         m.d.comb += [
-            self.o.valid.eq(have),
-            self.o.p.byte.eq(beat[:8]),
-            self.o.p.last.eq(rem1),
+            self.o.valid.eq(o_valid),
+            self.o.p.byte.eq(o_byte),
+            self.o.p.last.eq(o_last),
             release.eq(hand & (at_end | rem1)),
             dma.o.ready.eq(Mux(raw_active, self.beats.ready, ~nxt_valid)),
             take.eq(dma.o.valid & ~nxt_valid & ~raw_active),
         ]
+        with m.If(~o_valid | self.o.ready):
+            with m.If(sp_valid):
+                m.d.sync += [o_byte.eq(sp_byte), o_last.eq(sp_last), sp_valid.eq(0)]
+            with m.Else():
+                m.d.sync += [o_valid.eq(hand), o_byte.eq(beat[:8]), o_last.eq(rem1)]
+        with m.Elif(hand):
+            m.d.sync += [sp_valid.eq(1), sp_byte.eq(beat[:8]), sp_last.eq(rem1)]
+        with m.If(self.o.valid & self.o.ready & self.o.p.last):
+            m.d.sync += free.eq(1)
         with m.If(take):
             m.d.sync += [nxt.eq(dma.o.p.data >> Cat(Const(0, 3), start)), nxt_idx.eq(start),
                          nxt_at_end.eq(start == bb - 1), nxt_valid.eq(1), start.eq(0)]
         with m.If(hand):
             m.d.sync += [remaining.eq(remaining - 1), rem1.eq(remaining == 2),
                          idx.eq(idx + 1), at_end.eq(idx == bb - 2), beat.eq(beat >> 8)]
-            with m.If(rem1):
-                m.d.sync += free.eq(1)
         with m.If(~have | release):
             # the held beat is free (or freed now): the next one if it is there
             m.d.sync += have.eq(nxt_valid)
