@@ -76,21 +76,25 @@ class RowLoader(wiring.Component):
         for s in range(S):
             m.d.sync += self.slot_base[s].eq(slot_lanes * s)
 
+        # The row's start, registered first (its first beat is cycles away: the reader's command
+        # stage, the DMA, the bus), so the sequencer's state decode that drives `start` ends here.
+        start, slot, dil_row, skip = Signal(), Signal.like(self.slot), Signal(), Signal.like(self.skip)
+        m.d.sync += [start.eq(self.start), slot.eq(self.slot), dil_row.eq(self.dilation), skip.eq(self.skip)]
         dilation = Signal()
         active = Signal()
         skips = Array(self.skips[s] for s in range(S))
-        with m.If(self.start):
-            m.d.sync += [dilation.eq(self.dilation), active.eq(1)]
-            with m.If(~self.dilation):
-                m.d.sync += skips[self.slot].eq(self.skip)
+        with m.If(start):
+            m.d.sync += [dilation.eq(dil_row), active.eq(1)]
+            with m.If(~dil_row):
+                m.d.sync += skips[slot].eq(skip)
 
         # -- input row: raw beats into the slot ------------------------------------------------
         # The write address is a register: the slot's base when the row starts, a beat further on
         # after each beat (no slot mux or adder in front of the line buffer).
         w_ptr = Signal.like(lb.w_addr)
         beat_take = self.beats.valid & self.beats.ready
-        with m.If(self.start):
-            m.d.sync += w_ptr.eq(Array(self.slot_base[s] for s in range(S))[self.slot])
+        with m.If(start):
+            m.d.sync += w_ptr.eq(Array(self.slot_base[s] for s in range(S))[slot])
         with m.Elif(beat_take):
             m.d.sync += w_ptr.eq(w_ptr + BB)
         m.d.comb += [
@@ -106,7 +110,7 @@ class RowLoader(wiring.Component):
         m.d.comb += [self.bytes.ready.eq(active & dilation),
                      dil_w.addr.eq(u_x), dil_w.data.eq(self.bytes.p.byte), dil_w.en.eq(u_take & (u_p == 0))]
 
-        with m.If(self.start):
+        with m.If(start):
             m.d.sync += [u_x.eq(0), u_p.eq(0)]
         with m.Else():
             with m.If(beat_take):
