@@ -69,13 +69,19 @@ class SplitBuffer(wiring.Component):
                 with m.Case(k):
                     m.d.comb += [rot.eq(self.w_data.rotate_left(k * lb)), rot_m.eq(self.w_mask.rotate_left(k))]
         odd = w[0]
+        w_en = self.w_en
+        if self.write_register:  # registered: the placed run, its offset and the words' addresses
+            regs = [Signal.like(v) for v in (rot, rot_m, off, odd, w_en)]
+            m.d.sync += [r.eq(v) for r, v in zip(regs, (rot, rot_m, off, odd, w_en))]
+            m.d.sync += [ew.addr.eq(Mux(odd, (w + 1) >> 1, w >> 1)), ow.addr.eq(w >> 1)]
+            rot, rot_m, off, odd, w_en = regs
+        else:
+            m.d.comb += [ew.addr.eq(Mux(odd, (w + 1) >> 1, w >> 1)), ow.addr.eq(w >> 1)]
         in_even = Cat(*[(off <= k) ^ odd for k in range(n)])  # the lane's word is the even one
-        dom = m.d.sync if self.write_register else m.d.comb
-        dom += [
-            ew.addr.eq(Mux(odd, (w + 1) >> 1, w >> 1)), ow.addr.eq(w >> 1),
+        m.d.comb += [
             ew.data.eq(rot), ow.data.eq(rot),
-            ew.en.eq(Mux(self.w_en, rot_m & in_even, 0)),
-            ow.en.eq(Mux(self.w_en, rot_m & ~in_even, 0)),
+            ew.en.eq(Mux(w_en, rot_m & in_even, 0)),
+            ow.en.eq(Mux(w_en, rot_m & ~in_even, 0)),
         ]
 
         # -- read: both words, then the lanes from the offset on --
