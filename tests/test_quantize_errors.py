@@ -251,3 +251,23 @@ def test_trained_vs_deployed_refuses_a_bad_quantize_report(tmp_path):
     os.mkfifo(tmp_path / "fifo.json")
     with pytest.raises(InputFileError, match="fifo.json: quantize report must be a regular file"):
         trained_vs_deployed(tmp_path / "fifo.json", tmp_path / "p.hwc")
+
+
+def test_cuda_device_follows_local_rank(monkeypatch):
+    """Under torchrun each process takes GPU LOCAL_RANK (not every rank GPU 0); a rank past the
+    GPUs torch sees is a one-line error."""
+    import torch
+
+    from hwconv.quant.pipeline import resolve_device
+
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert resolve_device("cuda") == torch.device("cuda", 1) and chosen == [1]
+    monkeypatch.delenv("LOCAL_RANK")
+    assert resolve_device("auto") == torch.device("cuda", 0)
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    with pytest.raises(ValueError, match="LOCAL_RANK=3 but torch sees 2 GPU"):
+        resolve_device("cuda")

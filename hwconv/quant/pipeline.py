@@ -9,6 +9,7 @@ one `hwconv validate` computes on the golden model or the board (`trained_vs_dep
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -31,10 +32,19 @@ def resolve_device(device: str) -> torch.device:
     if device not in ("auto", "cpu", "cuda"):
         raise ValueError(f"--device {device!r}: choose auto, cpu or cuda")
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: torch sees no CUDA device (torch.cuda.is_available() is False; "
                          "this torch build or machine has none)")
+    if device == "cuda":
+        # Under torchrun each process takes its own GPU (LOCAL_RANK), not all of them GPU 0.
+        rank = os.environ.get("LOCAL_RANK", "0")
+        index = int(rank) if rank.isdigit() else 0
+        if index >= torch.cuda.device_count():
+            raise ValueError(f"--device cuda: LOCAL_RANK={rank} but torch sees "
+                             f"{torch.cuda.device_count()} GPU(s)")
+        torch.cuda.set_device(index)
+        return torch.device("cuda", index)
     return torch.device(device)
 
 
