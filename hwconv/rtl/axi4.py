@@ -17,6 +17,7 @@ from amaranth.hdl import Module
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
+from ..spec.memory import PAGE_BYTES  # no burst may cross a 4 KiB boundary
 from .axi_lite import verilog_ports
 
 __all__ = [
@@ -31,7 +32,6 @@ BURST_FIXED, BURST_INCR, BURST_WRAP = 0b00, 0b01, 0b10
 CACHE_NORMAL = 0b0011
 PROT_DATA = 0b000  # unprivileged, secure, data access (HLS m_axi default)
 MAX_BURST_BEATS = 256  # AXI4 INCR: AxLEN is 8 bits
-PAGE_BYTES = 4096  # no burst may cross a 4 KiB boundary
 
 LEN_BITS, SIZE_BITS, BURST_BITS, LOCK_BITS = 8, 3, 2, 1
 CACHE_BITS, PROT_BITS, QOS_BITS, RESP_BITS = 4, 3, 4, 2
