@@ -164,6 +164,16 @@ class EngineCore(wiring.Component):
                 v = Mux(v >= rows, v - rows, v)
             return v
 
+        # The next row's window slot, (base_slot + step) % rows, worked out over three registered
+        # steps while a row runs (a row takes far more than three cycles between two steps of
+        # base_slot), so the step itself only loads a register.
+        base_sum, base_mod1, base_next = Signal(7), Signal(6), Signal(5)
+        one_row = Signal()            # one row kept (1x1 kernels, up to stride 4): always slot 0
+        m.d.sync += [base_sum.eq(base_slot + Mux(is_deform, 1, desc.stride)),
+                     base_mod1.eq(Mux(base_sum >= rows, base_sum - rows, base_sum)),
+                     base_next.eq(Mux(one_row, 0, Mux(base_mod1 >= rows, base_mod1 - rows, base_mod1))),
+                     one_row.eq(rows == 1)]
+
         # byte reader commands
         rd_addr = Signal(aw)
         rd_len = Signal(32)
@@ -389,8 +399,7 @@ class EngineCore(wiring.Component):
             m.d.sync += row_a.eq(row_a + Mux(upsample, geo.out_row_stride << 1, geo.out_row_stride))
             m.d.sync += row_hi.eq(row_hi + Mux(is_deform | is_copy, 1, desc.stride))
             m.d.sync += [oy.eq(oy + 1), aux_pending.eq(is_add | is_deform), add_in0_pending.eq(is_add),
-                         # one row kept (1x1 kernels, up to stride 4): always slot 0
-                         base_slot.eq(Mux(rows == 1, 0, mod_rows(base_slot + Mux(is_deform, 1, desc.stride))))]
+                         base_slot.eq(base_next)]
         m.d.comb += self.layers_done.eq(layer)
 
 
