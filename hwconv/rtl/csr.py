@@ -31,7 +31,7 @@ from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..spec.config import EngineConfig
-from ..spec.program import FORMAT_VERSION
+from ..spec.program import VERSION_WORD
 from ..spec.registers import (ENGINE_ID, REGISTER_BYTES, REGISTER_MAP_BYTES, REGISTERS, Access,
                               Register, reg)
 from .axi_lite import RESP_OKAY, AXI4LiteSignature
@@ -46,11 +46,9 @@ _PAIR = ("_LO", "_HI")
 
 def constant_values(config: EngineConfig) -> dict[str, int]:
     """Values of the RO registers that are constants of this engine build."""
-    major_lsb, _ = reg("VERSION").field("major")
-    minor_lsb, _ = reg("VERSION").field("minor")
     return {
         "ID": ENGINE_ID,
-        "VERSION": FORMAT_VERSION[0] << major_lsb | FORMAT_VERSION[1] << minor_lsb,
+        "VERSION": VERSION_WORD,
         "CONFIG_HASH": config.config_hash,
     }
 

@@ -29,8 +29,6 @@ __all__ = ["EngineTop"]
 class EngineTop(wiring.Component):
     """The generated top level (see the module docstring)."""
 
-    RUNS_PROGRAMS = True  # the simulation benches run whole programs on this top
-
     def __init__(self, config: EngineConfig):
         self.config = config
         super().__init__({

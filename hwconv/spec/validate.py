@@ -56,11 +56,6 @@ def row_bytes(ref: TensorRef) -> int:
     return (ref.width - 1) * ref.pixel_stride + ref.reach
 
 
-def ref_reach(ref: TensorRef) -> int:
-    """TensorRef.reach, as a function (the RTL unit tests call it so)."""
-    return ref.reach
-
-
 def line_slot_words(d: LayerDescriptor, cfg: EngineConfig) -> int:
     """Line buffer words per row slot: an input row is kept as it lies in DRAM, from the bus beat
     it starts in (so up to bus_bytes - 1 bytes before it)."""
