@@ -73,6 +73,7 @@ def test_mac_array_matches_model_under_backpressure(kind, seed):
     async def bench(ctx):
         for name, value in mode.items():
             ctx.set(getattr(dut.mode, name), value)
+        await ctx.tick()            # mode is set at least a cycle before the layer's first beat
         i = t = 0
         while len(got) < len(want):
             assert t < 10 * len(beats), "the array stopped producing"
@@ -128,9 +129,9 @@ def test_a_block_per_cycle_when_every_beat_is_last_and_the_consumer_is_ready():
     assert produced == [(t + PIPELINE_DEPTH(P), t) for t in range(n)]
 
 
-def test_pipeline_depth_counts_operand_product_tree_accumulator_and_skid_stages():
-    assert PIPELINE_DEPTH(4) == 3 + 2 + 1 + 1
-    assert PIPELINE_DEPTH(16) == 3 + 4 + 1 + 1
+def test_pipeline_depth_counts_lane_operand_product_tree_accumulator_and_skid_stages():
+    assert PIPELINE_DEPTH(4) == 1 + 3 + 2 + 1 + 1
+    assert PIPELINE_DEPTH(16) == 1 + 3 + 4 + 1 + 1
 
 
 @pytest.mark.slow

@@ -6,7 +6,8 @@ One beat in is one (pixel, out block, tap, in block) step: the P input bytes of 
 P weight words (lane b: the P weights of output channel b). Stages, all moving together on one
 shared advance, so the array takes a beat per cycle and never drops one under backpressure:
 
-    operands  x[j] (the byte made signed/unsigned, or the padding value) and w[b][j]  (A, B)
+    lanes     x[j]: the byte made signed/unsigned, or the padding value; the beat itself
+    operands  each multiplier's own copies of x[j] and w[b][j]                      (A, B)
     product   w[b][j] * x[j]                                                        (M)
     product   registered again                                                      (P)
     tree      log2(P) registered adder levels
@@ -72,14 +73,15 @@ MacMode = data.StructLayout({
 
 
 def PIPELINE_DEPTH(p: int) -> int:
-    """Registered stages from a beat's acceptance to its sums on `o` (operands, the product's two
-    registers, the tree levels, the accumulator, the skid buffer's head)."""
-    return 3 + (p - 1).bit_length() + 2
+    """Registered stages from a beat's acceptance to its sums on `o` (the lanes' activations, the
+    multipliers' operands, the product's two registers, the tree levels, the accumulator, the skid
+    buffer's head)."""
+    return 4 + (p - 1).bit_length() + 2
 
 
 class MacArray(wiring.Component):
     """``i``: beats (`mac_in_layout`); ``o``: each finished accumulation (`mac_out_layout`);
-    ``mode`` holds for the whole layer. ``busy``: a beat is somewhere in the pipeline."""
+    ``mode`` holds for the whole layer and is set at least a cycle before its first beat. ``busy``: a beat is somewhere in the pipeline."""
 
     def __init__(self, config: EngineConfig):
         self.config = config
@@ -121,14 +123,26 @@ class MacArray(wiring.Component):
             last = reg(last, 1, f"last{s}")
             tag = reg(tag, TAG_BITS, f"tag{s}")
 
-        # -- stage 0: operands ---------------------------------------------------------------
-        sgn = Mux(mode.add & beat.second, mode.in1_signed, mode.in0_signed)
-        pad = Mux(mode.pool & sgn, -(1 << (act_bits - 1)), 0)
-        channelwise = ~mode.conv
+        # -- stage 0: each lane's activation, sign-extended or the padding value ----------------
+        # The layer's sign and padding choices are registered once (mode holds for the layer and
+        # is set long before its first beat), so each activation bit is a few-input function of
+        # the beat: no decode of the mode in front of the 256 operand registers.
+        sgn_first, sgn_second, pad_first, pad_second = Signal(), Signal(), Signal(), Signal()
+        second_sgn = Mux(mode.add, mode.in1_signed, mode.in0_signed)
+        m.d.sync += [sgn_first.eq(mode.in0_signed), sgn_second.eq(second_sgn),
+                     pad_first.eq(mode.pool & mode.in0_signed), pad_second.eq(mode.pool & second_sgn)]
+        sgn = Mux(beat.second, sgn_second, sgn_first)
+        pad = Mux(Mux(beat.second, pad_second, pad_first), -(1 << (act_bits - 1)), 0)
         xs = []
         for j in range(P):
             xb = beat.x[8 * j:8 * j + 8]
-            xs.append(Mux(beat.in_bounds, Mux(sgn, xb.as_signed(), xb.as_unsigned()), pad))
+            xs.append(reg(Mux(beat.in_bounds, Mux(sgn, xb.as_signed(), xb.as_unsigned()), pad),
+                          signed(X_BITS), f"xa{j}"))
+        beat = reg(beat, mac_in_layout(P), "beat0")    # the weights and flags move with them
+
+        # -- stage 1: the multipliers' operands ----------------------------------------------
+        channelwise = Signal()
+        m.d.sync += channelwise.eq(~mode.conv)
         lane_w0 = Mux(mode.depthwise, 0, Mux(mode.add, Mux(beat.second, mode.add_mult1, mode.add_mult0), 1))
         # Each multiplier has its own copy of its activation: a register that fans out to one DSP
         # only is one the DSP can absorb. Channel-wise: lane b's own input byte goes into product 0.
@@ -146,13 +160,13 @@ class MacArray(wiring.Component):
                 row.append(reg(w, signed(W_BITS if j == 0 else 8), f"w{b}_{j}"))
             w_op.append(row)
 
-        # -- stages 1, 2: products, registered twice (the DSP's M and P registers) -------------
+        # -- stages 2, 3: products, registered twice (the DSP's M and P registers) -------------
         sums = []
         for b in range(P):
             widths = [W_BITS + X_BITS if j == 0 else 8 + X_BITS for j in range(P)]
             terms = [reg(w_op[b][j] * x_op[b][j], signed(widths[j]), f"m{b}_{j}") for j in range(P)]
             terms = [reg(terms[j], signed(widths[j]), f"p{b}_{j}") for j in range(P)]
-            # -- stages 3..: the adder tree, one registered level per halving ------------------
+            # -- stages 4..: the adder tree, one registered level per halving ------------------
             p0 = terms[0]
             for lvl in range(levels):
                 terms = [reg(terms[i] + terms[i + 1], signed(min(acc_bits, len(terms[i]) + 1)),
