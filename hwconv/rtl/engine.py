@@ -199,11 +199,7 @@ class EngineCore(wiring.Component):
         # the output row (two when upsampling) being computed.
         in0_row_addr, in1_row_addr, row_a = Signal(aw), Signal(aw), Signal(aw)
 
-        # Who takes the reader's bytes: registers set as a command is taken and cleared with its
-        # last byte, so the reader's ready is a short function of registers, not a decode of the
-        # sequencer's state (the whole-engine estimate's worst paths ran state -> ready -> the
-        # line buffer's and params banks' write enables).
-        in_seq, in_rec, in_weights, in_rows = Signal(), Signal(), Signal(), Signal()
+        in_rec, in_weights, in_rows = Signal(), Signal(), Signal()
         new_layer = Signal()          # a registered pulse: the layer's counters in the units restart
         m.d.sync += new_layer.eq(0)
         start_run = self.start & ~busy
@@ -219,13 +215,12 @@ class EngineCore(wiring.Component):
             with m.State("PRE_CMD"):
                 m.d.comb += [reader.cmd.valid.eq(1), rd_addr.eq(self.desc_base), rd_len.eq(PREAMBLE_BYTES)]
                 with m.If(reader.cmd.ready):
-                    m.d.sync += in_seq.eq(1)
                     m.next = "PRE_RECV"
             with m.State("PRE_RECV"):
+                m.d.comb += reader.o.ready.eq(1)
                 with m.If(reader.o.valid):
                     m.d.sync += raw.eq(Cat(raw[8:], reader.o.p.byte))
                     with m.If(reader.o.p.last):
-                        m.d.sync += in_seq.eq(0)
                         m.next = "PRE_CHECK"
             with m.State("PRE_CHECK"):
                 m.d.sync += n_layers.eq(pre.n_layers)
@@ -254,13 +249,12 @@ class EngineCore(wiring.Component):
                 with m.If(abort):
                     m.next = "ABORTED"
                 with m.Elif(reader.cmd.ready):
-                    m.d.sync += in_seq.eq(1)
                     m.next = "DESC_RECV"
             with m.State("DESC_RECV"):
+                m.d.comb += reader.o.ready.eq(1)
                 with m.If(reader.o.valid):
                     m.d.sync += raw.eq(Cat(raw[8:], reader.o.p.byte))
                     with m.If(reader.o.p.last):
-                        m.d.sync += in_seq.eq(0)
                         m.next = "DECODE"
             with m.State("DECODE"):
                 m.d.sync += desc.eq(raw)
@@ -292,11 +286,10 @@ class EngineCore(wiring.Component):
                 m.d.comb += [rd_addr.eq(self.params_base + desc.params_offset),
                              rd_len.eq(o.channels * REQUANT_RECORD_BYTES), reader.cmd.valid.eq(1)]
                 with m.If(reader.cmd.ready):
-                    m.d.sync += in_rec.eq(1)
                     m.next = "REC_RECV"
             with m.State("REC_RECV"):
+                m.d.comb += [reader.o.ready.eq(1), in_rec.eq(1)]
                 with m.If(reader.o.valid & reader.o.p.last):
-                    m.d.sync += in_rec.eq(0)
                     m.next = "REC_CHECK"
             with m.State("REC_CHECK"):  # spec.validate.check_requant_records: reserved bits clear
                 with m.If(pl.bad_record):
@@ -311,11 +304,10 @@ class EngineCore(wiring.Component):
                 m.d.comb += [rd_addr.eq(self.params_base + desc.weights_offset), rd_len.eq(geo.weight_bytes),
                              reader.cmd.valid.eq(1)]
                 with m.If(reader.cmd.ready):
-                    m.d.sync += in_weights.eq(1)
                     m.next = "W_RECV"
             with m.State("W_RECV"):
+                m.d.comb += in_weights.eq(1)  # reader.o.ready: the weight unpacker below
                 with m.If(reader.o.valid & reader.o.ready & reader.o.p.last):
-                    m.d.sync += in_weights.eq(0)
                     m.next = "LAYER_SETUP"
             with m.State("LAYER_SETUP"):
                 m.d.sync += [in0_row_addr.eq(self.arena_base + i0.addr), in1_row_addr.eq(self.arena_base + i1.addr),
@@ -357,12 +349,11 @@ class EngineCore(wiring.Component):
                         m.d.sync += in1_row_addr.eq(in1_row_addr + geo.in1_row_stride)
                     with m.Else():
                         m.d.sync += in0_row_addr.eq(in0_row_addr + geo.in0_row_stride)
-                    m.d.sync += in_rows.eq(1)
                     m.next = "LOAD_RECV"
             with m.State("LOAD_RECV"):
+                m.d.comb += in_rows.eq(1)  # reader ready: the row writer / dilation unpacker below
                 with m.If(load_dil & reader.o.valid & reader.o.p.last
                           | ~load_dil & reader.beats.valid & reader.beats.p.last):
-                    m.d.sync += in_rows.eq(0)
                     m.next = "ROW_BEGIN"
             with m.State("COMPUTE"):
                 with m.If(issue_done & ~row_start):  # done is the last row's while the issuer starts
@@ -417,9 +408,7 @@ class EngineCore(wiring.Component):
         m.d.comb += [pl.desc.eq(desc), pl.geo.eq(geo), pl.new_layer.eq(new_layer),
                      pl.records.eq(in_rec), pl.weights.eq(in_weights),
                      pl.i.valid.eq(reader.o.valid & (in_rec | in_weights)), pl.i.p.eq(reader.o.p)]
-        with m.If(in_seq):
-            m.d.comb += reader.o.ready.eq(1)
-        with m.Elif(in_rec | in_weights):
+        with m.If(in_rec | in_weights):
             m.d.comb += reader.o.ready.eq(pl.i.ready)
         with m.Elif(in_rows):
             m.d.comb += reader.o.ready.eq(rl.bytes.ready)
