@@ -47,9 +47,7 @@ def _units() -> dict:
             "store": Store, "window_issuer": WindowIssuer}
 
 
-UNITS = tuple(sorted(["byte_reader", "checker", "dma_writer", "mac_array", "param_loader",
-                      "perf_counters", "requant", "row_flusher", "row_loader", "store",
-                      "window_issuer"]))
+UNITS = tuple(sorted(_units()))
 
 
 class RegisteredPorts(Elaboratable):
