@@ -55,18 +55,33 @@ def test_rows_land_in_their_slots_and_the_dilation_row_in_its_buffer():
                 i += took
                 t += 1
             ctx.set(port.valid, 0)
-        # read back: every row from its first byte on, P lanes at a time
-        for slot, skip, data in rows:
+        # read back: every row from its first byte on, P lanes at a time, as the issuer reads:
+        # a read pipeline of two stages moving on r_en (idle cycles between), each read's data
+        # on r_data after the next read
+        reads = []  # (row, lanes from)
+        for k, (slot, skip, data) in enumerate(rows):
             start = ctx.get(dut.slot_base[slot]) + ctx.get(dut.skips[slot])
             assert ctx.get(dut.slot_base[slot]) == slot * slot_words * lw
-            out = []
-            for off in range(0, len(data) - skip, 4):
-                ctx.set(dut.r_addr, start + off)
-                ctx.set(dut.r_en, 1)
+            reads += [(k, start + off) for off in range(0, len(data) - skip, 4)]
+            got_rows.append([])
+        pending = []
+        for k, addr in reads + [(None, 0), (None, 0)]:
+            while gap[t]:  # the data must hold while r_en is low
+                ctx.set(dut.r_en, 0)
+                ctx.set(dut.r_addr, int(rng.integers(0, 1 << len(dut.r_addr))))
                 await ctx.tick()
+                t += 1
+            ctx.set(dut.r_addr, addr)
+            ctx.set(dut.r_en, 1)
+            if len(pending) == 2:
                 word = ctx.get(dut.r_data)
-                out += [(word >> (8 * j)) & 0xFF for j in range(4)]
-            got_rows.append(out[:len(data) - skip])
+                got_rows[pending.pop(0)] += [(word >> (8 * j)) & 0xFF for j in range(4)]
+            pending.append(k)
+            await ctx.tick()
+            t += 1
+        ctx.set(dut.r_en, 0)
+        for k, (_, skip, data) in enumerate(rows):
+            got_rows[k] = got_rows[k][:len(data) - skip]
         for x in range(width):
             ctx.set(dut.dil_addr, x)
             got_dil.append(ctx.get(dut.dil_data))

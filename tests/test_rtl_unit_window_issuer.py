@@ -2,7 +2,8 @@
 block) the line-buffer lane it reads (when the tap is inside the image), the weight word, the
 flags and the tag, for CONV (stride 2, padding), DEFORM_DW (a dilation map past the clamp) and
 ADD, under random MAC-array backpressure. The memories are modelled by the testbench: each read
-returns its own address, so every beat shows the addresses it was made from."""
+returns its own address (the line buffer's after a second read, as its two-stage read does), so
+every beat shows the addresses it was made from."""
 
 from __future__ import annotations
 
@@ -66,6 +67,7 @@ def test_issuer_steps_match_the_model_under_backpressure(kind):
     want = model(kind, dil=dil, **c)
     dut = WindowIssuer(CFG)
     got = []
+    line_read = [0]  # the line buffer's first read stage
     stall = rng.random(20_000) < 0.3
 
     async def bench(ctx):
@@ -107,8 +109,10 @@ def test_issuer_steps_match_the_model_under_backpressure(kind):
                                 inb=ctx.get(p.in_bounds), first=ctx.get(p.first), last=ctx.get(p.last),
                                 second=ctx.get(p.second), tag=ctx.get(p.tag)))
             await ctx.tick()
-            if r_en:  # the memories: a read returns its own address, held while not enabled
-                ctx.set(dut.r_data, r_addr)
+            if r_en:  # the memories: a read returns its own address, held while not enabled; the
+                # line buffer's read is two stages moving on r_en, the weight banks' one
+                ctx.set(dut.r_data, line_read[0])
+                line_read[0] = r_addr
                 ctx.set(dut.w_data, w_addr)
             t += 1
         assert ctx.get(dut.done)

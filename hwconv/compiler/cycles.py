@@ -35,9 +35,11 @@ DEFAULT_MEM_LATENCY = 40
 _CHECK_CYCLES = 3 * 17 + 14  # three 17-cycle divisions and the checker's pipelined stages (9)
 # The reader's command register, the burst splitter's prepare cycle, the beat register and the
 # skid buffer. Fitted with _PIPE_TAIL on a config-a frame (RTL at 06dad6c): mean error per
-# layer 0.06 %, worst 0.6 %.
+# layer 0.06 %, worst 0.6 %. _PIPE_TAIL then +1 for the issuer's sixth stage (the line buffer's
+# registered words), one cycle per output row in the engine counters: the same errors on that
+# frame's counters plus a cycle per row.
 _READ_OVERHEAD = 8
-_PIPE_TAIL = 18              # issuer (5 stages), row start, record lookup, requantiser (9), store
+_PIPE_TAIL = 19              # issuer (6 stages), row start, record lookup, requantiser (9), store
 
 
 def _mac_depth(p: int) -> int:

@@ -5,8 +5,10 @@ row's enclosing bus beats from lane ``slot_base[s]`` (s * slot_words * line_word
 the row starts ``skips[s]`` lanes in (validate.line_slot_words has the same sizing). Rows come in
 as whole beats, one per cycle; the dilation row as bytes, of which each pixel's first is kept.
 
-The window issuer reads both: the line buffer by lane (``r_addr``/``r_en`` -> ``r_data`` the
-next cycle) and the dilation of pixel ``dil_addr`` on ``dil_data`` in the same cycle.
+The window issuer reads both: the line buffer by lane (``r_addr``/``r_en``, a two-stage read
+pipeline that moves on ``r_en``: ``r_data`` shows the read issued at the ``r_en`` before last,
+two cycles after it when ``r_en`` stays high; the two words read are registered before the lane
+shifter) and the dilation of pixel ``dil_addr`` on ``dil_data`` in the same cycle.
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ class RowLoader(wiring.Component):
         cfg = self.config
         LW, BB = cfg.line_word_bytes, cfg.bus_bytes
         S = n_slots(cfg)
-        m.submodules.linebuf = lb = SplitBuffer(LW, 8, cfg.line_buffer_depth)
+        m.submodules.linebuf = lb = SplitBuffer(LW, 8, cfg.line_buffer_depth, read_register=True)
         m.submodules.dil = dilmem = Memory(shape=unsigned(8), depth=cfg.max_width, init=[])
         dil_w = dilmem.write_port()
         dil_r = dilmem.read_port(domain="comb")

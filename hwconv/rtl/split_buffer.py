@@ -28,9 +28,13 @@ class SplitBuffer(wiring.Component):
     ``write_register``: the shifted write (both words' addresses, lanes and enables) is
     registered before the memories, so the write lands a cycle later (a read issued in the
     cycle after ``w_en`` then still sees the old lanes) and the shifter is not in the memories'
-    input path. ``read_register``: the two words read are registered before the lane shifter,
-    so ``r_data`` comes two cycles after ``r_en`` (held while ``r_en`` is low), and the BRAM
-    output goes straight into a register.
+    input path. ``read_register``: the two words read are registered before the lane shifter
+    (the BRAM output goes through one word-select mux into a register), and the read becomes a
+    two-stage pipeline that moves when ``r_en`` is high: the register loads the previous read's
+    words when ``r_en`` is high, so ``r_data`` shows the read issued at the ``r_en`` before last
+    (two cycles after it when ``r_en`` stays high), held while ``r_en`` is low. A reader whose
+    own pipeline moves on ``r_en`` then finds each read's data two stages further on, however
+    it stalls.
     """
 
     def __init__(self, lanes: int, lane_bits: int, depth: int, *, write_register: bool = False,
@@ -93,10 +97,9 @@ class SplitBuffer(wiring.Component):
             m.d.sync += [r_odd.eq(rw[0]), r_off.eq(self.r_addr[:sh])]
         pair = Signal(2 * n * lb)
         m.d.comb += pair.eq(Mux(r_odd, Cat(orr.data, er.data), Cat(er.data, orr.data)))
-        if self.read_register:
-            r_en1, words, r_off1 = Signal(), Signal(2 * n * lb), Signal(sh)
-            m.d.sync += r_en1.eq(self.r_en)
-            with m.If(r_en1):
+        if self.read_register:  # the second stage, moving with the first on r_en
+            words, r_off1 = Signal(2 * n * lb), Signal(sh)
+            with m.If(self.r_en):
                 m.d.sync += [words.eq(pair), r_off1.eq(r_off)]
             pair, r_off = words, r_off1
         with m.Switch(r_off):

@@ -13,9 +13,11 @@ Pipeline, all stages moving together when the MAC array can take a beat (one sha
               offset + channel block
     address   line buffer lane = slot start + offset (lane arithmetic is modulo the line
               buffer's size)
-    read      the line buffer read (its output, through the buffer's lane shifter, is
-              registered in the next stage); the weight word read
-    beat      the input bytes registered; the weights on the bank's output
+    read      the line buffer read issued (the buffer's read is two stages that move with
+              this pipeline on ``r_en`` = the advance)
+    words     the two words read registered inside the line buffer; the weight word read
+    beat      the input bytes (through the buffer's lane shifter) registered; the weights on
+              the bank's output
 
 Per-layer constants (the bounds minus one and two, strides, -pad * pixel_stride, the slot starts)
 are registered here from the descriptor and geometry record, which hold for the whole layer.
@@ -42,7 +44,7 @@ from .row_loader import n_slots
 
 __all__ = ["WindowIssuer", "ISSUE_DEPTH"]
 
-ISSUE_DEPTH = 5  # window, two address, read and beat stages before the MAC array
+ISSUE_DEPTH = 6  # window, two address, read, words and beat stages before the MAC array
 
 
 class WindowIssuer(wiring.Component):
@@ -51,7 +53,10 @@ class WindowIssuer(wiring.Component):
     beat; ``done``: every step of the row is issued; ``busy``: a step is still in this pipeline.
     ``macs``: multiply-accumulates issued two cycles ago.
     ``desc``, ``geo``, ``slot_base`` and ``skips`` must hold for two cycles before ``start`` (the
-    sequencer sets them long before a row starts)."""
+    sequencer sets them long before a row starts).
+    Memories: the line buffer's read is two stages moving on ``r_en`` (``r_data`` is the read
+    of the ``r_en`` before last, held while ``r_en`` is low: the row loader's); the weight
+    banks' one (``w_data`` is the read of the last ``w_en``, held)."""
 
     def __init__(self, config: EngineConfig):
         self.config = config
@@ -276,26 +281,26 @@ class WindowIssuer(wiring.Component):
                          c_tap1.eq(b_tap1), c_ob.eq(b_ob), c_word.eq(b_word), c_addr.eq(b_start + b_off)]
         m.d.comb += [self.r_addr.eq(c_addr), self.r_en.eq(adv)]
 
-        # -- read stage: the line buffer's output arrives; the weights are read ------------------
-        s1_valid, s1_first, s1_last, s1_inb, s1_tap1 = (Signal(name=f"s1_{n}") for n in
-                                                        ("valid", "first", "last", "inb", "tap1"))
-        s1_ob, s1_word = Signal(16), Signal.like(w_word)
-        with m.If(adv):
-            m.d.sync += [s1_valid.eq(c_valid), s1_first.eq(c_first), s1_last.eq(c_last), s1_inb.eq(c_inb),
-                         s1_tap1.eq(c_tap1), s1_ob.eq(c_ob), s1_word.eq(c_word)]
-        m.d.comb += [self.w_addr.eq(s1_word), self.w_en.eq(adv)]
+        # -- read and words stages: the line buffer's words arrive, then are registered in it;
+        # the weights are read in the words stage ---------------------------------------------
+        def follow(prev, name):  # the step's flags, tag and weight word one stage on
+            regs = {k: Signal.like(v, name=f"{name}_{k}") for k, v in prev.items()}
+            with m.If(adv):
+                m.d.sync += [regs[k].eq(v) for k, v in prev.items()]
+            return regs
+        s0 = dict(valid=c_valid, first=c_first, last=c_last, inb=c_inb, tap1=c_tap1, ob=c_ob, word=c_word)
+        s1 = follow(s0, "s1")
+        s2 = follow(s1, "s2")
+        m.d.comb += [self.w_addr.eq(s2["word"]), self.w_en.eq(adv)]
 
         # -- beat stage: input bytes registered, weights on the banks' outputs -------------------
-        s2_valid, s2_first, s2_last, s2_inb, s2_tap1 = (Signal(name=f"s2_{n}") for n in
-                                                        ("valid", "first", "last", "inb", "tap1"))
-        s2_ob = Signal(16)
-        s2_x = Signal(8 * P)
+        s3 = follow({k: v for k, v in s2.items() if k != "word"}, "s3")
+        s3_x = Signal(8 * P)
         with m.If(adv):
-            m.d.sync += [s2_valid.eq(s1_valid), s2_first.eq(s1_first), s2_last.eq(s1_last), s2_inb.eq(s1_inb),
-                         s2_tap1.eq(s1_tap1), s2_ob.eq(s1_ob), s2_x.eq(self.r_data[:8 * P])]
+            m.d.sync += s3_x.eq(self.r_data[:8 * P])
         beat = self.o.p
-        m.d.comb += [self.o.valid.eq(s2_valid), beat.x.eq(s2_x), beat.w.eq(self.w_data),
-                     beat.in_bounds.eq(s2_inb), beat.second.eq(s2_tap1), beat.first.eq(s2_first),
-                     beat.last.eq(s2_last), beat.tag.eq(s2_ob),
-                     self.busy.eq(a_valid | b_valid | c_valid | s1_valid | s2_valid)]
+        m.d.comb += [self.o.valid.eq(s3["valid"]), beat.x.eq(s3_x), beat.w.eq(self.w_data),
+                     beat.in_bounds.eq(s3["inb"]), beat.second.eq(s3["tap1"]), beat.first.eq(s3["first"]),
+                     beat.last.eq(s3["last"]), beat.tag.eq(s3["ob"]),
+                     self.busy.eq(a_valid | b_valid | c_valid | s1["valid"] | s2["valid"] | s3["valid"])]
         return m
