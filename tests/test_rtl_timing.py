@@ -411,11 +411,20 @@ def test_unregistered_multipliers_are_named():
     q3, p3 = n.ff(n.bit()), n.bit()
     _dsp(n, n.lut(q3), p3, AREG=1, MREG=1)              # the DSP's own registers
     n.lut(p3)
-    assert unregistered_multipliers(n.module(), verilog) == [
-        "$5 = x * y (DSP48E2): A not registered, product not registered"]
+    q4, p4 = n.ff(n.bit()), n.bit()
+    _dsp(n, q4, p4, PREG=1)                             # a product in the DSP's P register ...
+    p5 = n.bit()
+    _dsp(n, p4, p5, type_="DSP48E1")                    # ... is a registered operand of the next
+    n.ff(p5)
+    p6 = n.bit()
+    _dsp(n, p2, p6)                                     # an unregistered product is not
+    n.ff(p6)
+    found = unregistered_multipliers(n.module(), verilog)
+    assert found[0] == "$5 = x * y (DSP48E2): A not registered, product not registered"
+    assert len(found) == 2 and found[1].endswith("(DSP48E2): A not registered")  # p2 -> p6 only
     report = analyse(n.module(), "xcup", verilog=verilog)
-    assert report.unregistered == unregistered_multipliers(n.module(), verilog)
-    assert "1 multiplier(s) without registered operands" in format_report(report)
+    assert report.unregistered == found
+    assert "2 multiplier(s) without registered operands" in format_report(report)
 
 
 def test_names_fall_back_to_memory_cells_and_public_nets():

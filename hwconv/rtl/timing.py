@@ -635,8 +635,10 @@ def unregistered_multipliers(netlist: dict, verilog: str | None = None) -> list[
 
     Registered means by the DSP's own registers (AREG/BREG, MREG or PREG) or by fabric flip-flops
     right at its pins (yosys 0.70 does not pack registers into DSP48E2; Vivado does): every
-    operand bit comes from an FD* output or a constant, and the product bits go only to FD*
-    inputs (a product only cascaded on through PCOUT is not registered).
+    operand bit comes from an FD* output, a constant or the P output of a DSP48 whose P register
+    is on (yosys packs a product's register into PREG on xc7, so a product of products is fed
+    by that register), and the product bits go only to FD* inputs (a product only cascaded on
+    through PCOUT is not registered).
     """
     cells = netlist.get("cells", {})
     namer = _Namer(verilog, netlist)
@@ -644,11 +646,13 @@ def unregistered_multipliers(netlist: dict, verilog: str | None = None) -> list[
     load_types: dict[int, set[str]] = defaultdict(set)
     for cell in cells.values():
         dirs = cell.get("port_directions", {})
+        dsp_p_register = cell["type"].startswith("DSP48") and _param(cell, "PREG") == 1
         for port, bits in cell.get("connections", {}).items():
             for b in bits:
                 if isinstance(b, int):
                     if dirs.get(port) == "output":
-                        driver_type[b] = cell["type"]
+                        # a registered DSP output counts as a flip-flop's
+                        driver_type[b] = "FDRE" if dsp_p_register and port == "P" else cell["type"]
                     else:
                         load_types[b].add(cell["type"])
     out = []
