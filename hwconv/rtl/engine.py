@@ -174,11 +174,30 @@ class EngineCore(wiring.Component):
                      base_next.eq(Mux(one_row, 0, Mux(base_mod1 >= rows, base_mod1 - rows, base_mod1))),
                      one_row.eq(rows == 1)]
 
-        # byte reader commands
-        rd_addr = Signal(aw)
-        rd_len = Signal(32)
-        m.d.comb += [reader.cmd.p.addr.eq(rd_addr), reader.cmd.p.length.eq(rd_len),
+        # The byte reader's command is registers: a *_CMD state loads them (and who takes the
+        # bytes) in one cycle and moves on; the reader takes the command when it is free. So
+        # neither the command's adders and muxes nor the state decode reach into the reader
+        # (they were the whole-engine estimate's worst paths: state -> command / ready -> the
+        # line buffer's and params banks' write enables).
+        rd_addr, rd_len, rd_raw, rd_valid = Signal(aw), Signal(32), Signal(), Signal()
+        m.d.comb += [reader.cmd.valid.eq(rd_valid), reader.cmd.p.addr.eq(rd_addr),
+                     reader.cmd.p.length.eq(rd_len), reader.raw.eq(rd_raw),
                      reader.clear.eq(self.start & ~busy), writer.clear.eq(self.start & ~busy)]
+        with m.If(reader.cmd.ready):
+            m.d.sync += rd_valid.eq(0)
+        # Who takes the reader's bytes, set with the command and cleared with its last byte.
+        in_seq, in_rec, in_weights, in_rows = Signal(), Signal(), Signal(), Signal()
+
+        def read(addr, length, sink, raw=0):
+            m.d.sync += [rd_addr.eq(addr), rd_len.eq(length), rd_raw.eq(raw), rd_valid.eq(1), sink.eq(1)]
+
+        # The last byte (or raw beat) taken clears the sink; a *_RECV state waits for that register,
+        # a cycle later, so the takers' ready (a unit's state) does not reach the sequencer's state.
+        with m.If(reader.o.valid & reader.o.ready & reader.o.p.last
+                  | reader.beats.valid & reader.beats.ready & reader.beats.p.last):
+            m.d.sync += [in_seq.eq(0), in_rec.eq(0), in_weights.eq(0), in_rows.eq(0)]
+        with m.If(in_seq & reader.o.valid):  # the preamble / descriptor bytes, shifted in
+            m.d.sync += raw.eq(Cat(raw[8:], reader.o.p.byte))
 
         # compute / store state shared with the datapath below
         issue_done = Signal()
@@ -199,7 +218,9 @@ class EngineCore(wiring.Component):
         # the output row (two when upsampling) being computed.
         in0_row_addr, in1_row_addr, row_a = Signal(aw), Signal(aw), Signal(aw)
 
-        in_rec, in_weights, in_rows = Signal(), Signal(), Signal()
+        rows_go, rows_done = Signal(), Signal()  # registered pulses: the row loop starts / has ended
+        rows_aborted = Signal()       # the row loop ended on a soft reset
+        m.d.sync += [rows_go.eq(0), rows_done.eq(0)]
         new_layer = Signal()          # a registered pulse: the layer's counters in the units restart
         m.d.sync += new_layer.eq(0)
         start_run = self.start & ~busy
@@ -213,15 +234,11 @@ class EngineCore(wiring.Component):
                 with m.If(fl.idle):
                     m.next = "PRE_CMD"
             with m.State("PRE_CMD"):
-                m.d.comb += [reader.cmd.valid.eq(1), rd_addr.eq(self.desc_base), rd_len.eq(PREAMBLE_BYTES)]
-                with m.If(reader.cmd.ready):
-                    m.next = "PRE_RECV"
+                read(self.desc_base, PREAMBLE_BYTES, in_seq)
+                m.next = "PRE_RECV"
             with m.State("PRE_RECV"):
-                m.d.comb += reader.o.ready.eq(1)
-                with m.If(reader.o.valid):
-                    m.d.sync += raw.eq(Cat(raw[8:], reader.o.p.byte))
-                    with m.If(reader.o.p.last):
-                        m.next = "PRE_CHECK"
+                with m.If(~in_seq):
+                    m.next = "PRE_CHECK"
             with m.State("PRE_CHECK"):
                 m.d.sync += n_layers.eq(pre.n_layers)
                 with m.If(reader.error):
@@ -244,18 +261,15 @@ class EngineCore(wiring.Component):
             with m.State("DESC_CMD"):
                 m.d.comb += perf.layer_start.eq(1)
                 m.d.sync += new_layer.eq(1)
-                m.d.comb += [rd_addr.eq(self.desc_base + PREAMBLE_BYTES + (layer << _log2(DESCRIPTOR_BYTES))),
-                             rd_len.eq(DESCRIPTOR_BYTES), reader.cmd.valid.eq(~abort)]
                 with m.If(abort):
                     m.next = "ABORTED"
-                with m.Elif(reader.cmd.ready):
+                with m.Else():
+                    read(self.desc_base + PREAMBLE_BYTES + (layer << _log2(DESCRIPTOR_BYTES)),
+                         DESCRIPTOR_BYTES, in_seq)
                     m.next = "DESC_RECV"
             with m.State("DESC_RECV"):
-                m.d.comb += reader.o.ready.eq(1)
-                with m.If(reader.o.valid):
-                    m.d.sync += raw.eq(Cat(raw[8:], reader.o.p.byte))
-                    with m.If(reader.o.p.last):
-                        m.next = "DECODE"
+                with m.If(~in_seq):
+                    m.next = "DECODE"
             with m.State("DECODE"):
                 m.d.sync += desc.eq(raw)
                 known = 0
@@ -283,13 +297,10 @@ class EngineCore(wiring.Component):
                         m.next = "LAYER_SETUP"
             # requant records -> params banks
             with m.State("REC_CMD"):
-                m.d.comb += [rd_addr.eq(self.params_base + desc.params_offset),
-                             rd_len.eq(o.channels * REQUANT_RECORD_BYTES), reader.cmd.valid.eq(1)]
-                with m.If(reader.cmd.ready):
-                    m.next = "REC_RECV"
+                read(self.params_base + desc.params_offset, o.channels * REQUANT_RECORD_BYTES, in_rec)
+                m.next = "REC_RECV"
             with m.State("REC_RECV"):
-                m.d.comb += [reader.o.ready.eq(1), in_rec.eq(1)]
-                with m.If(reader.o.valid & reader.o.p.last):
+                with m.If(~in_rec):
                     m.next = "REC_CHECK"
             with m.State("REC_CHECK"):  # spec.validate.check_requant_records: reserved bits clear
                 with m.If(pl.bad_record):
@@ -301,13 +312,10 @@ class EngineCore(wiring.Component):
                     m.next = "W_CMD"
             # weights -> weight banks
             with m.State("W_CMD"):
-                m.d.comb += [rd_addr.eq(self.params_base + desc.weights_offset), rd_len.eq(geo.weight_bytes),
-                             reader.cmd.valid.eq(1)]
-                with m.If(reader.cmd.ready):
-                    m.next = "W_RECV"
+                read(self.params_base + desc.weights_offset, geo.weight_bytes, in_weights)
+                m.next = "W_RECV"
             with m.State("W_RECV"):
-                m.d.comb += in_weights.eq(1)  # reader.o.ready: the weight unpacker below
-                with m.If(reader.o.valid & reader.o.ready & reader.o.p.last):
+                with m.If(~in_weights):
                     m.next = "LAYER_SETUP"
             with m.State("LAYER_SETUP"):
                 m.d.sync += [in0_row_addr.eq(self.arena_base + i0.addr), in1_row_addr.eq(self.arena_base + i1.addr),
@@ -316,66 +324,13 @@ class EngineCore(wiring.Component):
                              add_in0_pending.eq(is_add),
                              base_slot.eq(Mux(is_deform | (desc.pad == 0), 0, rows - desc.pad)),
                              row_hi.eq(Mux(is_deform, cfg.max_dilation, Mux(is_copy, 0, k - 1 - desc.pad)))]
-                m.next = "ROW_BEGIN"
-            # rows of input for output row oy
-            with m.State("ROW_BEGIN"):
-                hi = row_hi
-                with m.If(abort):
+                m.d.sync += rows_go.eq(1)
+                m.next = "ROWS"
+            with m.State("ROWS"):  # the row loop below runs the layer's rows
+                with m.If(rows_done & rows_aborted):
                     m.next = "ABORTED"
-                with m.Elif(is_add & add_in0_pending):
-                    m.d.sync += [load_tensor.eq(0), load_slot.eq(0), load_dil.eq(0), add_in0_pending.eq(0)]
-                    m.next = "LOAD_CMD"
-                with m.Elif(~is_add & (next_row < i0.height) & (next_row <= hi)):
-                    m.d.sync += [load_tensor.eq(0), load_slot.eq(next_slot), load_dil.eq(0),
-                                 next_row.eq(next_row + 1), next_slot.eq(mod_rows(next_slot + 1, 1))]
-                    m.next = "LOAD_CMD"
-                with m.Elif(aux_pending):
-                    m.d.sync += [load_tensor.eq(1), load_slot.eq(1), load_dil.eq(is_deform), aux_pending.eq(0)]
-                    m.next = "LOAD_CMD"
-                with m.Else():
-                    m.d.sync += row_start.eq(1)
-                    m.next = "COMPUTE"
-            with m.State("LOAD_CMD"):
-                m.d.comb += [
-                    rd_addr.eq(Mux(load_tensor, in1_row_addr, in0_row_addr)),
-                    rd_len.eq(Mux(load_tensor, geo.row_len1, geo.row_len0)),
-                    reader.raw.eq(~load_dil),
-                    reader.cmd.valid.eq(1),
-                ]
-                m.d.comb += [rl.start.eq(reader.cmd.ready), rl.slot.eq(load_slot), rl.dilation.eq(load_dil),
-                             rl.skip.eq(rd_addr[:LB])]
-                with m.If(reader.cmd.ready):
-                    with m.If(load_tensor):
-                        m.d.sync += in1_row_addr.eq(in1_row_addr + geo.in1_row_stride)
-                    with m.Else():
-                        m.d.sync += in0_row_addr.eq(in0_row_addr + geo.in0_row_stride)
-                    m.next = "LOAD_RECV"
-            with m.State("LOAD_RECV"):
-                m.d.comb += in_rows.eq(1)  # reader ready: the row writer / dilation unpacker below
-                with m.If(load_dil & reader.o.valid & reader.o.p.last
-                          | ~load_dil & reader.beats.valid & reader.beats.p.last):
-                    m.next = "ROW_BEGIN"
-            with m.State("COMPUTE"):
-                with m.If(issue_done & ~row_start):  # done is the last row's while the issuer starts
-                    m.next = "DRAIN"
-            with m.State("DRAIN"):
-                # The row goes out while the next one is loaded and computed into the other half
-                # of the row buffer; an upsampled row fills both halves, so it waits for its flush.
-                with m.If(~pipe_busy & store_row_done & flush_idle):
-                    m.d.comb += flush_start.eq(1)
-                    with m.If(upsample):
-                        m.next = "FLUSH"
-                    with m.Else():
-                        m.d.comb += next_row_step.eq(1)
-                        m.next = "ROW_BEGIN"
-                        with m.If(last_row):
-                            m.next = "LAYER_END"
-            with m.State("FLUSH"):
-                with m.If(flush_done):
-                    m.d.comb += next_row_step.eq(1)
-                    m.next = "ROW_BEGIN"
-                    with m.If(last_row):
-                        m.next = "LAYER_END"
+                with m.Elif(rows_done):
+                    m.next = "LAYER_END"
             with m.State("LAYER_END"):
                 m.d.comb += perf.record.eq(flush_idle)
                 with m.If(flush_idle):  # the last row's flush is done: the next layer may read it
@@ -395,6 +350,80 @@ class EngineCore(wiring.Component):
                 with m.If(flush_idle):
                     m.d.sync += [busy.eq(0), abort.eq(0)]
                     m.next = "IDLE"
+
+        # -- the row loop: its own small FSM (a short state decode), started by the layer's ----
+        # Whether ROW_BEGIN loads another row is worked out into registers while it waits a
+        # cycle (`decide`): no row compare sits between the state and the next one.
+        load_in0 = Signal()
+        m.d.sync += load_in0.eq(~is_add & (next_row < i0.height) & (next_row <= row_hi))
+        decide = Signal()
+        with m.FSM(name="rows_fsm"):
+            with m.State("IDLE"):
+                with m.If(rows_go):
+                    m.d.sync += rows_aborted.eq(0)
+                    m.next = "ROW_BEGIN"
+            # rows of input for output row oy
+            with m.State("ROW_BEGIN"):
+                m.d.sync += decide.eq(1)
+                with m.If(abort):
+                    m.d.sync += [rows_done.eq(1), rows_aborted.eq(1), decide.eq(0)]
+                    m.next = "IDLE"
+                with m.Elif(~decide):
+                    pass
+                with m.Elif(is_add & add_in0_pending):
+                    m.d.sync += [load_tensor.eq(0), load_slot.eq(0), load_dil.eq(0), add_in0_pending.eq(0),
+                                 decide.eq(0)]
+                    m.next = "LOAD_CMD"
+                with m.Elif(load_in0):
+                    m.d.sync += [load_tensor.eq(0), load_slot.eq(next_slot), load_dil.eq(0),
+                                 next_row.eq(next_row + 1), next_slot.eq(mod_rows(next_slot + 1, 1)),
+                                 decide.eq(0)]
+                    m.next = "LOAD_CMD"
+                with m.Elif(aux_pending):
+                    m.d.sync += [load_tensor.eq(1), load_slot.eq(1), load_dil.eq(is_deform), aux_pending.eq(0),
+                                 decide.eq(0)]
+                    m.next = "LOAD_CMD"
+                with m.Else():
+                    m.d.sync += [row_start.eq(1), decide.eq(0)]
+                    m.next = "COMPUTE"
+            with m.State("LOAD_CMD"):
+                # The row loader is told now: the previous row's bytes are all in, and this row's
+                # first beat is cycles away (the reader's command stage, the DMA, the bus).
+                row_addr = Mux(load_tensor, in1_row_addr, in0_row_addr)
+                read(row_addr, Mux(load_tensor, geo.row_len1, geo.row_len0), in_rows, raw=~load_dil)
+                m.d.comb += [rl.start.eq(1), rl.slot.eq(load_slot), rl.dilation.eq(load_dil),
+                             rl.skip.eq(row_addr[:LB])]
+                with m.If(load_tensor):
+                    m.d.sync += in1_row_addr.eq(in1_row_addr + geo.in1_row_stride)
+                with m.Else():
+                    m.d.sync += in0_row_addr.eq(in0_row_addr + geo.in0_row_stride)
+                m.next = "LOAD_RECV"
+            with m.State("LOAD_RECV"):
+                with m.If(~in_rows):
+                    m.next = "ROW_BEGIN"
+            with m.State("COMPUTE"):
+                with m.If(issue_done & ~row_start):  # done is the last row's while the issuer starts
+                    m.next = "DRAIN"
+            with m.State("DRAIN"):
+                # The row goes out while the next one is loaded and computed into the other half
+                # of the row buffer; an upsampled row fills both halves, so it waits for its flush.
+                with m.If(~pipe_busy & store_row_done & flush_idle):
+                    m.d.comb += flush_start.eq(1)
+                    with m.If(upsample):
+                        m.next = "FLUSH"
+                    with m.Else():
+                        m.d.comb += next_row_step.eq(1)
+                        m.next = "ROW_BEGIN"
+                        with m.If(last_row):
+                            m.d.sync += rows_done.eq(1)
+                            m.next = "IDLE"
+            with m.State("FLUSH"):
+                with m.If(flush_done):
+                    m.d.comb += next_row_step.eq(1)
+                    m.next = "ROW_BEGIN"
+                    with m.If(last_row):
+                        m.d.sync += rows_done.eq(1)
+                        m.next = "IDLE"
         with m.If(next_row_step):
             m.d.sync += row_a.eq(row_a + Mux(upsample, geo.out_row_stride << 1, geo.out_row_stride))
             m.d.sync += row_hi.eq(row_hi + Mux(is_deform | is_copy, 1, desc.stride))
@@ -408,7 +437,9 @@ class EngineCore(wiring.Component):
         m.d.comb += [pl.desc.eq(desc), pl.geo.eq(geo), pl.new_layer.eq(new_layer),
                      pl.records.eq(in_rec), pl.weights.eq(in_weights),
                      pl.i.valid.eq(reader.o.valid & (in_rec | in_weights)), pl.i.p.eq(reader.o.p)]
-        with m.If(in_rec | in_weights):
+        with m.If(in_seq):
+            m.d.comb += reader.o.ready.eq(1)
+        with m.Elif(in_rec | in_weights):
             m.d.comb += reader.o.ready.eq(pl.i.ready)
         with m.Elif(in_rows):
             m.d.comb += reader.o.ready.eq(rl.bytes.ready)
