@@ -4,13 +4,14 @@ The DMA moves whole aligned bus beats; tensors, descriptors and parameter record
 byte. The reader asks the DMA for the enclosing beats and hands out exactly the requested bytes,
 dropping the ones before the start and after the end.
 
-Pipelined for the clock: a command is registered when taken and goes to the DMA the next cycle
-(one adder from registers: the enclosing beats' length); the held beat is a shift register whose
-low byte is the byte on offer (the start offset shifted out as the beat is loaded), a second beat
-register takes each beat from the DMA, the following one while the held one is handed out (so
-the DMA's ready is a register), the bytes leave through a two-entry skid buffer (so `o.ready`
-steers only its registers), and the "last byte" / "last of the beat" tests are flags kept a step ahead: every
-output and every ready comes from registers through a few LUTs.
+Pipelined for the clock: a command is registered when taken (with the enclosing beats' length,
+one adder from the command) and goes to the DMA the next cycle as registers; the held beat is a
+shift register whose low byte is the byte on offer (the start offset shifted out as the beat is
+loaded), a second beat register takes each beat from the DMA, the following one while the held
+one is handed out (so the DMA's ready is a register), the bytes leave through a two-entry skid
+buffer (so `o.ready` steers only its registers), and the "last byte" / "last of the beat" tests
+are flags kept a step ahead: every output and every ready comes from registers through a few
+LUTs.
 """
 
 from __future__ import annotations
@@ -60,14 +61,13 @@ class ByteReader(wiring.Component):
         # -- commands: taken when the previous one is fully out, registered, then to the DMA ----
         free = Signal(init=1)  # no command taken and not yet fully handed out
         c_addr = Signal(cfg.addr_width)
-        c_len = Signal(32)
+        c_len = Signal(32)  # the enclosing beats' length in bytes
         c_pending = Signal()  # the registered command waits for the DMA
         m.d.comb += [
             self.cmd.ready.eq(free),
             dma.cmd.valid.eq(c_pending),
             dma.cmd.p.addr.eq(c_addr >> sh << sh),
-            # the enclosing beats: (offset in the first beat + length + bb - 1), whole beats
-            dma.cmd.p.length.eq((c_len + c_addr[:sh] + (bb - 1)) >> sh << sh),
+            dma.cmd.p.length.eq(c_len),
         ]
         with m.If(dma.cmd.ready):
             m.d.sync += c_pending.eq(0)
@@ -92,7 +92,10 @@ class ByteReader(wiring.Component):
         cmd_take = self.cmd.valid & self.cmd.ready
         with m.If(cmd_take):
             length = self.cmd.p.length
-            m.d.sync += [c_addr.eq(self.cmd.p.addr), c_len.eq(length), c_pending.eq(length != 0),
+            # the enclosing beats: (offset in the first beat + length + bb - 1), whole beats
+            m.d.sync += [c_addr.eq(self.cmd.p.addr),
+                         c_len.eq((length + self.cmd.p.addr[:sh] + (bb - 1)) >> sh << sh),
+                         c_pending.eq(length != 0),
                          free.eq(~self.raw & (length == 0))]
             with m.If(self.raw):
                 m.d.sync += raw_active.eq(1)
