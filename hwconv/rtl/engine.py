@@ -224,6 +224,24 @@ class EngineCore(wiring.Component):
         new_layer = Signal()          # a registered pulse: the layer's counters in the units restart
         m.d.sync += new_layer.eq(0)
         start_run = self.start & ~busy
+
+        # The preamble's and the opcode's checks and the last-layer compare, registered from
+        # registers that hold for many cycles before they are used (`raw` is complete the cycle
+        # a *_RECV state sees its sink clear; `layer` steps in LAYER_END only): the states that
+        # use them decide from a flag, not through a 32-bit compare.
+        pre_code, pre_bad, op_known, last_layer = Signal(8), Signal(), Signal(), Signal()
+        pre_checks = [(pre.magic != PREAMBLE_MAGIC, ErrorCode.BAD_MAGIC),
+                      (pre.version_major != FORMAT_VERSION[0], ErrorCode.VERSION_MISMATCH),
+                      (pre.config_hash != cfg.config_hash, ErrorCode.CONFIG_MISMATCH),
+                      ((pre.n_layers == 0) | (pre.n_layers > cfg.max_layers), ErrorCode.TOO_MANY_LAYERS)]
+        code = ErrorCode.NONE
+        for bad, c in reversed(pre_checks):
+            code = Mux(bad, c, code)
+        known = 0
+        for op in Opcode:
+            known = known | (raw[:8] == op)
+        m.d.sync += [pre_code.eq(code), pre_bad.eq(code != ErrorCode.NONE), op_known.eq(known),
+                     last_layer.eq(layer + 1 == n_layers)]
         with m.FSM():
             with m.State("IDLE"):
                 with m.If(start_run):
@@ -244,17 +262,8 @@ class EngineCore(wiring.Component):
                 with m.If(reader.error):
                     m.d.sync += error.eq(ErrorCode.AXI_ERROR)
                     m.next = "FINISH"
-                with m.Elif(pre.magic != PREAMBLE_MAGIC):
-                    m.d.sync += error.eq(ErrorCode.BAD_MAGIC)
-                    m.next = "FINISH"
-                with m.Elif(pre.version_major != FORMAT_VERSION[0]):
-                    m.d.sync += error.eq(ErrorCode.VERSION_MISMATCH)
-                    m.next = "FINISH"
-                with m.Elif(pre.config_hash != cfg.config_hash):
-                    m.d.sync += error.eq(ErrorCode.CONFIG_MISMATCH)
-                    m.next = "FINISH"
-                with m.Elif((pre.n_layers == 0) | (pre.n_layers > cfg.max_layers)):
-                    m.d.sync += error.eq(ErrorCode.TOO_MANY_LAYERS)
+                with m.Elif(pre_bad):
+                    m.d.sync += error.eq(pre_code)
                     m.next = "FINISH"
                 with m.Else():
                     m.next = "DESC_CMD"
@@ -272,13 +281,10 @@ class EngineCore(wiring.Component):
                     m.next = "DECODE"
             with m.State("DECODE"):
                 m.d.sync += desc.eq(raw)
-                known = 0
-                for code in Opcode:
-                    known = known | (raw[:8] == code)
                 with m.If(reader.error):
                     m.d.sync += error.eq(ErrorCode.AXI_ERROR)
                     m.next = "FINISH"
-                with m.Elif(~known):
+                with m.Elif(~op_known):
                     m.d.sync += error.eq(ErrorCode.BAD_OPCODE)
                     m.next = "FINISH"
                 with m.Else():
@@ -339,7 +345,7 @@ class EngineCore(wiring.Component):
                         m.next = "FINISH"
                     with m.Else():
                         m.d.sync += layer.eq(layer + 1)
-                        with m.If(layer + 1 == n_layers):
+                        with m.If(last_layer):
                             m.next = "FINISH"
                         with m.Else():
                             m.next = "DESC_CMD"
@@ -356,7 +362,7 @@ class EngineCore(wiring.Component):
         # cycle (`decide`): no row compare sits between the state and the next one.
         load_in0 = Signal()
         m.d.sync += load_in0.eq(~is_add & (next_row < i0.height) & (next_row <= row_hi))
-        decide = Signal()
+        decide, drained = Signal(), Signal()
         with m.FSM(name="rows_fsm"):
             with m.State("IDLE"):
                 with m.If(rows_go):
@@ -407,7 +413,11 @@ class EngineCore(wiring.Component):
             with m.State("DRAIN"):
                 # The row goes out while the next one is loaded and computed into the other half
                 # of the row buffer; an upsampled row fills both halves, so it waits for its flush.
-                with m.If(~pipe_busy & store_row_done & flush_idle):
+                # The condition is registered (it holds once true: nothing enters the pipe and
+                # only this state starts a flush), so the units' flags do not reach the state.
+                m.d.sync += drained.eq(~pipe_busy & store_row_done & flush_idle)
+                with m.If(drained):
+                    m.d.sync += drained.eq(0)
                     m.d.comb += flush_start.eq(1)
                     with m.If(upsample):
                         m.next = "FLUSH"
@@ -437,12 +447,8 @@ class EngineCore(wiring.Component):
         m.d.comb += [pl.desc.eq(desc), pl.geo.eq(geo), pl.new_layer.eq(new_layer),
                      pl.records.eq(in_rec), pl.weights.eq(in_weights),
                      pl.i.valid.eq(reader.o.valid & (in_rec | in_weights)), pl.i.p.eq(reader.o.p)]
-        with m.If(in_seq):
-            m.d.comb += reader.o.ready.eq(1)
-        with m.Elif(in_rec | in_weights):
-            m.d.comb += reader.o.ready.eq(pl.i.ready)
-        with m.Elif(in_rows):
-            m.d.comb += reader.o.ready.eq(rl.bytes.ready)
+        # One sink at a time: an AND-OR of registers and the takers' ready, not a priority mux.
+        m.d.comb += reader.o.ready.eq(in_seq | (in_rec | in_weights) & pl.i.ready | in_rows & rl.bytes.ready)
 
         # -- input rows -> line buffer, dilation row -> its buffer (LOAD_RECV) ------------------
         m.d.comb += [rl.desc.eq(desc), rl.geo.eq(geo),
