@@ -1,6 +1,8 @@
-"""ParamLoader against a Python model of the bank layout: records and weights (4- and 8-bit,
-CONV and depthwise, channel counts that are not multiples of P) streamed in with random gaps,
-then every weight word read back and every block's records looked up (identity for MAXPOOL)."""
+"""ParamLoader against a Python model of the bank layout: records (bytes) and weights (raw bus
+beats, the blob at a random byte of its first beat, other data around it) for random layers (4-
+and 8-bit, CONV and depthwise, channel counts that are not multiples of P, odd cin with 4-bit
+weights), with random gaps, P = 4, 8, 16 and 64- / 128-bit buses; then every weight word read
+back and every block's records looked up (identity for MAXPOOL)."""
 
 from __future__ import annotations
 
@@ -16,9 +18,12 @@ from hwconv.spec.params import pack_weights
 
 P = 4
 CFG = EngineConfig(pe_in=P, pe_out=P, axi_data_width=64, max_channels=64, weight_buffer_bytes=4096)
+CFG8_64 = EngineConfig(pe_in=8, pe_out=8, axi_data_width=64, max_channels=64, weight_buffer_bytes=16384)
+CFG16_128 = EngineConfig(pe_in=16, pe_out=16, axi_data_width=128, max_channels=64, weight_buffer_bytes=65536)
+CFG16_64 = EngineConfig(pe_in=16, pe_out=16, axi_data_width=64, max_channels=64, weight_buffer_bytes=65536)
 
 
-def bank_words(w: np.ndarray, conv: bool) -> dict[tuple[int, int], list[int]]:
+def bank_words(w: np.ndarray, conv: bool, P: int = P) -> dict[tuple[int, int], list[int]]:
     """{(bank, address): P weights} as the loader lays them out (the model)."""
     cout, taps, cin = w.shape
     cbw = -(-cin // P) if conv else 1
@@ -31,88 +36,151 @@ def bank_words(w: np.ndarray, conv: bool) -> dict[tuple[int, int], list[int]]:
     return out
 
 
-@pytest.mark.parametrize("conv,bits,cin,cout,kernel,seed", [
-    (True, 4, 6, 7, 3, 0), (True, 8, 5, 4, 1, 1), (True, 4, 3, 5, 1, 2), (False, 4, 1, 6, 3, 3), (False, 8, 1, 5, 3, 4),
-])
-def test_records_and_weights_land_in_their_banks(conv, bits, cin, cout, kernel, seed):
+def beats_of(blob: bytes, skip: int, bb: int, rng) -> list[int]:
+    """The enclosing bus beats of a blob that starts `skip` bytes into its first beat, the
+    bytes around it random (as DRAM holds other data there)."""
+    n = -(-(skip + len(blob)) // bb) * bb
+    raw = bytearray(rng.integers(0, 256, size=n, dtype=np.uint8).tobytes())
+    raw[skip:skip + len(blob)] = blob
+    return [int.from_bytes(raw[i:i + bb], "little") for i in range(0, n, bb)]
+
+
+def run_layer(cfg, layers, seed, gaps=0.3):
+    """Layers one after another: records as bytes, weights as raw beats at a random skip (the
+    beats with random gaps), then every weight word read back and each block's records looked up."""
+    P, bb = cfg.pe_in, cfg.bus_bytes
     rng = np.random.default_rng(seed)
-    taps = kernel * kernel
-    lo = -(1 << (bits - 1))
-    w = rng.integers(lo, -lo, size=(cout, taps, cin))
-    wbytes = pack_weights(w, bits)
-    recs = [(int(rng.integers(-1000, 1000)), int(rng.integers(1, 1 << 24)), int(rng.integers(0, 64)))
-            for _ in range(cout)]
-    rbytes = b"".join(struct.pack("<iI", b, m | s << 24) for b, m, s in recs)
-    want_words = bank_words(w, conv)
-    dut = ParamLoader(CFG)
-    gap = rng.random(100_000) < 0.3
-    got_words, got_recs = {}, []
+    dut = ParamLoader(cfg)
+    results = []
 
     async def bench(ctx):
         geo, desc = dut.geo, dut.desc
-        ctx.set(geo.conv, int(conv))
-        ctx.set(geo.depthwise, int(not conv))
-        ctx.set(geo.taps, taps)
-        ctx.set(geo.cbi_n, -(-cin // P) if conv else 1)
-        ctx.set(desc.weight_bits, bits)
-        ctx.set(desc.out.channels, cout)
-        ctx.set(desc.in0.channels, cin if conv else cout)
-        ctx.set(dut.new_layer, 1)
-        await ctx.tick()
-        ctx.set(dut.new_layer, 0)
-        t = 0
-        for kind, data in (("records", rbytes), ("weights", wbytes)):
-            ctx.set(getattr(dut, kind), 1)
+        for conv, bits, cin, cout, kernel in layers:
+            taps = kernel * kernel
+            lo = -(1 << (bits - 1))
+            w = rng.integers(lo, -lo, size=(cout, taps, cin if conv else 1))
+            wbytes = pack_weights(w, bits)
+            skip = int(rng.integers(0, bb))
+            beats = beats_of(wbytes, skip, bb, rng)
+            recs = [(int(rng.integers(-1000, 1000)), int(rng.integers(1, 1 << 24)), int(rng.integers(0, 64)))
+                    for _ in range(cout)]
+            rbytes = b"".join(struct.pack("<iI", b, m | s << 24) for b, m, s in recs)
+            ctx.set(geo.conv, int(conv))
+            ctx.set(geo.depthwise, int(not conv))
+            ctx.set(geo.pool, 0)
+            ctx.set(geo.taps, taps)
+            ctx.set(geo.cbi_n, -(-cin // P) if conv else 1)
+            ctx.set(desc.weight_bits, bits)
+            ctx.set(desc.out.channels, cout)
+            ctx.set(desc.in0.channels, cin if conv else cout)
+            ctx.set(dut.new_layer, 1)
+            await ctx.tick()
+            ctx.set(dut.new_layer, 0)
+            ctx.set(dut.records, 1)
             i = 0
-            while i < len(data):
-                valid = not gap[t]
+            while i < len(rbytes):
+                valid = rng.random() >= gaps
                 ctx.set(dut.i.valid, int(valid))
-                ctx.set(dut.i.p.byte, data[i])
-                ctx.set(dut.i.p.last, int(i == len(data) - 1))
+                ctx.set(dut.i.p.byte, rbytes[i])
+                ctx.set(dut.i.p.last, int(i == len(rbytes) - 1))
                 took = valid and ctx.get(dut.i.ready)
                 await ctx.tick()
                 i += took
-                t += 1
             ctx.set(dut.i.valid, 0)
-            ctx.set(getattr(dut, kind), 0)
-        for (b, a) in want_words:
-            ctx.set(dut.w_addr, a)
-            ctx.set(dut.w_en, 1)
+            ctx.set(dut.records, 0)
+            ctx.set(dut.w_start, 1)
+            ctx.set(dut.w_skip, skip)
             await ctx.tick()
-            ctx.set(dut.w_en, 0)
-            await ctx.tick()  # held while w_en is low
-            word = ctx.get(dut.w_data) >> (8 * P * b)
-            got_words[(b, a)] = [((word >> (8 * j)) & 0xFF) - (256 if (word >> (8 * j)) & 0x80 else 0)
-                                 for j in range(P)]
-        # lookup: each block with its records, then the same blocks as MAXPOOL (identity)
-        for pool in (0, 1):
-            ctx.set(geo.pool, pool)
-            ctx.set(dut.lookup_o.ready, 1)
-            for blk in range(-(-cout // P)):
-                ctx.set(dut.lookup_i.valid, 1)
-                ctx.set(dut.lookup_i.p.tag, blk)
-                for b in range(P):
-                    ctx.set(dut.lookup_i.p.acc[b], 100 * blk + b)
+            ctx.set(dut.w_start, 0)
+            for _ in range(int(rng.integers(0, 4))):  # the DMA's latency
                 await ctx.tick()
-                ctx.set(dut.lookup_i.valid, 0)
-                assert ctx.get(dut.lookup_o.valid)
-                for b in range(P):
-                    lane = dut.lookup_o.p[b]
-                    got_recs.append((pool, blk * P + b, ctx.get(lane.acc),
-                                     (ctx.get(lane.bias), ctx.get(lane.mult), ctx.get(lane.shift))))
+            i, cycles = 0, 0
+            while i < len(beats):
+                valid = rng.random() >= gaps
+                ctx.set(dut.beats.valid, int(valid))
+                ctx.set(dut.beats.p.data, beats[i])
+                ctx.set(dut.beats.p.last, int(i == len(beats) - 1))
+                took = valid and ctx.get(dut.beats.ready)
                 await ctx.tick()
+                i += took
+                cycles += 1
+            ctx.set(dut.beats.valid, 0)
+            while ctx.get(dut.w_busy):
+                await ctx.tick()
+                cycles += 1
+                assert cycles < 10 * len(beats) + 4 * len(bank_words(w, conv, P)) + 50
+            got_words = {}
+            for (b, a) in bank_words(w, conv, P):
+                ctx.set(dut.w_addr, a)
+                ctx.set(dut.w_en, 1)
+                await ctx.tick()
+                ctx.set(dut.w_en, 0)
+                await ctx.tick()  # held while w_en is low
+                word = ctx.get(dut.w_data) >> (8 * P * b)
+                got_words[(b, a)] = [((word >> (8 * j)) & 0xFF) - (256 if (word >> (8 * j)) & 0x80 else 0)
+                                     for j in range(P)]
+            got_recs = []
+            # lookup: each block with its records, then the same blocks as MAXPOOL (identity)
+            for pool in (0, 1):
+                ctx.set(geo.pool, pool)
+                ctx.set(dut.lookup_o.ready, 1)
+                for blk in range(-(-cout // P)):
+                    ctx.set(dut.lookup_i.valid, 1)
+                    ctx.set(dut.lookup_i.p.tag, blk)
+                    for b in range(P):
+                        ctx.set(dut.lookup_i.p.acc[b], 100 * blk + b)
+                    await ctx.tick()
+                    ctx.set(dut.lookup_i.valid, 0)
+                    assert ctx.get(dut.lookup_o.valid)
+                    for b in range(P):
+                        lane = dut.lookup_o.p[b]
+                        got_recs.append((pool, blk * P + b, ctx.get(lane.acc),
+                                         (ctx.get(lane.bias), ctx.get(lane.mult), ctx.get(lane.shift))))
+                    await ctx.tick()
+            results.append((bank_words(w, conv, P), got_words, recs, got_recs, cycles))
 
     sim = Simulator(dut)
     sim.add_clock(1e-8)
     sim.add_testbench(bench)
     sim.run()
-    assert got_words == want_words
-    for pool, c, acc, rec in got_recs:
-        assert acc == 100 * (c // P) + c % P
-        if pool:
-            assert rec == (0, 1, 0)
-        elif c < cout:
-            assert rec == recs[c]
+    for want_words, got_words, recs, got_recs, _ in results:
+        assert got_words == want_words
+        for pool, c, acc, rec in got_recs:
+            assert acc == 100 * (c // P) + c % P
+            if pool:
+                assert rec == (0, 1, 0)
+            elif c < len(recs):
+                assert rec == recs[c]
+    return results
+
+
+# (conv, bits, cin, cout, kernel): partial last in-blocks, odd cin with 4-bit weights (rows
+# starting mid-byte), one in-channel, depthwise (a weight per word in lane 0), 8-bit.
+LAYERS = [(True, 4, 6, 7, 3), (True, 8, 5, 4, 1), (True, 4, 3, 5, 1), (False, 4, 1, 6, 3), (False, 8, 1, 5, 3),
+          (True, 4, 1, 3, 3), (True, 4, 17, 5, 1), (True, 8, 9, 6, 3)]
+
+
+@pytest.mark.parametrize("cfg", [CFG, CFG8_64, CFG16_128, CFG16_64], ids=["P4_bus64", "P8_bus64", "P16_bus128",
+                                                                      "P16_bus64"])
+def test_records_and_weights_land_in_their_banks(cfg):
+    P = cfg.pe_in
+    rng = np.random.default_rng(P * 1000 + cfg.bus_bytes)
+    layers = list(LAYERS)
+    for _ in range(6):  # random layers around the block size
+        conv = bool(rng.random() < 0.75)
+        layers.append((conv, int(rng.choice([4, 8])), int(rng.integers(1, 3 * P + 2)) if conv else 1,
+                       int(rng.integers(1, 2 * P + 2)), int(rng.choice([1, 3]))))
+    rng.shuffle(layers)
+    run_layer(cfg, layers, seed=P + cfg.bus_bytes)
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_a_full_width_conv_takes_about_a_word_per_cycle(bits):
+    """No gaps: a CONV layer with cin a multiple of P goes in at about one word per cycle."""
+    cfg = CFG16_128
+    P = cfg.pe_in
+    (want, _, _, _, cycles), = run_layer(cfg, [(True, bits, 2 * P, 2 * P, 3)], seed=bits, gaps=0.0)
+    assert cycles <= len(want) + 12
 
 
 @pytest.mark.parametrize("bit", [30, 31, None])

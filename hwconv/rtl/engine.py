@@ -318,10 +318,14 @@ class EngineCore(wiring.Component):
                     m.next = "W_CMD"
             # weights -> weight banks
             with m.State("W_CMD"):
-                read(self.params_base + desc.weights_offset, geo.weight_bytes, in_weights)
+                # Raw beats: the loader drops the bytes around the blob and writes up to a bank
+                # word per cycle (it registers the start and the skip).
+                w_addr = self.params_base + desc.weights_offset
+                read(w_addr, geo.weight_bytes, in_weights, raw=1)
+                m.d.comb += [pl.w_start.eq(1), pl.w_skip.eq(w_addr[:LB])]
                 m.next = "W_RECV"
             with m.State("W_RECV"):
-                with m.If(~in_weights):
+                with m.If(~in_weights & ~pl.w_busy):
                     m.next = "LAYER_SETUP"
             with m.State("LAYER_SETUP"):
                 m.d.sync += [in0_row_addr.eq(self.arena_base + i0.addr), in1_row_addr.eq(self.arena_base + i1.addr),
@@ -444,16 +448,18 @@ class EngineCore(wiring.Component):
 
 
         # -- requant records and weights -> their banks (REC_RECV, W_RECV) ----------------------
+        # Records as bytes, weights as raw beats.
         m.d.comb += [pl.desc.eq(desc), pl.geo.eq(geo), pl.new_layer.eq(new_layer),
-                     pl.records.eq(in_rec), pl.weights.eq(in_weights),
-                     pl.i.valid.eq(reader.o.valid & (in_rec | in_weights)), pl.i.p.eq(reader.o.p)]
+                     pl.records.eq(in_rec),
+                     pl.i.valid.eq(reader.o.valid & in_rec), pl.i.p.eq(reader.o.p),
+                     pl.beats.valid.eq(reader.beats.valid & in_weights), pl.beats.p.eq(reader.beats.p)]
         # One sink at a time: an AND-OR of registers and the takers' ready, not a priority mux.
-        m.d.comb += reader.o.ready.eq(in_seq | (in_rec | in_weights) & pl.i.ready | in_rows & rl.bytes.ready)
+        m.d.comb += reader.o.ready.eq(in_seq | in_rec & pl.i.ready | in_rows & rl.bytes.ready)
 
         # -- input rows -> line buffer, dilation row -> its buffer (LOAD_RECV) ------------------
         m.d.comb += [rl.desc.eq(desc), rl.geo.eq(geo),
-                     rl.beats.valid.eq(reader.beats.valid), rl.beats.p.eq(reader.beats.p),
-                     reader.beats.ready.eq(rl.beats.ready),
+                     rl.beats.valid.eq(reader.beats.valid & in_rows), rl.beats.p.eq(reader.beats.p),
+                     reader.beats.ready.eq(in_weights & pl.beats.ready | in_rows & rl.beats.ready),
                      rl.bytes.valid.eq(reader.o.valid & in_rows), rl.bytes.p.eq(reader.o.p)]
 
         # -- compute: the window issuer feeds the MAC array a step per cycle ---------------------
