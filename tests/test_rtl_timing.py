@@ -412,7 +412,7 @@ def test_unregistered_multipliers_are_named():
     _dsp(n, n.lut(q3), p3, AREG=1, MREG=1)              # the DSP's own registers
     n.lut(p3)
     q4, p4 = n.ff(n.bit()), n.bit()
-    _dsp(n, q4, p4, PREG=1)                             # a product in the DSP's P register ...
+    _dsp(n, q4, p4, MREG=1)                             # a product in the DSP's own register ...
     p5 = n.bit()
     _dsp(n, p4, p5, type_="DSP48E1")                    # ... is a registered operand of the next
     n.ff(p5)

@@ -185,8 +185,9 @@ class DescriptorChecker(wiring.Component):
         known_flags = int(sum(Flag))
         kernel_ok = stage(any_of(is_op(o) & any_of(d.kernel == k for k in ks) for o, ks in KERNELS.items()),
                           1, "kernel_ok")
-        stride_ok = stage(any_of(is_op(o) & any_of(d.stride == s for s in ss) for o, ss in STRIDES.items()),
-                          1, "stride_ok")
+        # per op, then any: two stages (a registered one-hot op and a compare per op's strides)
+        stride_ok = stage(any_of(stage(is_op(o) & any_of(d.stride == s for s in ss), 1, f"stride_ok_{o.name.lower()}")
+                                 for o, ss in STRIDES.items()), 1, "stride_ok")
         max_pad = stage(Mux(is_op(Opcode.MAXPOOL), d.kernel - 1, d.kernel >> 1), signed(9), "max_pad")
         pad_ok = stage(Mux(is_op(Opcode.DEFORM_DW), d.pad == 1, d.pad <= max_pad), 1, "pad_ok")
         wbits_ok = stage(~is_op(*WEIGHTED_OPS) | (d.weight_bits == 4) | (d.weight_bits == 8), 1, "wbits_ok")
@@ -198,12 +199,16 @@ class DescriptorChecker(wiring.Component):
             t = refs[r]
             if r != "out":  # inputs are read as one run of channels per pixel
                 ref_bad.append(used[r] & (t.group_channels != t.channels))
-            bad = ((t.height == 0) | (t.width == 0) | (t.channels == 0) | (t.group_channels == 0)
-                   | (t.group_channels > t.channels) | (t.group_stride < t.group_channels)
-                   | (t.channels > cfg.max_channels))
+            # Three registered groups of compares, then their OR: the descriptor settles during
+            # the divisions, so the extra stage costs nothing.
+            empty = stage((t.height == 0) | (t.width == 0) | (t.channels == 0) | (t.group_channels == 0),
+                          1, f"{r}_empty")
+            groups = stage((t.group_channels > t.channels) | (t.group_stride < t.group_channels), 1, f"{r}_groups_bad")
+            too_big = t.channels > cfg.max_channels
             if r != "out":
-                bad = bad | (t.width > cfg.max_width)
-            ref_bad.append(stage(used[r] & bad, 1, f"{r}_bad"))
+                too_big = too_big | (t.width > cfg.max_width)
+            too_big = stage(too_big, 1, f"{r}_too_big")
+            ref_bad.append(stage(used[r] & (empty | groups | too_big), 1, f"{r}_bad"))
             ref_bad.append(stage(used[r] & (reach[r] > t.pixel_stride), 1, f"{r}_reach_bad"))
 
         up = (d.flags & Flag.UPSAMPLE2X) != 0
@@ -212,9 +217,9 @@ class DescriptorChecker(wiring.Component):
         wo = Mux(up, o.width >> 1, o.width)
         up_bad = up & (o.height[0] | o.width[0])
 
-        def conv_size(size, name):  # (size + 2 pad - kernel) // stride + 1, over two stages
+        def conv_size(size, name):  # (size + 2 pad - kernel) // stride + 1, over three stages
             num_ = stage(size + 2 * d.pad - d.kernel, signed(20), f"{name}_num")
-            q = Mux(d.stride == 4, num_ >> 2, Mux(d.stride == 2, num_ >> 1, num_))
+            q = stage(Mux(d.stride == 4, num_ >> 2, Mux(d.stride == 2, num_ >> 1, num_)), signed(20), f"{name}_q")
             return q + 1
 
         windowed = is_op(Opcode.CONV, Opcode.DWCONV, Opcode.MAXPOOL)
@@ -242,7 +247,8 @@ class DescriptorChecker(wiring.Component):
         # The descriptor's own rules, each registered in stage 1 (then ORed).
         op_bad = [stage(~kernel_ok | ~stride_ok | ~pad_ok | ~wbits_ok, 1, "op_bad"),
                   stage(((d.flags & ~known_flags) != 0) | up_bad | (wo > cfg.max_width), 1, "flags_bad"),
-                  stage(chan_bad | deform_bad | add_bad | sign_bad, 1, "shape_rules_bad")]
+                  stage(stage(chan_bad | deform_bad, 1, "chan_deform_bad") | stage(add_bad | sign_bad, 1, "add_sign_bad"),
+                        1, "shape_rules_bad")]
         bad_terms = [any_of(op_bad), any_of(ref_bad), shape_bad, clamp_bad, fit_bad]
 
         # Bounds as compares with what is left past an offset (registered in stage 1): a + n > size

@@ -635,9 +635,10 @@ def unregistered_multipliers(netlist: dict, verilog: str | None = None) -> list[
 
     Registered means by the DSP's own registers (AREG/BREG, MREG or PREG) or by fabric flip-flops
     right at its pins (yosys 0.70 does not pack registers into DSP48E2; Vivado does): every
-    operand bit comes from an FD* output, a constant or the P output of a DSP48 whose P register
-    is on (yosys packs a product's register into PREG on xc7, so a product of products is fed
-    by that register), and the product bits go only to FD* inputs (a product only cascaded on
+    operand bit comes from an FD* output, a constant or the P output of a DSP48 whose product is
+    registered in it (MREG or PREG: yosys packs a product's register into the DSP48E1 on xc7, so a
+    product of products is fed by that register through the DSP's own ALU, whose delay the
+    paths count), and the product bits go only to FD* inputs (a product only cascaded on
     through PCOUT is not registered).
     """
     cells = netlist.get("cells", {})
@@ -646,7 +647,8 @@ def unregistered_multipliers(netlist: dict, verilog: str | None = None) -> list[
     load_types: dict[int, set[str]] = defaultdict(set)
     for cell in cells.values():
         dirs = cell.get("port_directions", {})
-        dsp_p_register = cell["type"].startswith("DSP48") and _param(cell, "PREG") == 1
+        dsp_p_register = cell["type"].startswith("DSP48") and (_param(cell, "PREG") == 1
+                                                               or _param(cell, "MREG") == 1)
         for port, bits in cell.get("connections", {}).items():
             for b in bits:
                 if isinstance(b, int):
