@@ -10,7 +10,8 @@ shared advance, so the array takes a beat per cycle and never drops one under ba
     operands  each multiplier's own copies of x[j] and w[b][j]                      (A, B)
     product   w[b][j] * x[j]                                                        (M)
     product   registered again                                                      (P)
-    tree      log2(P) registered adder levels
+    tree      log2(P) registered adder levels (the last register takes product 0 instead of
+              the sum for channel-wise ops)
     acc       acc[b] = first ? dot : acc + dot  (MAXPOOL: the running max); out on `last`
     out       a 2-entry skid buffer of finished blocks (`o` reads its head register)
 
@@ -119,7 +120,14 @@ class MacArray(wiring.Component):
             for s in range(1, n_stages):
                 m.d.sync += valid[s].eq(valid[s - 1])
         for s in range(n_stages - 1):  # the accumulator stage uses the flags of the stage before
-            first = reg(first, 1, f"first{s}")
+            if s == n_stages - 2:  # a flip-flop (a reset keeps it out of the shift-register LUT
+                # the delay line becomes): it selects every accumulator's next value
+                f = Signal(name=f"first{s}")
+                with m.If(advance):
+                    m.d.sync += f.eq(first)
+                first = f
+            else:
+                first = reg(first, 1, f"first{s}")
             last = reg(last, 1, f"last{s}")
             tag = reg(tag, TAG_BITS, f"tag{s}")
 
@@ -145,8 +153,11 @@ class MacArray(wiring.Component):
         m.d.sync += channelwise.eq(~mode.conv)
         lane_w0 = Mux(mode.depthwise, 0, Mux(mode.add, Mux(beat.second, mode.add_mult1, mode.add_mult0), 1))
         # Each multiplier has its own copy of its activation: a register that fans out to one DSP
-        # only is one the DSP can absorb. Channel-wise: lane b's own input byte goes into product 0.
-        x_op = [[reg(Mux(channelwise, xs[b], xs[0]) if j == 0 else xs[j], signed(X_BITS), f"x{b}_{j}")
+        # only is one the DSP can absorb. Channel-wise: lane b's own input byte goes into every
+        # product of lane b (product 0 is the one used; the others are masked after the tree). So
+        # no two copies hold the same function and synthesis cannot merge a column's copies back
+        # into one register driving P DSPs (with its sign bit on every upper operand pin of each).
+        x_op = [[reg(Mux(channelwise, xs[b], xs[j]), signed(X_BITS), f"x{b}_{j}")
                  for j in range(P)] for b in range(P)]
         w_op = []
         for b in range(P):
@@ -167,17 +178,20 @@ class MacArray(wiring.Component):
             terms = [reg(w_op[b][j] * x_op[b][j], signed(widths[j]), f"m{b}_{j}") for j in range(P)]
             terms = [reg(terms[j], signed(widths[j]), f"p{b}_{j}") for j in range(P)]
             # -- stages 4..: the adder tree, one registered level per halving ------------------
+            # Channel-wise ops use product 0 only, carried beside the tree and chosen in front of
+            # the last level's register, so the accumulator's operand is a flip-flop (not a
+            # shift-register LUT at the end of product 0's delay line, nor a mux).
             p0 = terms[0]
             for lvl in range(levels):
-                terms = [reg(terms[i] + terms[i + 1], signed(min(acc_bits, len(terms[i]) + 1)),
-                             f"sum{b}_{lvl}_{i // 2}") if i + 1 < len(terms) else
-                         reg(terms[i], signed(len(terms[i])), f"sum{b}_{lvl}_{i // 2}")
+                final = lvl == levels - 1
+                terms = [terms[i] + terms[i + 1] if i + 1 < len(terms) else terms[i]
                          for i in range(0, len(terms), 2)]
-                p0 = reg(p0, signed(len(p0)), f"p0_{b}_{lvl}")
-            # Channel-wise ops use product 0 only.
-            dot = Signal(signed(acc_bits), name=f"dot{b}")
-            m.d.comb += dot.eq(Mux(mode.conv, terms[0], p0))
-            sums.append(dot)
+                if final:
+                    terms = [reg(Mux(channelwise, p0, terms[0]), signed(acc_bits), f"dot{b}")]
+                else:
+                    terms = [reg(t, signed(min(acc_bits, len(t))), f"sum{b}_{lvl}_{i}") for i, t in enumerate(terms)]
+                    p0 = reg(p0, signed(len(p0)), f"p0_{b}_{lvl}")
+            sums.append(terms[0])
 
         # -- last stage: accumulate; the sums go out with the beat marked last ------------------
         # first/last/tag here are those of the tree's output beat (delayed with it).
@@ -188,8 +202,8 @@ class MacArray(wiring.Component):
             with m.If(advance & valid[n_stages - 2]):
                 with m.If(mode.pool):
                     m.d.sync += acc.eq(Mux(first | (dot > acc), dot, acc))
-                with m.Else():
-                    m.d.sync += acc.eq(Mux(first, 0, acc) + dot)
+                with m.Else():  # the sum from registers only; `first` picks after the adder
+                    m.d.sync += acc.eq(Mux(first, dot, acc + dot))
             accs.append(acc)
         out_last = Signal()
         out_tag = Signal(TAG_BITS, reset_less=True)
