@@ -6,8 +6,8 @@ ShuffleNet's shuffle) half a block per cycle; other grouped ones a byte per cycl
 is lanes of 9 bits (a byte and its strobe) at a lane address of the row as it lies in DRAM,
 counted from the beat the row starts in, into row-buffer half ``w_half``.
 
-Pipelined for the clock: the block being placed sits in a register (``i.ready`` comes from
-registers only: the block register is empty or on its last use), the four copies' pixel
+Pipelined for the clock: the block being placed sits in a register with a spare block register
+in front (``i.ready`` is a register: the spare is empty), the four copies' pixel
 addresses are kept in registers (stepped by a pixel each pixel), the per-layer constants and
 the counters' "last" compares are registered, and every ``w_*`` output is a register. A block's
 pieces (a piece is a write: a copy of the block, of half of it, or of one byte) are counted down
@@ -128,15 +128,25 @@ class Store(wiring.Component):
         row_end = Signal()  # the row's last piece was placed last cycle: done from the next
         running = Signal()  # a register: ~done & ~row_end & ~prep* (start comes after done)
         live = Signal()  # a register, running | prep3: a piece may be placed this cycle
+        # A spare block register in front (`sp`): `i.ready` is "the spare is empty", a register,
+        # so nothing of the store reaches the requantiser's output FIFO in the same cycle. A
+        # block goes straight to `cur` when it is free (no added latency), else to the spare.
+        sp = Signal(8 * P)
+        sp_v = Signal()
+        free = Signal()  # `cur` is empty or on its last use: it takes the next block
         cur_v_n, running_n = Signal(), Signal()
-        m.d.comb += [self.i.ready.eq(~cur_v | act & last_use),
-                     cur_v_n.eq(Mux(self.i.ready, self.i.valid, cur_v)),
+        m.d.comb += [self.i.ready.eq(~sp_v),
+                     free.eq(~cur_v | act & last_use),
+                     cur_v_n.eq(Mux(free, sp_v | self.i.valid, cur_v)),
                      running_n.eq(~(act & last_use & end_arm) & live),
                      self.done.eq(done)]
         m.d.sync += [cur_v.eq(cur_v_n), running.eq(running_n), act.eq(cur_v_n & running_n),
                      live.eq(running_n | prep2), row_end.eq(act & last_use & end_arm)]
-        with m.If(self.i.valid & self.i.ready):  # not on `ready` alone: its fanout stays small
-            m.d.sync += cur.eq(self.i.payload)
+        m.d.sync += sp_v.eq(~free & (sp_v | self.i.valid))
+        with m.If(~sp_v):
+            m.d.sync += sp.eq(self.i.payload)
+        with m.If(free & (sp_v | self.i.valid)):
+            m.d.sync += cur.eq(Mux(sp_v, sp, self.i.payload))
         with m.If(self.start):
             m.d.sync += [prep.eq(1), done.eq(0)]
         with m.Elif(row_end):
