@@ -113,8 +113,9 @@ class Requantizer(wiring.Component):
             # a fixed part above SAT_BITS + 6 and the seven bits below it from `fine` on.
             fixed = t1[SAT_BITS + 6:]
             near = t1[SAT_BITS - 1:SAT_BITS + 6]
-            from_fine = Signal(7, name=f"from_fine{lane}")  # bit k set iff k >= fine
-            m.d.comb += from_fine.eq(~((1 << r_fine) - 1))
+            # bit k set iff k >= fine: decoded in the coarse stage from the shift's register, so
+            # the fine stage's saturation tests start from a mask register (no decode in front)
+            from_fine = Signal(7, name=f"from_fine{lane}")
             near_any = (near & from_fine).any()
             near_all = (near | ~from_fine).all()
             below, above = t_low < lo_t, t_low > hi_t
@@ -132,6 +133,7 @@ class Requantizer(wiring.Component):
                 prod2.eq(((p_hi << _LO_BITS) + p_lo) << 1), r_shift[3].eq(r_shift[2]),
                 # coarse
                 t1.eq(prod2 >> (r_shift[3][3:] << 3)), r_fine.eq(r_shift[3][:3]),
+                from_fine.eq(~((1 << r_shift[3][:3]) - 1)),
                 # fine
                 t_low.eq((t1 >> r_fine)[:SAT_BITS]),
                 over.eq(~t1[-1] & (fixed.any() | near_any)), under.eq(t1[-1] & ~(fixed.all() & near_all)),

@@ -119,7 +119,7 @@ class RowFlusher(wiring.Component):
 
         # One-hot state registers (not an FSM): `issue` is two registers ANDed.
         s_idle = Signal(init=1)
-        s_prep, s_cmd, s_read, s_wait = Signal(), Signal(), Signal(), Signal()
+        s_prep, s_prep2, s_cmd, s_read, s_wait = Signal(), Signal(), Signal(), Signal(), Signal()
 
         def goto(frm, to):
             m.d.sync += [frm.eq(0), to.eq(1)]
@@ -129,13 +129,15 @@ class RowFlusher(wiring.Component):
             with m.If(self.start):
                 m.d.sync += [dones.eq(0), second.eq(0)]
                 goto(s_idle, s_prep)
+        # Two prep steps: the beats first, then what is derived from them (no two adders in a row).
         with m.If(s_prep):
-            beats_a = (a_addr[:LB] + length + (BB - 1)) >> LB
-            m.d.sync += [b_addr.eq(a_addr + stride), a_beats.eq(beats_a),
+            m.d.sync += [b_addr.eq(a_addr + stride), a_beats.eq((a_addr[:LB] + length + (BB - 1)) >> LB),
                          b_beats.eq((b_skip + length + (BB - 1)) >> LB),
-                         cmd_addr.eq(a_addr >> LB << LB), cmd_len.eq(beats_a << LB),
-                         rd_m1.eq(beats_a - 1), rd_m2.eq(beats_a - 2), rd_half.eq(a_half)]
-            goto(s_prep, s_cmd)
+                         cmd_addr.eq(a_addr >> LB << LB), rd_half.eq(a_half)]
+            goto(s_prep, s_prep2)
+        with m.If(s_prep2):
+            m.d.sync += [cmd_len.eq(a_beats << LB), rd_m1.eq(a_beats - 1), rd_m2.eq(a_beats - 2)]
+            goto(s_prep2, s_cmd)
         with m.If(s_cmd):
             m.d.comb += [self.cmd.valid.eq(1), self.cmd.p.addr.eq(cmd_addr), self.cmd.p.length.eq(cmd_len)]
             with m.If(self.cmd.ready):
