@@ -105,33 +105,44 @@ class ParamLoader(wiring.Component):
                 with m.If(requant_record_layout()(rec_full)["_reserved"] != 0):
                     m.d.sync += self.bad_record.eq(1)
         m.d.comb += self.i.ready.eq(1)
+        # The write one stage later, from registers (the bank one-hot, rotated per record).
+        rec_bank = Signal(P, init=1)
+        rw_addr, rw_data, rw_en = Signal.like(pb_w[0].addr), Signal(64), Signal(P)
+        with m.If(self.new_layer):
+            m.d.sync += rec_bank.eq(1)
+        with m.Elif(rec_take & (rec_i == 7)):
+            m.d.sync += rec_bank.eq(rec_bank.rotate_left(1))
+        m.d.sync += [rw_addr.eq(rec_c >> LP), rw_data.eq(rec_full),
+                     rw_en.eq(Mux(rec_take & (rec_i == 7), rec_bank, 0))]
         for b in range(P):
-            m.d.comb += [pb_w[b].addr.eq(rec_c >> LP), pb_w[b].data.eq(rec_full),
-                         pb_w[b].en.eq(rec_take & (rec_i == 7) & (rec_c[:LP] == b))]
+            m.d.comb += [pb_w[b].addr.eq(rw_addr), pb_w[b].data.eq(rw_data), pb_w[b].en.eq(rw_en[b])]
 
         # -- weights -> weight banks, from raw bus beats ---------------------------------------
         # The blob is a run of weights (nibbles, low first, or bytes) in the order
         # [out channel][tap][in channel]; each (channel, tap) row of cin_eff weights is cut into
         # chunks of P (the row's last one r = cin_eff - (cbw - 1) * P lanes, the other lanes 0),
-        # a chunk per bank word. A chunk is taken per cycle from a window of two beats (`cur`,
-        # `nxt`) at element offset `off`, so a chunk that crosses into the next beat is whole.
-        # A chunk must fit in a window of two beats: with P > bus bytes, G beats are gathered
-        # into one wider beat first (G = 1 on every board: the queue takes the bus beats).
+        # a chunk per bank word. A chunk is taken per cycle from a window of two beats (cur, nxt)
+        # at a nibble offset `off` (an 8-bit weight is two nibbles), so a chunk that crosses into
+        # the next beat is whole. A chunk must fit in a window of two beats: with P > bus bytes,
+        # G beats are gathered into one wider beat first (G = 1 on every board).
         G = -(-P // cfg.bus_bytes)
         BB = cfg.bus_bytes * G
         DW = 8 * BB
-        E4 = 2 * BB                                # elements of a beat: nibbles (4-bit weights)
-        OB = (E4 - 1).bit_length()                 # bits of an element offset (< E4)
+        NB = 2 * BB                                # nibbles of a beat
+        OB = (NB - 1).bit_length()                 # bits of a nibble offset (< NB)
         # Per-layer constants, registered (desc and geo hold from the check on).
         cin_eff = Mux(geo.conv, desc.in0.channels, 1)
         bits8 = Signal()
         r_mask = Signal(P)                         # the lanes of a row's last chunk
         r_n = Signal(range(P + 1))                 # how many: ((cin_eff - 1) % P) + 1
+        r_nib, p_nib, first_nib = Signal(OB + 1), Signal(OB + 1), Signal(OB + 1)  # chunks' nibbles
         cbw_m2, taps_m2, o_m2 = Signal(16), Signal(5), Signal(16)
         cbw_is1, taps_is1, o_is1 = Signal(), Signal(), Signal()
         r_low = Signal(max(LP, 1))
         m.d.sync += [bits8.eq(desc.weight_bits == 8), r_low.eq((cin_eff - 1)[:LP] if LP else 0),
                      r_n.eq(r_low + 1), r_mask.eq((Const(1, P + 1) << r_n) - 1),
+                     r_nib.eq(Mux(bits8, r_n << 1, r_n)), p_nib.eq(Mux(bits8, 2 * P, P)),
+                     first_nib.eq(Mux(cbw_is1, r_nib, p_nib)),
                      cbw_m2.eq(geo.cbi_n - 2), taps_m2.eq(geo.taps - 2), o_m2.eq(o.channels - 2),
                      cbw_is1.eq(geo.cbi_n == 1), taps_is1.eq(geo.taps == 1), o_is1.eq(o.channels == 1)]
 
@@ -142,15 +153,10 @@ class ParamLoader(wiring.Component):
         active = Signal()       # from the start until the last beat has left and the last word is written
         m.d.comb += self.w_busy.eq(active | w_start)
 
-        # The beats: a three-entry queue, cur (q0), nxt (q1) and a spare (q2). `ready` is the
-        # spare's valid, a register: nothing from the chunk logic reaches the reader.
-        qd = [Signal(DW, name=f"q{k}_data") for k in range(3)]
-        ql = [Signal(name=f"q{k}_last") for k in range(3)]
-        qv = [Signal(name=f"q{k}_valid") for k in range(3)]
-        in_valid, in_data, in_last = Signal(), Signal(DW), Signal()
+        in_valid, in_data, in_last, in_ready = Signal(), Signal(DW), Signal(), Signal()
         if G == 1:
             m.d.comb += [in_valid.eq(self.beats.valid), in_data.eq(self.beats.p.data),
-                         in_last.eq(self.beats.p.last), self.beats.ready.eq(~qv[2])]
+                         in_last.eq(self.beats.p.last), self.beats.ready.eq(in_ready)]
         else:
             # G bus beats shifted into one (the last, possibly short, one flagged) before the queue.
             g_cnt = Signal(range(G))
@@ -159,7 +165,7 @@ class ParamLoader(wiring.Component):
             g_take = self.beats.valid & self.beats.ready
             m.d.comb += [self.beats.ready.eq(~g_full), in_valid.eq(g_full), in_data.eq(g_data),
                          in_last.eq(g_last)]
-            with m.If(in_valid & ~qv[2]):
+            with m.If(in_valid & in_ready):
                 m.d.sync += g_full.eq(0)
             with m.If(g_take):
                 m.d.sync += [g_data.eq(Cat(g_data[cfg.axi_data_width:], self.beats.p.data)),
@@ -173,108 +179,127 @@ class ParamLoader(wiring.Component):
                         with m.If(g_cnt == k - 1):
                             m.d.sync += g_data.eq(Cat(g_data[cfg.axi_data_width * (G - k + 1):],
                                                       self.beats.p.data, Const(0, DW))[:DW])
-        push = in_valid & ~qv[2]
 
-        off = Signal(OB)        # the chunk's first element in cur
+        # The beats: a three-entry ring (write and read pointers one-hot, the fill level a
+        # thermometer c1..c3), so a pop moves a few pointer bits, no beat register. `in_ready`
+        # is ~c3, a register: nothing from the chunk logic reaches the reader.
+        qd = [Signal(DW, name=f"q{k}_data") for k in range(3)]
+        wp, rp = Signal(3, init=1), Signal(3, init=1)
+        c1, c2, c3 = Signal(), Signal(), Signal()
+        seen_last = Signal()    # the command's last beat is in the ring (or gone)
+        m.d.comb += in_ready.eq(~c3)
+        push = in_valid & in_ready
+        for k in range(3):
+            with m.If(push & wp[k]):
+                m.d.sync += qd[k].eq(in_data)
+        with m.If(push):
+            m.d.sync += wp.eq(wp.rotate_left(1))
+            with m.If(in_last):
+                m.d.sync += seen_last.eq(1)
+
+        off = Signal(OB)        # the chunk's first nibble in cur
+        n_cur = Signal(OB + 1)  # the chunk's nibbles
         cb, t, oc = Signal(16), Signal(5), Signal(16)
         cb_last, t_last, o_last = Signal(), Signal(), Signal()
-        cdone = Signal()        # every chunk issued
+        go, cdone = Signal(), Signal()  # chunks to issue / every chunk issued
         w_bank = Signal(P, init=1)  # one-hot: oc % P
         w_block_base = Signal(range(cfg.weight_depth + 1))
         w_tap_base = Signal(range(cfg.weight_depth + 1))
         cbw = geo.cbi_n
 
-        emit = Signal()
-        pop = Signal()
-        n = Mux(cb_last, r_n, P)
+        emit, pop = Signal(), Signal()
         nxt_off = Signal(OB + 1)
-        wrap = Mux(bits8, nxt_off[OB - 1], nxt_off[OB])  # the chunk ends at or past cur's end
+        # One beat in the ring after the last was pushed: it is the last, the chunk is in it.
         m.d.comb += [
-            nxt_off.eq(off + n),
-            emit.eq(active & ~cdone & qv[0] & (qv[1] | ql[0])),
-            pop.eq(emit & wrap | active & cdone & qv[0]),
+            nxt_off.eq(off + n_cur),
+            emit.eq(go & (c2 | c1 & seen_last)),
+            pop.eq(c1 & (emit & nxt_off[OB] | cdone)),   # the chunk ends at or past cur's end
         ]
-        # The queue: shift down on pop, the pushed beat into the first free entry after it.
-        for k in range(3):
-            above_v = qv[k + 1] if k < 2 else Const(0)
-            above_d = qd[k + 1] if k < 2 else qd[k]
-            above_l = ql[k + 1] if k < 2 else ql[k]
-            below_v = qv[k - 1] if k else Const(1)
-            with m.If(pop):
-                with m.If(above_v):
-                    m.d.sync += [qd[k].eq(above_d), ql[k].eq(above_l)]
-                with m.Else():
-                    m.d.sync += [qd[k].eq(in_data), ql[k].eq(in_last),
-                                 qv[k].eq(push & qv[k])]
-                with m.If(above_v):
-                    m.d.sync += qv[k].eq(1)
-            with m.Else():
-                with m.If(~qv[k] & below_v):
-                    m.d.sync += [qd[k].eq(in_data), ql[k].eq(in_last), qv[k].eq(push)]
+        with m.If(pop):
+            m.d.sync += rp.eq(rp.rotate_left(1))
+        with m.If(push & ~pop):
+            m.d.sync += [c1.eq(1), c2.eq(c1), c3.eq(c2)]
+        with m.Elif(pop & ~push):
+            m.d.sync += [c1.eq(c2), c2.eq(c3), c3.eq(0)]
 
-        # The chunk counters, their "last" flags a step ahead, the word address kept incrementally.
+        # The chunk counters, their "last" flags a step ahead (ct_last: the chunk ends its
+        # channel, cto_last: the blob), the word address kept incrementally.
+        ct_last, cto_last, ct_first = Signal(), Signal(), Signal()
+        m.d.sync += ct_first.eq(cbw_is1 & taps_is1)  # a channel of one chunk
         with m.If(w_start):
-            m.d.sync += [active.eq(1), cdone.eq(0), cb.eq(0), t.eq(0), oc.eq(0), w_bank.eq(1),
-                         cb_last.eq(cbw_is1), t_last.eq(taps_is1), o_last.eq(o_is1),
-                         w_block_base.eq(0), w_tap_base.eq(0),
-                         off.eq(Mux(bits8, w_skip, Cat(Const(0, 1), w_skip)))]
+            m.d.sync += [active.eq(1), go.eq(1), cdone.eq(0), seen_last.eq(0),
+                         cb.eq(0), t.eq(0), oc.eq(0), w_bank.eq(1),
+                         cb_last.eq(cbw_is1), t_last.eq(taps_is1), o_last.eq(o_is1), n_cur.eq(first_nib),
+                         ct_last.eq(ct_first), cto_last.eq(ct_first & o_is1),
+                         w_block_base.eq(0), w_tap_base.eq(0), off.eq(Cat(Const(0, 1), w_skip))]
         with m.Elif(emit):
-            m.d.sync += off.eq(Mux(wrap, nxt_off - Mux(bits8, BB, E4), nxt_off))
-            with m.If(cb_last):
-                m.d.sync += [cb.eq(0), cb_last.eq(cbw_is1)]
-                with m.If(t_last):
-                    m.d.sync += [t.eq(0), t_last.eq(taps_is1), oc.eq(oc + 1), o_last.eq(oc == o_m2),
-                                 w_bank.eq(w_bank.rotate_left(1)), w_tap_base.eq(w_block_base)]
-                    with m.If(w_bank[P - 1]):  # the next channel starts the next block
-                        m.d.sync += [w_block_base.eq(w_tap_base + cbw), w_tap_base.eq(w_tap_base + cbw)]
-                    with m.If(o_last):
-                        m.d.sync += cdone.eq(1)
-                with m.Else():
-                    m.d.sync += [t.eq(t + 1), t_last.eq(t == taps_m2), w_tap_base.eq(w_tap_base + cbw)]
+            m.d.sync += off.eq(nxt_off[:OB])
+            with m.If(cto_last):
+                m.d.sync += [go.eq(0), cdone.eq(1)]
+            with m.If(ct_last):  # the next chunk starts a channel
+                m.d.sync += [cb.eq(0), cb_last.eq(cbw_is1), n_cur.eq(first_nib),
+                             t.eq(0), t_last.eq(taps_is1), oc.eq(oc + 1), o_last.eq(oc == o_m2),
+                             ct_last.eq(ct_first), cto_last.eq(ct_first & (oc == o_m2)),
+                             w_bank.eq(w_bank.rotate_left(1)), w_tap_base.eq(w_block_base)]
+                with m.If(w_bank[P - 1]):  # the next channel starts the next block
+                    m.d.sync += [w_block_base.eq(w_tap_base + cbw), w_tap_base.eq(w_tap_base + cbw)]
+            with m.Elif(cb_last):  # the next chunk starts a tap
+                m.d.sync += [cb.eq(0), cb_last.eq(cbw_is1), n_cur.eq(first_nib),
+                             t.eq(t + 1), t_last.eq(t == taps_m2),
+                             ct_last.eq(cbw_is1 & (t == taps_m2)), cto_last.eq(cbw_is1 & (t == taps_m2) & o_last),
+                             w_tap_base.eq(w_tap_base + cbw)]
             with m.Else():
-                m.d.sync += [cb.eq(cb + 1), cb_last.eq(cb == cbw_m2)]
+                m.d.sync += [cb.eq(cb + 1), cb_last.eq(cb == cbw_m2),
+                             ct_last.eq((cb == cbw_m2) & t_last), cto_last.eq((cb == cbw_m2) & t_last & o_last),
+                             n_cur.eq(Mux(cb == cbw_m2, r_nib, p_nib))]
 
-        # Stage 1: the window as elements (sign-extended nibbles, or bytes), shifted by the
-        # offset's high bits. Stage 2: by its low bits, the lanes past the chunk zeroed.
-        win = Cat(qd[0], qd[1])
-        def elem(i):
-            nib = win[4 * i:4 * i + 4]
-            e4 = Cat(nib, nib[3].replicate(4))
-            e8 = win[8 * i:8 * i + 8] if i < 2 * BB else Const(0, 8)
-            return Mux(bits8, e8, e4)
-        elems = [elem(i) for i in range(2 * E4)]
+        # Stage 1: the window's nibbles (cur then nxt, picked by the read pointer) shifted by the
+        # offset's high bits; stage 2: by its low bits; stage 3: the lanes (a byte, or a nibble
+        # sign-extended), those past the chunk zeroed, then the write.
+        def win_nib(i):
+            beat, at = divmod(i, NB)   # beat 0: cur (entry rp), 1: nxt (entry rp + 1)
+            v = Const(0, 4)
+            for k in range(3):
+                v = Mux(rp[k], qd[(k + beat) % 3][4 * at:4 * at + 4], v)
+            return v
         LO = min(3, OB)
-        n1 = P + (1 << LO) - 1
-        s1_el = Signal(8 * n1)
-        s1_lo = Signal(LO)
-        s1_valid, s1_mask = Signal(), Signal(P)
-        s1_bank = Signal(P)
-        s1_addr = Signal(range(cfg.weight_depth))
-        hi = off[LO:]
-        hi_n = 1 << (OB - LO)
+        n1 = 2 * P + (1 << LO) - 1
+        hi, hi_n = off[LO:], 1 << (OB - LO)
         sel1 = []
         for i in range(n1):
-            cands = [elems[i + (h << LO)] if i + (h << LO) < len(elems) else Const(0, 8) for h in range(hi_n)]
-            v = cands[0]
-            for h in range(1, hi_n):
-                v = Mux(hi == h, cands[h], v)
+            v = Const(0, 4)
+            for h in range(hi_n):
+                if i + (h << LO) < 2 * NB:
+                    v = Mux(hi == h, win_nib(i + (h << LO)), v)
             sel1.append(v)
-        m.d.sync += [s1_el.eq(Cat(*sel1)), s1_lo.eq(off[:LO]), s1_valid.eq(emit),
+        s1_nib, s1_lo = Signal(4 * n1), Signal(LO)
+        s1_valid, s1_mask, s1_bank = Signal(), Signal(P), Signal(P)
+        s1_addr = Signal(range(cfg.weight_depth))
+        m.d.sync += [s1_nib.eq(Cat(*sel1)), s1_lo.eq(off[:LO]), s1_valid.eq(emit),
                      s1_mask.eq(Mux(cb_last, r_mask, (1 << P) - 1)), s1_bank.eq(w_bank),
                      s1_addr.eq(w_tap_base + cb)]
+        s2_nib = Signal(8 * P)
+        s2_valid, s2_mask, s2_bank = Signal(), Signal(P), Signal(P)
+        s2_addr = Signal(range(cfg.weight_depth))
+        sel2 = []
+        for k in range(2 * P):
+            v = s1_nib[4 * k:4 * k + 4]
+            for lo in range(1, 1 << LO):
+                v = Mux(s1_lo == lo, s1_nib[4 * (k + lo):4 * (k + lo) + 4], v)
+            sel2.append(v)
+        m.d.sync += [s2_nib.eq(Cat(*sel2)), s2_valid.eq(s1_valid), s2_mask.eq(s1_mask), s2_bank.eq(s1_bank),
+                     s2_addr.eq(s1_addr)]
         lanes = []
         for j in range(P):
-            v = s1_el[8 * j:8 * j + 8]
-            for lo in range(1, 1 << LO):
-                v = Mux(s1_lo == lo, s1_el[8 * (j + lo):8 * (j + lo) + 8], v)
-            lanes.append(Mux(s1_mask[j], v, 0))
+            nib = s2_nib[4 * j:4 * j + 4]
+            lanes.append(Mux(s2_mask[j], Mux(bits8, s2_nib[8 * j:8 * j + 8], Cat(nib, nib[3].replicate(4))), 0))
         wr_addr = Signal(range(cfg.weight_depth))
         wr_data = Signal(P * 8)
         wr_en = Signal(P)
-        m.d.sync += [wr_addr.eq(s1_addr), wr_data.eq(Cat(*lanes)), wr_en.eq(Mux(s1_valid, s1_bank, 0))]
+        m.d.sync += [wr_addr.eq(s2_addr), wr_data.eq(Cat(*lanes)), wr_en.eq(Mux(s2_valid, s2_bank, 0))]
         # Done: every chunk issued, the last beat gone (the rest of it dropped) and the last
-        # word through both stages.
-        with m.If(active & cdone & ~qv[0] & ~s1_valid & (wr_en == 0) & ~w_start):
+        # word through the stages.
+        with m.If(active & cdone & seen_last & ~c1 & ~s1_valid & ~s2_valid & ~w_start):
             m.d.sync += active.eq(0)
         for b in range(P):
             m.d.comb += [wb_w[b].addr.eq(wr_addr), wb_w[b].data.eq(wr_data), wb_w[b].en.eq(wr_en[b]),
