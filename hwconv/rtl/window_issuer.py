@@ -179,12 +179,20 @@ class WindowIssuer(wiring.Component):
                      n_dn.eq(Mux(dn_raw >= rows, dn_raw - rows, dn_raw))]
         dil, db = Signal(D), Signal(A)
         slot_up, slot_dn = Signal(range(S)), Signal(range(S))
+        # The pixel's registers take the fetched values as the pixel moves on, or when a row's
+        # first dilation is in. `start` needs no say in that enable (every enable is 0 once a row
+        # is issued, and a DEFORM_DW row's first pixel is loaded at warm[0], after start), so the
+        # MAC array's advance meets one LUT before these registers.
+        take_px = Signal()
+        m.d.comb += take_px.eq(adv & e_px | warm[0])
+        with m.If(take_px):
+            m.d.sync += [dil.eq(n_dil), db.eq(n_db), slot_up.eq(n_up), slot_dn.eq(n_dn)]
         with m.If(start):
             m.d.sync += [pf_x.eq(0), warm.eq(Mux(deform, 0b1000, 0)), issued_all.eq(0)]
         with m.Else():
             m.d.sync += warm.eq(warm >> 1)
-            with m.If(adv & e_px | warm[0]):
-                m.d.sync += [dil.eq(n_dil), db.eq(n_db), slot_up.eq(n_up), slot_dn.eq(n_dn), pf_x.eq(pf_x + 1)]
+            with m.If(take_px):
+                m.d.sync += pf_x.eq(pf_x + 1)
             with m.If(adv & e_end):
                 m.d.sync += issued_all.eq(1)
 
