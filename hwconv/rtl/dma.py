@@ -20,7 +20,7 @@ transfer under way but the bus held it up (see each engine).
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, unsigned
+from amaranth.hdl import Cat, Const, Elaboratable, Module, Mux, Signal, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFO, SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
@@ -116,7 +116,13 @@ class BurstSplitter(wiring.Component):
         b_final = Signal()
         n_addr, n_left = Signal.like(addr), Signal.like(left)
         n_cap_m1, n_cap = Signal.like(cap_m1), Signal.like(cap)
-        fits = ~left[len_bits + 1:].any() & (left[:len_bits + 1] <= cap)
+        # whether the burst ends the command (left <= cap), a register set as the state loads:
+        # compared on the registers it loads from (n_left/n_cap, or the command), never on the
+        # subtraction left - cap beside it (yosys would share one carry chain between the two)
+        fits = Signal()
+
+        def le(a, b):
+            return ~a[len_bits + 1:].any() & (a[:len_bits + 1] <= b)
         m.d.sync += [  # functions of the state, which holds still while a burst is on offer
             b_final.eq(fits), b_len.eq(Mux(fits, left[:len_bits] - 1, cap_m1)),
             n_addr.eq(Cat(Const(0, s), addr[s:] + cap)), n_left.eq(left - cap),
@@ -145,6 +151,7 @@ class BurstSplitter(wiring.Component):
                 left.eq(Mux(self.active, n_left, self.cmd.p.length[s:])),
                 cap_m1.eq(Mux(self.active, n_cap_m1, cmd_cap_m1)),
                 cap.eq(Mux(self.active, n_cap, cmd_cap_m1 + 1)),
+                fits.eq(Mux(self.active, le(n_left, n_cap), le(self.cmd.p.length[s:], cmd_cap_m1 + 1))),
                 prep.eq(1),
             ]
         with m.If(take_cmd):
@@ -200,6 +207,46 @@ class _DMABase(wiring.Component):
         })
 
 
+class _FlagQueue(Elaboratable):
+    """A first-in first-out queue of 1-bit flags with SyncFIFO's w_*/r_* ports (first word
+    fall-through), its `w_rdy` and `r_rdy` registers kept from the next fill level, so that
+    neither is an adder's output: for the DMA reader's bursts in flight."""
+
+    def __init__(self, depth: int):
+        self.depth = depth
+        self.w_en, self.w_data, self.w_rdy = Signal(), Signal(), Signal(init=1)
+        self.r_en, self.r_data, self.r_rdy = Signal(), Signal(), Signal()
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        n = self.depth
+        flags = Signal(n)
+        w_ptr, r_ptr = Signal(range(n)), Signal(range(n))
+        level = Signal(range(n + 1))
+        w = self.w_en & self.w_rdy
+        r = self.r_en & self.r_rdy
+
+        def step(ptr):
+            return Mux(ptr == n - 1, 0, ptr + 1)
+        with m.Switch(r_ptr):
+            for k in range(n):
+                with m.Case(k):
+                    m.d.comb += self.r_data.eq(flags[k])
+        with m.If(w):
+            m.d.sync += w_ptr.eq(step(w_ptr))
+            with m.Switch(w_ptr):
+                for k in range(n):
+                    with m.Case(k):
+                        m.d.sync += flags[k].eq(self.w_data)
+        with m.If(r):
+            m.d.sync += r_ptr.eq(step(r_ptr))
+        with m.If(w & ~r):
+            m.d.sync += [level.eq(level + 1), self.w_rdy.eq(level != n - 1), self.r_rdy.eq(1)]
+        with m.Elif(r & ~w):
+            m.d.sync += [level.eq(level - 1), self.w_rdy.eq(1), self.r_rdy.eq(level != 1)]
+        return m
+
+
 class DMAReader(_DMABase):
     """Reads DRAM into a stream of bus-width beats.
 
@@ -230,7 +277,7 @@ class DMAReader(_DMABase):
         wiring.connect(m, wiring.flipped(self.cmd), split.cmd)
         # One entry per burst requested and not yet fully returned: its depth is the limit on
         # outstanding bursts, and it remembers which burst's RLAST ends a command.
-        m.submodules.inflight = inflight = SyncFIFO(width=1, depth=self.max_outstanding)
+        m.submodules.inflight = inflight = _FlagQueue(self.max_outstanding)
         m.submodules.buffer = buffer = SyncFIFOBuffered(width=dw + 1, depth=self.buffer_depth)
 
         issue = split.burst.valid & split.burst.ready

@@ -364,8 +364,13 @@ class EngineCore(wiring.Component):
         # -- the row loop: its own small FSM (a short state decode), started by the layer's ----
         # Whether ROW_BEGIN loads another row is worked out into registers while it waits a
         # cycle (`decide`): no row compare sits between the state and the next one.
-        load_in0 = Signal()
-        m.d.sync += load_in0.eq(~is_add & (next_row < i0.height) & (next_row <= row_hi))
+        # One-hot: what ROW_BEGIN does next (ADD's in0 row, the next in0 row, the in1 / dilation
+        # row, or the row's compute), from the registers it reads, which hold while it waits.
+        go_add0, go_in0, go_aux, go_compute = Signal(), Signal(), Signal(), Signal()
+        add0 = is_add & add_in0_pending
+        want_in0 = ~is_add & (next_row < i0.height) & (next_row <= row_hi)
+        m.d.sync += [go_add0.eq(add0), go_in0.eq(~add0 & want_in0), go_aux.eq(~add0 & ~want_in0 & aux_pending),
+                     go_compute.eq(~add0 & ~want_in0 & ~aux_pending)]
         decide, drained = Signal(), Signal()
         with m.FSM(name="rows_fsm"):
             with m.State("IDLE"):
@@ -378,24 +383,21 @@ class EngineCore(wiring.Component):
                 with m.If(abort):
                     m.d.sync += [rows_done.eq(1), rows_aborted.eq(1), decide.eq(0)]
                     m.next = "IDLE"
-                with m.Elif(~decide):
-                    pass
-                with m.Elif(is_add & add_in0_pending):
-                    m.d.sync += [load_tensor.eq(0), load_slot.eq(0), load_dil.eq(0), add_in0_pending.eq(0),
-                                 decide.eq(0)]
-                    m.next = "LOAD_CMD"
-                with m.Elif(load_in0):
-                    m.d.sync += [load_tensor.eq(0), load_slot.eq(next_slot), load_dil.eq(0),
-                                 next_row.eq(next_row + 1), next_slot.eq(mod_rows(next_slot + 1, 1)),
-                                 decide.eq(0)]
-                    m.next = "LOAD_CMD"
-                with m.Elif(aux_pending):
-                    m.d.sync += [load_tensor.eq(1), load_slot.eq(1), load_dil.eq(is_deform), aux_pending.eq(0),
-                                 decide.eq(0)]
-                    m.next = "LOAD_CMD"
-                with m.Else():
-                    m.d.sync += [row_start.eq(1), decide.eq(0)]
-                    m.next = "COMPUTE"
+                with m.Elif(decide):
+                    m.d.sync += decide.eq(0)
+                    with m.If(go_add0):
+                        m.d.sync += [load_tensor.eq(0), load_slot.eq(0), load_dil.eq(0), add_in0_pending.eq(0)]
+                        m.next = "LOAD_CMD"
+                    with m.If(go_in0):
+                        m.d.sync += [load_tensor.eq(0), load_slot.eq(next_slot), load_dil.eq(0),
+                                     next_row.eq(next_row + 1), next_slot.eq(mod_rows(next_slot + 1, 1))]
+                        m.next = "LOAD_CMD"
+                    with m.If(go_aux):
+                        m.d.sync += [load_tensor.eq(1), load_slot.eq(1), load_dil.eq(is_deform), aux_pending.eq(0)]
+                        m.next = "LOAD_CMD"
+                    with m.If(go_compute):
+                        m.d.sync += row_start.eq(1)
+                        m.next = "COMPUTE"
             with m.State("LOAD_CMD"):
                 # The row loader is told now: the previous row's bytes are all in, and this row's
                 # first beat is cycles away (the reader's command stage, the DMA, the bus).
