@@ -47,7 +47,9 @@ class Store(wiring.Component):
     (read the cycle after ``start``) are where its first (second, when upsampling) output row
     starts in its bus beat, and ``odd_row`` which half it goes to when not upsampling. ``done``:
     the whole row is placed (its last write was on ``w_*`` the cycle before or earlier).
-    ``w_addr``/``w_data``/``w_mask``/``w_half`` mean something only with ``w_en``."""
+    ``w_addr``/``w_data``/``w_mask``/``w_half`` mean something only with ``w_en``. ``desc`` and
+    ``geo`` hold for the layer and must be set at least two cycles before its first ``start``
+    (some of their per-layer values are registered over two steps)."""
 
     def __init__(self, config: EngineConfig):
         self.config = config
@@ -97,15 +99,21 @@ class Store(wiring.Component):
         pf_m1, pl_m1 = Signal(PCW), Signal(PCW)
         pf_zero, pl_zero, pf_one, pl_one = Signal(name="pf_zero"), Signal(name="pl_zero"), Signal(name="pf_one"), Signal(name="pl_one")
         m.d.sync += [prep2.eq(prep), prep3.eq(prep2)]
+        # Values of desc alone, registered every cycle over two steps: desc holds for the layer
+        # and is set dozens of cycles (the checker) before a row's prep reads these.
+        nvl = Signal(LP + 1)
+        tl_desc = Signal(P)
+        byte_last_up_m1 = Signal(PCW)
+        m.d.sync += [nvl.eq(Mux(c_lo == 0, P, c_lo)), tl_desc.eq(Cat(*[(c_lo == 0) | (c_lo > k) for k in range(P)])),
+                     byte_last_up_m1.eq(nvl * 3 + P - 1)]
         with m.If(prep):
             is_run = o.group_channels == o.channels
             is_pair = ((o.group_channels == 1) & (o.group_stride == 2) & ~is_run) if half else 0
-            nvl = Mux(c_lo == 0, P, c_lo)
             m.d.sync += [
                 up.eq(geo.upsample), odd.eq(self.odd_row),
                 run.eq(is_run), pair.eq(is_pair), byte.eq(~is_run & ~is_pair),
-                tl.eq(Cat(*[(c_lo == 0) | (c_lo > k) for k in range(P)])),
-                byte_last_m1.eq(Mux(geo.upsample, nvl * 3 + P - 1, P - 1)),
+                tl.eq(tl_desc),
+                byte_last_m1.eq(Mux(geo.upsample, byte_last_up_m1, P - 1)),
                 pix_step.eq(Mux(geo.upsample, o.pixel_stride << 1, o.pixel_stride)),
                 gs.eq(o.group_stride),
                 wo_m2.eq(geo.wo - 2), gc_m2.eq(o.group_channels - 2), ob_m3.eq(geo.ob_n - 3),
@@ -180,7 +188,7 @@ class Store(wiring.Component):
         with m.If(prep):
             m.d.sync += [st_u.eq(0), u_last.eq(~geo.upsample), st_h.eq(0),
                          st_j.eq(0), j_valid.eq(1), j_last.eq(P == 1),
-                         tl_sh.eq(Cat(*[(c_lo == 0) | (c_lo > k) for k in range(P)])),
+                         tl_sh.eq(tl_desc),
                          st_ob.eq(0), st_ox.eq(0), st_r.eq(0), off.eq(0), grp.eq(0),
                          ob_last.eq(geo.ob_n == 1), ox_last.eq(geo.wo == 1), r_last.eq(o.group_channels == 1),
                          base[0].eq(self.align_a), base[1].eq(self.align_a + o.pixel_stride),
