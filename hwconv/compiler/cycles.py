@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from ..spec.config import EngineConfig
 from ..spec.isa import DESCRIPTOR_BYTES, PREAMBLE_BYTES, REQUANT_OPS, WEIGHTED_OPS, Flag, LayerDescriptor, Opcode
-from ..spec.params import REQUANT_RECORD_BYTES
+from ..spec.params import REQUANT_RECORD_BYTES, packed_weight_bytes
 from ..spec.validate import blocks
 
 __all__ = ["LayerCycles", "layer_cycles", "program_cycles", "DEFAULT_MEM_LATENCY"]
@@ -70,27 +70,13 @@ class LayerCycles:
         return max(parts, key=parts.get)
 
 
-def _row_weight_cycles(cin: int, p: int, high_first: bool) -> int:
-    """Cycles for one (channel, tap) row of cin 4-bit weights: two per cycle when both halves of
-    a byte land in the same word (same row, same block of p), else one."""
-    cycles, ci, high = 0, 0, high_first
-    while ci < cin:
-        pair = not high and ci % p != p - 1 and ci + 1 < cin
-        n = 2 if pair else 1
-        if not pair:
-            high = not high
-        ci += n
-        cycles += 1
-    return cycles
-
-
-def _weight_cycles(rows: int, cin: int, p: int, bits: int) -> int:
-    if bits == 8:
-        return rows * cin
-    if cin % 2 == 0:  # every row starts on a byte
-        return rows * _row_weight_cycles(cin, p, False)
-    even, odd = _row_weight_cycles(cin, p, False), _row_weight_cycles(cin, p, True)
-    return (rows + 1) // 2 * even + rows // 2 * odd
+def _weight_cycles(rows: int, cin: int, p: int, bits: int, bus_bytes: int) -> int:
+    """The weights from raw bus beats: a bank word (up to p weights of one (channel, tap) row) per
+    cycle, or a beat per cycle where the beats are more; + 3 (the first word waits for two beats,
+    then the loader's three stages)."""
+    words = rows * blocks(cin, p)
+    beats = -(-packed_weight_bytes(rows * cin, bits) // bus_bytes)
+    return max(words, beats) + 3
 
 
 def _read(nbytes: int, lat: int) -> int:
@@ -111,7 +97,7 @@ def layer_cycles(d: LayerDescriptor, cfg: EngineConfig, mem_latency: int = DEFAU
         params += _read(d.out.channels * REQUANT_RECORD_BYTES, lat) + 1  # + the records' check
     if op in WEIGHTED_OPS:
         cin = d.in0.channels if op == Opcode.CONV else 1
-        params += lat + _READ_OVERHEAD + _weight_cycles(d.out.channels * d.kernel * d.kernel, cin, p, d.weight_bits)
+        params += lat + _READ_OVERHEAD + _weight_cycles(d.out.channels * d.kernel * d.kernel, cin, p, d.weight_bits, bb)
 
     ho, wo = d.compute_hw
     up = bool(d.flags & Flag.UPSAMPLE2X)
