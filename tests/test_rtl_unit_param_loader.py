@@ -45,7 +45,7 @@ def beats_of(blob: bytes, skip: int, bb: int, rng) -> list[int]:
     return [int.from_bytes(raw[i:i + bb], "little") for i in range(0, n, bb)]
 
 
-def run_layer(cfg, layers, seed, gaps=0.3):
+def run_layer(cfg, layers, seed, gaps=0.3, latency=None):
     """Layers one after another: records as bytes, weights as raw beats at a random skip (the
     beats with random gaps), then every weight word read back and each block's records looked up."""
     P, bb = cfg.pe_in, cfg.bus_bytes
@@ -92,7 +92,7 @@ def run_layer(cfg, layers, seed, gaps=0.3):
             ctx.set(dut.w_skip, skip)
             await ctx.tick()
             ctx.set(dut.w_start, 0)
-            for _ in range(int(rng.integers(0, 4))):  # the DMA's latency
+            for _ in range(int(rng.integers(0, 4)) if latency is None else latency):  # the DMA's latency
                 await ctx.tick()
             i, cycles = 0, 0
             while i < len(beats):
@@ -172,6 +172,16 @@ def test_records_and_weights_land_in_their_banks(cfg):
                        int(rng.integers(1, 2 * P + 2)), int(rng.choice([1, 3]))))
     rng.shuffle(layers)
     run_layer(cfg, layers, seed=P + cfg.bus_bytes)
+
+
+@pytest.mark.parametrize("latency", [0, 1])
+def test_small_blobs_whose_beats_come_right_after_the_start(latency):
+    """One-beat and two-beat blobs (one chunk, a few), the first beat in the cycle the loader
+    registers the start or the next."""
+    layers = [(True, 4, 2, 1, 1), (True, 8, 3, 1, 1), (True, 4, 5, 2, 1), (False, 4, 1, 1, 3), (True, 8, 11, 1, 1),
+              (True, 4, 1, 1, 1)]
+    run_layer(CFG, layers, seed=latency, gaps=0.0, latency=latency)
+    run_layer(CFG, layers, seed=latency + 2, gaps=0.5, latency=latency)
 
 
 @pytest.mark.parametrize("bits", [4, 8])

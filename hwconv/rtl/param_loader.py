@@ -227,7 +227,8 @@ class ParamLoader(wiring.Component):
         ct_last, cto_last, ct_first = Signal(), Signal(), Signal()
         m.d.sync += ct_first.eq(cbw_is1 & taps_is1)  # a channel of one chunk
         with m.If(w_start):
-            m.d.sync += [active.eq(1), go.eq(1), cdone.eq(0), seen_last.eq(0),
+            # (the first beat may come in the same cycle)
+            m.d.sync += [active.eq(1), go.eq(1), cdone.eq(0), seen_last.eq(push & in_last),
                          cb.eq(0), t.eq(0), oc.eq(0), w_bank.eq(1),
                          cb_last.eq(cbw_is1), t_last.eq(taps_is1), o_last.eq(o_is1), n_cur.eq(first_nib),
                          ct_last.eq(ct_first), cto_last.eq(ct_first & o_is1),
