@@ -208,7 +208,8 @@ class EngineCore(wiring.Component):
         flush_start = Signal()
         flush_done = Signal()
         flush_idle = Signal()
-        next_row_step = Signal()
+        next_row_step = Signal()      # a registered pulse: the row counters step (the cycle after DRAIN / FLUSH)
+        m.d.sync += next_row_step.eq(0)
         # The window's last input row for output row oy (oy * stride - pad + k - 1; deformable
         # oy + max_dilation; COPY oy), stepped with oy rather than computed from it.
         row_hi = Signal(signed(20))
@@ -328,12 +329,6 @@ class EngineCore(wiring.Component):
                 with m.If(~in_weights & ~pl.w_busy):
                     m.next = "LAYER_SETUP"
             with m.State("LAYER_SETUP"):
-                m.d.sync += [in0_row_addr.eq(self.arena_base + i0.addr), in1_row_addr.eq(self.arena_base + i1.addr),
-                             row_a.eq(self.arena_base + o.addr)]
-                m.d.sync += [oy.eq(0), next_row.eq(0), next_slot.eq(0), aux_pending.eq(is_add | is_deform),
-                             add_in0_pending.eq(is_add),
-                             base_slot.eq(Mux(is_deform | (desc.pad == 0), 0, rows - desc.pad)),
-                             row_hi.eq(Mux(is_deform, cfg.max_dilation, Mux(is_copy, 0, k - 1 - desc.pad)))]
                 m.d.sync += rows_go.eq(1)
                 m.next = "ROWS"
             with m.State("ROWS"):  # the row loop below runs the layer's rows
@@ -371,20 +366,28 @@ class EngineCore(wiring.Component):
         want_in0 = ~is_add & (next_row < i0.height) & (next_row <= row_hi)
         m.d.sync += [go_add0.eq(add0), go_in0.eq(~add0 & want_in0), go_aux.eq(~add0 & ~want_in0 & aux_pending),
                      go_compute.eq(~add0 & ~want_in0 & ~aux_pending)]
-        decide, drained = Signal(), Signal()
+        settle, decide, drained = Signal(), Signal(), Signal()
         with m.FSM(name="rows_fsm"):
             with m.State("IDLE"):
-                with m.If(rows_go):
+                with m.If(rows_go):  # the layer's row counters and addresses (only this FSM sets them)
+                    m.d.sync += [in0_row_addr.eq(self.arena_base + i0.addr), in1_row_addr.eq(self.arena_base + i1.addr),
+                                 row_a.eq(self.arena_base + o.addr)]
+                    m.d.sync += [oy.eq(0), next_row.eq(0), next_slot.eq(0), aux_pending.eq(is_add | is_deform),
+                                 add_in0_pending.eq(is_add),
+                                 base_slot.eq(Mux(is_deform | (desc.pad == 0), 0, rows - desc.pad)),
+                                 row_hi.eq(Mux(is_deform, cfg.max_dilation, Mux(is_copy, 0, k - 1 - desc.pad)))]
                     m.d.sync += rows_aborted.eq(0)
                     m.next = "ROW_BEGIN"
             # rows of input for output row oy
             with m.State("ROW_BEGIN"):
-                m.d.sync += decide.eq(1)
+                # two cycles before deciding: the row counters step in the first (next_row_step),
+                # the choice is registered from them in the second
+                m.d.sync += [settle.eq(1), decide.eq(settle)]
                 with m.If(abort):
-                    m.d.sync += [rows_done.eq(1), rows_aborted.eq(1), decide.eq(0)]
+                    m.d.sync += [rows_done.eq(1), rows_aborted.eq(1), settle.eq(0), decide.eq(0)]
                     m.next = "IDLE"
                 with m.Elif(decide):
-                    m.d.sync += decide.eq(0)
+                    m.d.sync += [settle.eq(0), decide.eq(0)]
                     with m.If(go_add0):
                         m.d.sync += [load_tensor.eq(0), load_slot.eq(0), load_dil.eq(0), add_in0_pending.eq(0)]
                         m.next = "LOAD_CMD"
@@ -428,14 +431,14 @@ class EngineCore(wiring.Component):
                     with m.If(upsample):
                         m.next = "FLUSH"
                     with m.Else():
-                        m.d.comb += next_row_step.eq(1)
+                        m.d.sync += next_row_step.eq(1)
                         m.next = "ROW_BEGIN"
                         with m.If(last_row):
                             m.d.sync += rows_done.eq(1)
                             m.next = "IDLE"
             with m.State("FLUSH"):
                 with m.If(flush_done):
-                    m.d.comb += next_row_step.eq(1)
+                    m.d.sync += next_row_step.eq(1)
                     m.next = "ROW_BEGIN"
                     with m.If(last_row):
                         m.d.sync += rows_done.eq(1)
