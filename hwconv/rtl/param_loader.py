@@ -8,13 +8,14 @@ weight in lane 0 (depthwise; the other lanes 0).
 
 Weights: the sequencer reads the blob's enclosing beats (raw) and pulses ``w_start`` with
 ``w_skip``, the blob's first byte in its first beat; ``w_busy`` is high from then until the last
-word is written. The beats wait in a three-entry queue (its ``ready`` a register); each cycle a
+word is written. The beats wait in a three-entry ring (its ``ready`` a register); each cycle a
 chunk of the blob (P weights, or the row's last r = cin - (blocks - 1) * P, or one weight for
-depthwise) is cut from the two oldest beats at a registered element offset (nibbles or bytes),
-the window shifted in two registered stages (by the offset's high bits, then its low 3 bits;
-the lanes past the chunk zeroed), and written to its bank one stage later. The bytes before the
-blob and after its end are dropped. Buses narrower than P bytes gather ceil(P / bus bytes) beats
-into one first.
+depthwise) is cut from the two oldest beats at a registered nibble offset (an 8-bit weight is two
+nibbles), the window shifted by the offset's high bits, then by its low three bits (a registered
+stage each), then the lanes formed (a byte, or a nibble sign-extended; those past the chunk 0)
+into the write register: a word per cycle, max(words, beats) + 3 cycles from the first beat. The
+bytes before the blob and after its end are dropped. Buses narrower than P bytes gather
+ceil(P / bus bytes) beats into one first.
 
 Read sides:
 - ``w_addr``/``w_en`` -> ``w_data`` the next cycle (held while ``w_en`` is low): lane b's word;
