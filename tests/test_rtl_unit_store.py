@@ -62,7 +62,7 @@ def run_rows(cfg, channels, gc, gs, up, seed, gaps=True, rows=2):
         ctx.set(dut.geo.upsample, int(up))
         ctx.set(dut.geo.ob_n, ob_n)
         ctx.set(dut.geo.wo, wo)
-        await ctx.tick().repeat(2)  # the layer's values settle before its first row (the contract)
+        await ctx.tick().repeat(3)  # the layer's values settle before its first row (the contract)
         t = 0
         for _row in range(rows):
             odd_row, align = int(rng.integers(2)), [int(rng.integers(0, cfg.bus_bytes)) for _ in range(2)]

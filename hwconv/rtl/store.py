@@ -48,8 +48,8 @@ class Store(wiring.Component):
     starts in its bus beat, and ``odd_row`` which half it goes to when not upsampling. ``done``:
     the whole row is placed (its last write was on ``w_*`` the cycle before or earlier).
     ``w_addr``/``w_data``/``w_mask``/``w_half`` mean something only with ``w_en``. ``desc`` and
-    ``geo`` hold for the layer and must be set at least two cycles before its first ``start``
-    (some of their per-layer values are registered over two steps)."""
+    ``geo`` hold for the layer and must be set at least three cycles before its first ``start``
+    (some of their per-layer values are registered over three steps)."""
 
     def __init__(self, config: EngineConfig):
         self.config = config
@@ -99,12 +99,16 @@ class Store(wiring.Component):
         pf_m1, pl_m1 = Signal(PCW), Signal(PCW)
         pf_zero, pl_zero, pf_one, pl_one = Signal(name="pf_zero"), Signal(name="pl_zero"), Signal(name="pf_one"), Signal(name="pl_one")
         m.d.sync += [prep2.eq(prep), prep3.eq(prep2)]
-        # Values of desc alone, registered every cycle over two steps: desc holds for the layer
+        # Values of desc alone, registered every cycle over three steps: desc holds for the layer
         # and is set dozens of cycles (the checker) before a row's prep reads these.
+        # (c_lo is copied first, so that synthesis cannot merge these compares with other
+        # units' arithmetic on the same descriptor bits, which made them carry chains)
+        c_lo_r = Signal(LP, name="c_lo_r")
         nvl = Signal(LP + 1)
         tl_desc = Signal(P)
         byte_last_up_m1 = Signal(PCW)
-        m.d.sync += [nvl.eq(Mux(c_lo == 0, P, c_lo)), tl_desc.eq(Cat(*[(c_lo == 0) | (c_lo > k) for k in range(P)])),
+        m.d.sync += [c_lo_r.eq(c_lo), nvl.eq(Mux(c_lo_r == 0, P, c_lo_r)),
+                     tl_desc.eq(Cat(*[(c_lo_r == 0) | (c_lo_r > k) for k in range(P)])),
                      byte_last_up_m1.eq(nvl * 3 + P - 1)]
         with m.If(prep):
             is_run = o.group_channels == o.channels
