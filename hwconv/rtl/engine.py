@@ -121,7 +121,6 @@ class EngineCore(wiring.Component):
         raw = Signal(DESCRIPTOR_BYTES * 8)
         desc = Signal(descriptor_layout())
         pre = preamble_layout()(raw)
-        n_layers = Signal(32)
         layer = Signal(32)
         busy, done, abort = Signal(), Signal(), Signal()
         # A register, not decoded from the state: 4-state simulators see no X at time 0.
@@ -214,7 +213,8 @@ class EngineCore(wiring.Component):
         # oy + max_dilation; COPY oy), stepped with oy rather than computed from it.
         row_hi = Signal(signed(20))
         last_row = Signal()           # oy + 1 == ho, registered (oy holds for a row's states)
-        m.d.sync += last_row.eq(oy + 1 == ho)
+        ho_m1 = Signal(16)            # the layer's ho - 1, registered: last_row is one compare
+        m.d.sync += [ho_m1.eq(ho - 1), last_row.eq(oy == ho_m1)]
         # Row addresses step by a row at a time (no multiplier): the next in0 / in1 row to load,
         # the output row (two when upsampling) being computed.
         in0_row_addr, in1_row_addr, row_a = Signal(aw), Signal(aw), Signal(aw)
@@ -231,6 +231,7 @@ class EngineCore(wiring.Component):
         # a *_RECV state sees its sink clear; `layer` steps in LAYER_END only): the states that
         # use them decide from a flag, not through a 32-bit compare.
         pre_code, pre_bad, op_known, last_layer = Signal(8), Signal(), Signal(), Signal()
+        n_layers_m1 = Signal(32)
         pre_checks = [(pre.magic != PREAMBLE_MAGIC, ErrorCode.BAD_MAGIC),
                       (pre.version_major != FORMAT_VERSION[0], ErrorCode.VERSION_MISMATCH),
                       (pre.config_hash != cfg.config_hash, ErrorCode.CONFIG_MISMATCH),
@@ -242,7 +243,7 @@ class EngineCore(wiring.Component):
         for op in Opcode:
             known = known | (raw[:8] == op)
         m.d.sync += [pre_code.eq(code), pre_bad.eq(code != ErrorCode.NONE), op_known.eq(known),
-                     last_layer.eq(layer + 1 == n_layers)]
+                     last_layer.eq(layer == n_layers_m1)]
         with m.FSM():
             with m.State("IDLE"):
                 with m.If(start_run):
@@ -259,7 +260,7 @@ class EngineCore(wiring.Component):
                 with m.If(~in_seq):
                     m.next = "PRE_CHECK"
             with m.State("PRE_CHECK"):
-                m.d.sync += n_layers.eq(pre.n_layers)
+                m.d.sync += n_layers_m1.eq(pre.n_layers - 1)
                 with m.If(reader.error):
                     m.d.sync += error.eq(ErrorCode.AXI_ERROR)
                     m.next = "FINISH"
