@@ -33,13 +33,15 @@ __all__ = ["LayerCycles", "layer_cycles", "program_cycles", "DEFAULT_MEM_LATENCY
 # ports at 250 MHz; the simulation benches use their own RAM model's figure.
 DEFAULT_MEM_LATENCY = 40
 _CHECK_CYCLES = 3 * 17 + 14  # three 17-cycle divisions and the checker's pipelined stages (9)
-# The reader's command register, the burst splitter's prepare cycle, the beat register and the
-# skid buffer. Fitted with _PIPE_TAIL on a config-a frame (RTL at 06dad6c): mean error per
-# layer 0.06 %, worst 0.6 %. _PIPE_TAIL then +1 for the issuer's sixth stage (the line buffer's
-# registered words), one cycle per output row in the engine counters: the same errors on that
-# frame's counters plus a cycle per row.
-_READ_OVERHEAD = 8
-_PIPE_TAIL = 19              # issuer (6 stages), row start, record lookup, requantiser (9), store
+# Per read: the sequencer's command register and the sink register its *_RECV state waits for,
+# the reader's command register, the burst splitter's prepare cycle, the beat register and the
+# skid buffer, and (row reads) ROW_BEGIN's two waiting cycles. Per output row: the issuer (6
+# stages), row start, record lookup, requantiser (9), store, the row step pulse, DRAIN's
+# registered condition and ROW_BEGIN's wait before the compute. Both fitted on a config-a frame
+# (hwconv bench --rtl --model a, engine RTL at 0850e0e, docs/results/bench_rtl_a.json): mean
+# error per layer 0.05 %, worst 0.36 %.
+_READ_OVERHEAD = 11
+_PIPE_TAIL = 23
 
 
 def _mac_depth(p: int) -> int:
