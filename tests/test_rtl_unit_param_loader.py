@@ -53,6 +53,21 @@ def run_layer(cfg, layers, seed, gaps=0.3, latency=None):
     dut = ParamLoader(cfg)
     results = []
 
+    async def offer(ctx, port, items, payload):
+        """Each item on stream `port` in turn, with random gaps; the cycles it took."""
+        i = cycles = 0
+        while i < len(items):
+            valid = rng.random() >= gaps
+            ctx.set(port.valid, int(valid))
+            ctx.set(getattr(port.p, payload), items[i])
+            ctx.set(port.p.last, int(i == len(items) - 1))
+            took = valid and ctx.get(port.ready)
+            await ctx.tick()
+            i += took
+            cycles += 1
+        ctx.set(port.valid, 0)
+        return cycles
+
     async def bench(ctx):
         geo, desc = dut.geo, dut.desc
         for conv, bits, cin, cout, kernel in layers:
@@ -77,16 +92,7 @@ def run_layer(cfg, layers, seed, gaps=0.3, latency=None):
             await ctx.tick()
             ctx.set(dut.new_layer, 0)
             ctx.set(dut.records, 1)
-            i = 0
-            while i < len(rbytes):
-                valid = rng.random() >= gaps
-                ctx.set(dut.i.valid, int(valid))
-                ctx.set(dut.i.p.byte, rbytes[i])
-                ctx.set(dut.i.p.last, int(i == len(rbytes) - 1))
-                took = valid and ctx.get(dut.i.ready)
-                await ctx.tick()
-                i += took
-            ctx.set(dut.i.valid, 0)
+            await offer(ctx, dut.i, rbytes, "byte")
             ctx.set(dut.records, 0)
             ctx.set(dut.w_start, 1)
             ctx.set(dut.w_skip, skip)
@@ -94,17 +100,7 @@ def run_layer(cfg, layers, seed, gaps=0.3, latency=None):
             ctx.set(dut.w_start, 0)
             for _ in range(int(rng.integers(0, 4)) if latency is None else latency):  # the DMA's latency
                 await ctx.tick()
-            i, cycles = 0, 0
-            while i < len(beats):
-                valid = rng.random() >= gaps
-                ctx.set(dut.beats.valid, int(valid))
-                ctx.set(dut.beats.p.data, beats[i])
-                ctx.set(dut.beats.p.last, int(i == len(beats) - 1))
-                took = valid and ctx.get(dut.beats.ready)
-                await ctx.tick()
-                i += took
-                cycles += 1
-            ctx.set(dut.beats.valid, 0)
+            cycles = await offer(ctx, dut.beats, beats, "data")
             while ctx.get(dut.w_busy):
                 await ctx.tick()
                 cycles += 1
