@@ -22,10 +22,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..spec.config import EngineConfig
+from ..spec.config import EngineConfig, mac_pipeline_depth
 from ..spec.isa import DESCRIPTOR_BYTES, PREAMBLE_BYTES, REQUANT_OPS, WEIGHTED_OPS, Flag, LayerDescriptor, Opcode
 from ..spec.params import REQUANT_RECORD_BYTES, packed_weight_bytes
-from ..spec.validate import blocks
+from ..spec.validate import blocks, row_bytes
 
 __all__ = ["LayerCycles", "layer_cycles", "program_cycles", "DEFAULT_MEM_LATENCY"]
 
@@ -44,10 +44,6 @@ _READ_OVERHEAD = 11
 _PIPE_TAIL = 23
 
 
-def _mac_depth(p: int) -> int:
-    """Stages of the MAC array (rtl.mac_array.PIPELINE_DEPTH): lanes, operands, product (M, P),
-    one per adder-tree level, the accumulator, the skid buffer's head."""
-    return 4 + (p - 1).bit_length() + 2
 _ROW_OVERHEAD = 6            # state changes between a row's steps
 
 
@@ -85,8 +81,6 @@ def _read(nbytes: int, lat: int) -> int:
     return lat + _READ_OVERHEAD + nbytes if nbytes else 0
 
 
-def _row_bytes(ref) -> int:
-    return (ref.width - 1) * ref.pixel_stride + ref.reach
 
 
 def layer_cycles(d: LayerDescriptor, cfg: EngineConfig, mem_latency: int = DEFAULT_MEM_LATENCY,
@@ -110,7 +104,7 @@ def layer_cycles(d: LayerDescriptor, cfg: EngineConfig, mem_latency: int = DEFAU
     # Input rows: each in0 row once (the line buffer keeps what later rows need), a bus beat per
     # cycle; ADD reads both operands' row and DEFORM_DW the dilation row (bytes) per output row.
     def beats(ref):
-        return lat + _READ_OVERHEAD + -(-(_row_bytes(ref) + bb // 2) // bb)
+        return lat + _READ_OVERHEAD + -(-(row_bytes(ref) + bb // 2) // bb)
 
     row0 = beats(d.in0)
     if op == Opcode.ADD:
@@ -122,9 +116,9 @@ def layer_cycles(d: LayerDescriptor, cfg: EngineConfig, mem_latency: int = DEFAU
             last_needed = min(d.in0.height - 1, ho - 1 + cfg.max_dilation)
         loads = (last_needed + 1) * row0
         if op == Opcode.DEFORM_DW:
-            loads += ho * _read(_row_bytes(d.in1), lat)
+            loads += ho * _read(row_bytes(d.in1), lat)
 
-    tail = _PIPE_TAIL + _mac_depth(p)
+    tail = _PIPE_TAIL + mac_pipeline_depth(p)
     compute = ho * (wo * ob * taps * cbi + tail)
     if d.out.group_channels == d.out.channels:  # one run: a block per cycle (per copy)
         per_pixel = ob * (4 if up else 1)
@@ -135,7 +129,7 @@ def layer_cycles(d: LayerDescriptor, cfg: EngineConfig, mem_latency: int = DEFAU
         per_pixel = sum(v * (4 if up else 1) + (p - v) for v in valid)
     store = ho * (wo * per_pixel + tail)
 
-    out_row = _row_bytes(d.out)
+    out_row = row_bytes(d.out)
     beats = -(-(out_row + bb - 1) // bb)  # the row's bytes plus at most bb-1 of alignment
     per_row_flush = (2 if up else 1) * (beats + 4) + lat + _ROW_OVERHEAD
     if up:  # both halves of the row buffer: each row waits for its flush

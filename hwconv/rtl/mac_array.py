@@ -36,7 +36,7 @@ from amaranth.hdl import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from ..spec.config import EngineConfig
+from ..spec.config import EngineConfig, mac_pipeline_depth
 
 __all__ = ["MacArray", "MacMode", "mac_in_layout", "mac_out_layout", "PIPELINE_DEPTH"]
 
@@ -73,11 +73,7 @@ MacMode = data.StructLayout({
 })
 
 
-def PIPELINE_DEPTH(p: int) -> int:
-    """Registered stages from a beat's acceptance to its sums on `o` (the lanes' activations, the
-    multipliers' operands, the product's two registers, the tree levels, the accumulator, the skid
-    buffer's head)."""
-    return 4 + (p - 1).bit_length() + 2
+PIPELINE_DEPTH = mac_pipeline_depth  # registered stages from a beat's acceptance to its sums on `o`
 
 
 class MacArray(wiring.Component):

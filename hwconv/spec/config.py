@@ -23,6 +23,13 @@ AXI_DATA_WIDTH_CHOICES = (32, 64, 128, 256, 512)
 CONFIG_MAX_BYTES = 1 << 20  # an engine file is ~500 bytes
 
 
+def mac_pipeline_depth(p: int) -> int:
+    """Registered stages of a P x P MAC array from a beat's acceptance to its sums (the lanes'
+    activations, the multipliers' operands, the product's two registers, one per adder-tree
+    level, the accumulator, the skid buffer's head): the RTL builds it, the cycle model counts it."""
+    return 4 + (p - 1).bit_length() + 2
+
+
 def _is_int(v) -> bool:
     # bool is an int subclass and 4.0 == 4: both would pass `in` checks but hash differently.
     return isinstance(v, int) and not isinstance(v, bool)
