@@ -44,12 +44,12 @@ def test_programs_are_legal_and_a_function_of_their_seed(config):
     assert spec.to_dict() != generate(config, 0, 12).to_dict()
 
 
-def test_layers_hit_the_bins_they_aim_at():
-    seeds, layers = range(2), 16
-    aimed = hit = 0
+@pytest.mark.parametrize("config", [U96, PYNQ], ids=["ultra96v2", "pynq_z2"])
+def test_layers_hit_the_bins_they_aim_at(config):
+    seeds, layers = range(4), 24
     for seed in seeds:
-        spec = generate(U96, seed, layers)
-        program, inputs = build(U96, spec)
+        spec = generate(config, seed, layers)
+        program, inputs = build(config, spec)
         records = classify_layers(program, golden_arena(program, inputs), spec.backpressure > 0)
         assert all(r.bin[-1] == seed % 2 for r in records), "odd seeds run under backpressure"
         targets = iter(target_bins(seed, layers))
@@ -59,13 +59,9 @@ def test_layers_hit_the_bins_they_aim_at():
                 nxt = spec.layers[spec.layers.index(L) + 1]
                 if nxt.op == "deform" and nxt.in1 == L.out:
                     continue              # an offset predictor added before a deformable layer
-            t = next(targets)
-            aimed += 1
-            # Everything but a produced dilation map's class is the generator's choice.
-            same = [a == b for a, b in zip(t, r.bin)]
-            assert all(same[i] for i in (0, 1, 2, 6, 7)), (t, r.bin)
-            hit += all(same)
-    assert hit >= 0.8 * aimed
+            # Every axis is the generator's choice, a predicted dilation map's class too (its
+            # clamp bounds the map's maximum), so a full run hits every bin it aims at.
+            assert r.bin == next(targets), f"seed {seed}: {L}"
 
 
 def test_consecutive_seeds_sweep_every_legal_bin():

@@ -18,7 +18,11 @@ is then drawn around its bin:
   concat halves); a later output of the same shape fills the rest of such a buffer (a real
   concat), and later layers read the concatenated buffer whole;
 - deformable layers read a dilation map of the bin's class (0, below, at or past the clamp),
-  or one computed by a 1x1 offset-predictor conv just before them (as CoDeNet does).
+  or one computed by a 1x1 offset-predictor conv just before them (as CoDeNet does), whose
+  clamp puts the map's largest value in the bin's class.
+
+Every layer lands in the bin it aims at (tests/test_sim_verify.py checks this), so a run of
+2 * ceil(bins per half / layers) consecutive seeds hits every legal bin.
 
 Every candidate layer is checked by building it with ProgramBuilder (spec.validate); an illegal
 draw is redrawn, so programs are legal by construction and the whole program is built again
@@ -92,9 +96,10 @@ class _Generator:
                                             self._seed(), fill))
         return len(self.spec.buffers) - 1
 
-    def _channels(self) -> int:
+    def _channels(self, least: int = 1) -> int:
         p = int(self.rng.choice([self.cfg.pe_in, self.cfg.pe_out]))
-        choices = sorted({1, 2, 3, max(1, p - 1), p, p + 1, 2 * p, 2 * p + 3})
+        choices = sorted({c for c in (1, 2, 3, max(1, p - 1), p, p + 1, 2 * p, 2 * p + 3)
+                          if c >= least})
         return int(min(self.rng.choice(choices), self.cfg.max_channels))
 
     def _fresh(self, kind: str, h: int, w: int, c: int, signed: bool) -> View:
@@ -105,19 +110,21 @@ class _Generator:
         return View(self._buffer("wide", h, w, c + extra, signed), off, c)
 
     def _input(self, kind: str, signed: bool, max_elems: int,
-               size: tuple[int, ...] | None = None) -> tuple[View, int, int]:
-        """An input of this kind and sign: an earlier layer's output (60 %) or a fresh one;
-        `size` = (width, channels) asks for a fresh one of 1-3 rows of that size."""
+               size: tuple[int, ...] | None = None, least: int = 1) -> tuple[View, int, int]:
+        """An input of this kind and sign and at least `least` channels: an earlier layer's
+        output (60 %) or a fresh one; `size` = (width, channels) asks for a fresh one of 1-3
+        rows of that size."""
         if size is not None:
             h = int(self.rng.integers(1, 4))
-            return self._fresh(kind, h, size[0], size[1], signed), h, size[0]
-        pool = [r for r in self.readable if r.signed == signed
+            c = max(size[1], least)
+            return self._fresh(kind, h, size[0], c, signed), h, size[0]
+        pool = [r for r in self.readable if r.signed == signed and r.view.channels >= least
                 and (r.view.channels != self.spec.buffers[r.view.buf].channels) == (kind == "slice")
                 and r.h * r.w * r.view.channels <= max_elems and r.w <= self.cfg.max_width]
         if pool and self.rng.random() < 0.6:
             r = pool[int(self.rng.integers(len(pool)))]
             return r.view, r.h, r.w
-        c = self._channels()
+        c = self._channels(least)
         h, w = (int(v) for v in self.rng.integers(1, 13, size=2))
         while h * w * c > max_elems:
             h, w = max(1, h // 2), max(1, w // 2)
@@ -125,11 +132,11 @@ class _Generator:
 
     def _output(self, kind: str, h: int, w: int, c: int, signed: bool) -> View:
         """Where the layer stores: its own buffer, a slice or interleaved runs of a wider one."""
-        if kind == "interleaved" and c < 2:
-            kind = "slice"
+        assert kind != "interleaved" or c >= 2, "_draw gives an interleaved output 2+ channels"
         for i, (v, hh, ww) in enumerate(self.holes):
             grouped = bool(v.group)
-            if (hh, ww, v.channels) == (h, w, c) and grouped == (kind == "interleaved") \
+            if kind != "own" and (hh, ww, v.channels) == (h, w, c) \
+                    and grouped == (kind == "interleaved") \
                     and self.spec.buffers[v.buf].signed == signed and self.rng.random() < 0.8:
                 del self.holes[i]
                 return v
@@ -162,6 +169,20 @@ class _Generator:
         lo, hi = act_range(self.cfg.act_bits, signed)
         return lo, int(self.rng.integers(lo + 1, min(hi, lo + 20) + 1))
 
+    def _dilation_clamp(self, dil: str) -> tuple[int, int]:
+        """An offset predictor's clamp that puts its map's largest value in class `dil`
+        (whatever its weights): the clamp bounds the maximum on both sides."""
+        m = self.cfg.max_dilation
+        if dil == "zero" or m == 0 and dil != "past_clamp":
+            return 0, 0
+        if dil == "at_clamp":
+            return m, m
+        if dil == "within" and m > 1:
+            hi = int(self.rng.integers(1, m))
+            return int(self.rng.integers(1, hi + 1)), hi
+        lo = min(255, m + 1)
+        return lo, int(self.rng.integers(lo, min(255, m + 4) + 1))
+
     # -- one layer ---------------------------------------------------------------------------
     def _draw(self, target: tuple, size: tuple[int, ...] | None = None) -> list[LayerSpec]:
         """The layers for `target`; `size` = (width, channels[, conv outputs]) of a fresh input
@@ -169,7 +190,9 @@ class _Generator:
         op, kernel, stride, dil, sign, view, upsample = target[:7]
         in_kind, out_kind = view.split(">")
         s_in, s_out = sign[0] == "s", sign[2] == "s"
-        x, h, w = self._input(in_kind, s_in, MAX_ELEMENTS, size)
+        # an interleaved store needs 2+ channels: the output's, which only conv chooses itself
+        least = 2 if out_kind == "interleaved" and op != "conv" else 1
+        x, h, w = self._input(in_kind, s_in, MAX_ELEMENTS, size, least)
         c = x.channels
         pad, bits, co = 0, 0, c
         if op in ("conv", "maxpool"):
@@ -184,20 +207,21 @@ class _Generator:
         if op == "conv":
             co = size[2] if size is not None and len(size) > 2 else \
                 self._channels() if size is None or size[0] > 2 else c
+            if out_kind == "interleaved":
+                co = max(co, 2)
         ho = (h + 2 * pad - kernel) // stride + 1
         wo = (w + 2 * pad - kernel) // stride + 1
         f = 2 if upsample else 1
         layers = []
         x1 = None
-        if op == "add":
-            other_kind = "slice" if self.rng.random() < 0.3 else "whole"
+        if op == "add":    # the layer's input is a slice when either operand is one
+            other_kind = "slice" if in_kind == "slice" and self.rng.random() < 0.5 else "whole"
             x1 = self._fresh(other_kind, h, w, c, bool(self.rng.random() < 0.5))
         elif op == "deform":
-            if self.rng.random() < 0.25:    # an offset predictor: 1x1 conv -> uint8 map, clamped
+            if self.rng.random() < 0.25:    # an offset predictor: 1x1 conv -> uint8 map
                 x1 = View(self._buffer("dil", h, w, 1, False), 0, 1)
-                top = int(self.rng.integers(1, self.cfg.max_dilation + 4))
-                layers.append(LayerSpec("conv", x, x1, kernel=1, stride=1, pad=0,
-                                        weight_bits=4, clamp=(0, min(255, top)), seed=self._seed()))
+                layers.append(LayerSpec("conv", x, x1, kernel=1, stride=1, pad=0, weight_bits=4,
+                                        clamp=self._dilation_clamp(dil), seed=self._seed()))
             else:
                 x1 = View(self._buffer("dil", h, w, 1, False, fill=dil), 0, 1)
         out_signed = s_in if op in ("maxpool", "copy") else s_out
