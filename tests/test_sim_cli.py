@@ -117,3 +117,15 @@ def test_simulation_cache_is_outside_the_repository(monkeypatch, tmp_path):
     assert build_root() == (tmp_path / "c" / "sim").resolve()
     monkeypatch.setenv("HWCONV_SIM_BUILD", str(tmp_path / "b"))
     assert build_root() == (tmp_path / "b").resolve()
+
+
+def test_a_build_from_another_environment_is_not_reused(monkeypatch, tmp_path):
+    """A Verilator binary loads cocotb's VPI library from the venv that linked it: a build
+    cached by another checkout (a CI venv, since removed) must not be taken for this one's."""
+    from hwconv.sim import runner
+
+    cfg = EngineConfig()
+    here, _ = runner.build_key(cfg, "verilator", False)
+    assert runner.build_key(cfg, "verilator", False)[0] == here    # stable in one environment
+    monkeypatch.setattr(runner, "cocotb_libs_dir", lambda: str(tmp_path / "other-venv" / "libs"))
+    assert runner.build_key(cfg, "verilator", False)[0] != here

@@ -147,10 +147,21 @@ def _version(dist: str) -> str:
         return "?"
 
 
+def cocotb_libs_dir() -> str:
+    """cocotb's own shared-library folder (the VPI/GPI libraries a simulator loads)."""
+    from cocotb_tools.config import libs_dir
+
+    return str(libs_dir)
+
+
 def build_key(config: EngineConfig, sim: str, waves: bool) -> tuple[str, dict]:
     """(folder name, what it was made from): same inputs, same folder."""
     inputs = {"config": json.loads(config.canonical_json()), "sources": _sources_digest(),
-              "tools": _tool_versions(sim), "sim": sim, "waves": waves}
+              "tools": _tool_versions(sim), "sim": sim, "waves": waves,
+              # A Verilator binary loads cocotb's VPI library from the folder it was linked
+              # against: a build made by another environment (a CI checkout's venv, since
+              # removed) would not start here.
+              "cocotb_libs": str(Path(cocotb_libs_dir()).resolve())}
     digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
     return f"{sim}-{config.name}-{config.config_hash:08x}{'-waves' if waves else ''}-{digest}", inputs
 
