@@ -88,6 +88,7 @@ def test_checker_matches_validate_on_every_op_and_random_mutations():
             ctx.set(dut.start, 1)
             await ctx.tick()
             ctx.set(dut.start, 0)
+            ctx.set(dut.desc.as_value(), 0)    # the checker judges its own copy from `start`
             for _ in range(200):
                 await ctx.tick()
                 if ctx.get(dut.done):
@@ -95,6 +96,7 @@ def test_checker_matches_validate_on_every_op_and_random_mutations():
             else:
                 raise AssertionError("checker never done")
             geo = {f: ctx.get(getattr(dut.geo, f)) for f in _want_geometry(d)}
+            assert ctx.get(dut.bad) == (ctx.get(dut.code) != ErrorCode.NONE)
             got.append((ErrorCode(ctx.get(dut.code)), geo))
 
     sim = Simulator(dut)

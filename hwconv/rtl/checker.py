@@ -35,7 +35,8 @@ STAGES = 9  # registered stages from the divisions to `done`
 
 
 class DescriptorChecker(wiring.Component):
-    """``start`` (one cycle, with ``desc`` valid and held) -> ``done`` with ``code``; ``reach``
+    """``start`` (one cycle, with ``desc`` valid; the checker copies it) -> ``done`` with
+    ``code`` (and ``bad``: code is not NONE); ``reach``
     and ``span`` of each tensor (bytes from a pixel's first to one past its last channel, and
     from ``addr`` to one past the tensor's last byte)."""
 
@@ -48,6 +49,7 @@ class DescriptorChecker(wiring.Component):
             "start": In(1),
             "done": Out(1),
             "code": Out(8),
+            "bad": Out(1),      # code != NONE, a register of its own
             "geo": Out(geometry_layout()),
         }
         for r in REFS:
@@ -58,7 +60,12 @@ class DescriptorChecker(wiring.Component):
     def elaborate(self, platform) -> Module:
         m = Module()
         cfg = self.config
-        d = self.desc
+        # The checker's own copy of the descriptor, taken at `start`: the rules' compares then
+        # start from these registers, and synthesis cannot merge them with another unit's
+        # arithmetic on the engine's descriptor (it did, and the shared adders lengthened both).
+        d = Signal(descriptor_layout(), name="desc_copy")
+        with m.If(self.start):
+            m.d.sync += d.eq(self.desc)
         op = d.opcode
         refs = {r: getattr(d, r) for r in REFS}
 
@@ -269,7 +276,7 @@ class DescriptorChecker(wiring.Component):
         code = Mux(any_of(bad_r), ErrorCode.BAD_DESCRIPTOR,
                    Mux(arena_bad_r, ErrorCode.ARENA_OUT_OF_BOUNDS,
                        Mux(params_bad_r, ErrorCode.PARAMS_OUT_OF_BOUNDS, ErrorCode.NONE)))
-        m.d.sync += self.code.eq(code)
+        m.d.sync += [self.code.eq(code), self.bad.eq(code != ErrorCode.NONE)]
         m.d.comb += self.done.eq(settled[-1])
         g, flags = self.geo, d.flags
         m.d.sync += [

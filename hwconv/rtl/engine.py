@@ -188,7 +188,8 @@ class EngineCore(wiring.Component):
         in_seq, in_rec, in_weights, in_rows = Signal(), Signal(), Signal(), Signal()
 
         def read(addr, length, sink, raw=0):
-            m.d.sync += [rd_addr.eq(addr), rd_len.eq(length), rd_raw.eq(raw), rd_valid.eq(1), sink.eq(1)]
+            # (rd_valid rises from the *_CMD states' one-hot flags, below the FSMs)
+            m.d.sync += [rd_addr.eq(addr), rd_len.eq(length), rd_raw.eq(raw), sink.eq(1)]
 
         # The last byte (or raw beat) taken clears the sink; a *_RECV state waits for that register,
         # a cycle later, so the takers' ready (a unit's state) does not reach the sequencer's state.
@@ -244,80 +245,83 @@ class EngineCore(wiring.Component):
             known = known | (raw[:8] == op)
         m.d.sync += [pre_code.eq(code), pre_bad.eq(code != ErrorCode.NONE), op_known.eq(known),
                      last_layer.eq(layer == n_layers_m1)]
+        # One-hot flags of the layer states that other logic decides in (the error code, the
+        # layer count, the reader's command): each is set by the transition into its state and
+        # cleared by the transition out (every transition goes through `goto`), so that logic
+        # starts from a register and not from the state's decode (the decode's LUT chain into
+        # `error`'s enable was the engine's worst path).
+        at = {s: Signal(name=f"at_{s.lower()}") for s in (
+            "PRE_CMD", "PRE_CHECK", "DESC_CMD", "DECODE", "CHECK_WAIT", "REC_CMD", "REC_CHECK",
+            "W_CMD", "LAYER_END")}
+
+        def goto(state):
+            m.next = state
+            m.d.sync += [flag.eq(name == state) for name, flag in at.items()]
+
         with m.FSM():
             with m.State("IDLE"):
                 with m.If(start_run):
-                    m.d.sync += [busy.eq(1), done.eq(0), error.eq(0), layer.eq(0), abort.eq(0)]
+                    m.d.sync += [busy.eq(1), done.eq(0), abort.eq(0)]
                     m.d.comb += [fl.clear.eq(1), perf.run_start.eq(1)]
-                    m.next = "CLEAR"
+                    goto("CLEAR")
             with m.State("CLEAR"):  # strobes of a run cut short by a reset must not leak
                 with m.If(fl.idle):
-                    m.next = "PRE_CMD"
+                    goto("PRE_CMD")
             with m.State("PRE_CMD"):
                 read(self.desc_base, PREAMBLE_BYTES, in_seq)
-                m.next = "PRE_RECV"
+                goto("PRE_RECV")
             with m.State("PRE_RECV"):
                 with m.If(~in_seq):
-                    m.next = "PRE_CHECK"
+                    goto("PRE_CHECK")
             with m.State("PRE_CHECK"):
                 m.d.sync += n_layers_m1.eq(pre.n_layers - 1)
-                with m.If(reader.error):
-                    m.d.sync += error.eq(ErrorCode.AXI_ERROR)
-                    m.next = "FINISH"
-                with m.Elif(pre_bad):
-                    m.d.sync += error.eq(pre_code)
-                    m.next = "FINISH"
+                with m.If(reader.error | pre_bad):
+                    goto("FINISH")
                 with m.Else():
-                    m.next = "DESC_CMD"
+                    goto("DESC_CMD")
             with m.State("DESC_CMD"):
                 m.d.comb += perf.layer_start.eq(1)
                 m.d.sync += new_layer.eq(1)
                 with m.If(abort):
-                    m.next = "ABORTED"
+                    goto("ABORTED")
                 with m.Else():
                     read(self.desc_base + PREAMBLE_BYTES + (layer << _log2(DESCRIPTOR_BYTES)),
                          DESCRIPTOR_BYTES, in_seq)
-                    m.next = "DESC_RECV"
+                    goto("DESC_RECV")
             with m.State("DESC_RECV"):
                 with m.If(~in_seq):
-                    m.next = "DECODE"
+                    goto("DECODE")
             with m.State("DECODE"):
                 m.d.sync += desc.eq(raw)
-                with m.If(reader.error):
-                    m.d.sync += error.eq(ErrorCode.AXI_ERROR)
-                    m.next = "FINISH"
-                with m.Elif(~op_known):
-                    m.d.sync += error.eq(ErrorCode.BAD_OPCODE)
-                    m.next = "FINISH"
+                with m.If(reader.error | ~op_known):
+                    goto("FINISH")
                 with m.Else():
-                    m.next = "CHECK"
+                    goto("CHECK")
             with m.State("CHECK"):
                 m.d.comb += checker.start.eq(1)
-                m.next = "CHECK_WAIT"
+                goto("CHECK_WAIT")
             with m.State("CHECK_WAIT"):
                 with m.If(checker.done):
-                    with m.If(checker.code != ErrorCode.NONE):
-                        m.d.sync += error.eq(checker.code)
-                        m.next = "FINISH"
+                    with m.If(checker.bad):
+                        goto("FINISH")
                     with m.Elif(is_conv | is_dw | is_add):
-                        m.next = "REC_CMD"
+                        goto("REC_CMD")
                     with m.Else():
-                        m.next = "LAYER_SETUP"
+                        goto("LAYER_SETUP")
             # requant records -> params banks
             with m.State("REC_CMD"):
                 read(self.params_base + desc.params_offset, o.channels * REQUANT_RECORD_BYTES, in_rec)
-                m.next = "REC_RECV"
+                goto("REC_RECV")
             with m.State("REC_RECV"):
                 with m.If(~in_rec):
-                    m.next = "REC_CHECK"
+                    goto("REC_CHECK")
             with m.State("REC_CHECK"):  # spec.validate.check_requant_records: reserved bits clear
                 with m.If(pl.bad_record):
-                    m.d.sync += error.eq(ErrorCode.BAD_REQUANT)
-                    m.next = "FINISH"
+                    goto("FINISH")
                 with m.Elif(is_add):
-                    m.next = "LAYER_SETUP"
+                    goto("LAYER_SETUP")
                 with m.Else():
-                    m.next = "W_CMD"
+                    goto("W_CMD")
             # weights -> weight banks
             with m.State("W_CMD"):
                 # Raw beats: the loader drops the bytes around the blob and writes up to a bank
@@ -325,37 +329,52 @@ class EngineCore(wiring.Component):
                 w_addr = self.params_base + desc.weights_offset
                 read(w_addr, geo.weight_bytes, in_weights, raw=1)
                 m.d.comb += [pl.w_start.eq(1), pl.w_skip.eq(w_addr[:LB])]
-                m.next = "W_RECV"
+                goto("W_RECV")
             with m.State("W_RECV"):
                 with m.If(~in_weights & ~pl.w_busy):
-                    m.next = "LAYER_SETUP"
+                    goto("LAYER_SETUP")
             with m.State("LAYER_SETUP"):
                 m.d.sync += rows_go.eq(1)
-                m.next = "ROWS"
+                goto("ROWS")
             with m.State("ROWS"):  # the row loop below runs the layer's rows
                 with m.If(rows_done & rows_aborted):
-                    m.next = "ABORTED"
+                    goto("ABORTED")
                 with m.Elif(rows_done):
-                    m.next = "LAYER_END"
+                    goto("LAYER_END")
             with m.State("LAYER_END"):
                 m.d.comb += perf.record.eq(flush_idle)
                 with m.If(flush_idle):  # the last row's flush is done: the next layer may read it
-                    with m.If(reader.error | writer.error):
-                        m.d.sync += error.eq(ErrorCode.AXI_ERROR)
-                        m.next = "FINISH"
+                    with m.If(reader.error | writer.error | last_layer):
+                        goto("FINISH")
                     with m.Else():
-                        m.d.sync += layer.eq(layer + 1)
-                        with m.If(last_layer):
-                            m.next = "FINISH"
-                        with m.Else():
-                            m.next = "DESC_CMD"
+                        goto("DESC_CMD")
             with m.State("FINISH"):
                 m.d.sync += [busy.eq(0), done.eq(1), done_pulse.eq(1)]
-                m.next = "IDLE"
+                goto("IDLE")
             with m.State("ABORTED"):
                 with m.If(flush_idle):
                     m.d.sync += [busy.eq(0), abort.eq(0)]
-                    m.next = "IDLE"
+                    goto("IDLE")
+
+        # The error code and the layer count, from the one-hot flags: at most one judging state
+        # holds at a time, so the code is an AND-OR of each state's own.
+        axi_error = reader.error | writer.error
+        judged = [(at["PRE_CHECK"], reader.error | pre_bad, Mux(reader.error, ErrorCode.AXI_ERROR, pre_code)),
+                  (at["DECODE"], reader.error | ~op_known,
+                   Mux(reader.error, ErrorCode.AXI_ERROR, ErrorCode.BAD_OPCODE)),
+                  (at["CHECK_WAIT"], checker.done & checker.bad, checker.code),
+                  (at["REC_CHECK"], pl.bad_record, ErrorCode.BAD_REQUANT),
+                  (at["LAYER_END"], flush_idle & axi_error, ErrorCode.AXI_ERROR)]
+        fail, fail_code = 0, 0
+        for flag, cond, c in judged:
+            fail = fail | flag & cond
+            fail_code = fail_code | Mux(flag, c, 0)
+        with m.If(fail):
+            m.d.sync += error.eq(fail_code)
+        with m.If(at["LAYER_END"] & flush_idle & ~axi_error):
+            m.d.sync += layer.eq(layer + 1)
+        with m.If(start_run):
+            m.d.sync += [error.eq(0), layer.eq(0)]
 
         # -- the row loop: its own small FSM (a short state decode), started by the layer's ----
         # Whether ROW_BEGIN loads another row is worked out into registers while it waits a
@@ -368,17 +387,35 @@ class EngineCore(wiring.Component):
         m.d.sync += [go_add0.eq(add0), go_in0.eq(~add0 & want_in0), go_aux.eq(~add0 & ~want_in0 & aux_pending),
                      go_compute.eq(~add0 & ~want_in0 & ~aux_pending)]
         settle, decide, drained = Signal(), Signal(), Signal()
+        at_load_cmd = Signal()        # one-hot flag of LOAD_CMD (see `goto`)
+        # The row loop's starting values and steps, registered from the descriptor and the
+        # geometry (they hold for the layer from CHECK on; the loop starts cycles later), so
+        # no descriptor arithmetic sits in front of the counters. next_slot_inc is
+        # (next_slot + 1) % rows, ready two cycles after next_slot changes: ROW_BEGIN waits two.
+        init_in0_addr, init_in1_addr, init_out_addr = Signal(aw), Signal(aw), Signal(aw)
+        init_base_slot, init_row_hi = Signal(5), Signal(signed(20))
+        out_addr_step, row_hi_step, next_slot_inc = Signal(aw), Signal(3), Signal(5)
+        m.d.sync += [init_in0_addr.eq(self.arena_base + i0.addr), init_in1_addr.eq(self.arena_base + i1.addr),
+                     init_out_addr.eq(self.arena_base + o.addr),
+                     init_base_slot.eq(Mux(is_deform | (desc.pad == 0), 0, rows - desc.pad)),
+                     init_row_hi.eq(Mux(is_deform, cfg.max_dilation, Mux(is_copy, 0, k - 1 - desc.pad))),
+                     out_addr_step.eq(Mux(upsample, geo.out_row_stride << 1, geo.out_row_stride)),
+                     row_hi_step.eq(Mux(is_deform | is_copy, 1, desc.stride)),
+                     next_slot_inc.eq(mod_rows(next_slot + 1, 1))]
+
+        def rows_goto(state):
+            m.next = state
+            m.d.sync += at_load_cmd.eq(state == "LOAD_CMD")
+
         with m.FSM(name="rows_fsm"):
             with m.State("IDLE"):
                 with m.If(rows_go):  # the layer's row counters and addresses (only this FSM sets them)
-                    m.d.sync += [in0_row_addr.eq(self.arena_base + i0.addr), in1_row_addr.eq(self.arena_base + i1.addr),
-                                 row_a.eq(self.arena_base + o.addr)]
+                    m.d.sync += [in0_row_addr.eq(init_in0_addr), in1_row_addr.eq(init_in1_addr),
+                                 row_a.eq(init_out_addr)]
                     m.d.sync += [oy.eq(0), next_row.eq(0), next_slot.eq(0), aux_pending.eq(is_add | is_deform),
-                                 add_in0_pending.eq(is_add),
-                                 base_slot.eq(Mux(is_deform | (desc.pad == 0), 0, rows - desc.pad)),
-                                 row_hi.eq(Mux(is_deform, cfg.max_dilation, Mux(is_copy, 0, k - 1 - desc.pad)))]
+                                 add_in0_pending.eq(is_add), base_slot.eq(init_base_slot), row_hi.eq(init_row_hi)]
                     m.d.sync += rows_aborted.eq(0)
-                    m.next = "ROW_BEGIN"
+                    rows_goto("ROW_BEGIN")
             # rows of input for output row oy
             with m.State("ROW_BEGIN"):
                 # two cycles before deciding: the row counters step in the first (next_row_step),
@@ -386,22 +423,22 @@ class EngineCore(wiring.Component):
                 m.d.sync += [settle.eq(1), decide.eq(settle)]
                 with m.If(abort):
                     m.d.sync += [rows_done.eq(1), rows_aborted.eq(1), settle.eq(0), decide.eq(0)]
-                    m.next = "IDLE"
+                    rows_goto("IDLE")
                 with m.Elif(decide):
                     m.d.sync += [settle.eq(0), decide.eq(0)]
                     with m.If(go_add0):
                         m.d.sync += [load_tensor.eq(0), load_slot.eq(0), load_dil.eq(0), add_in0_pending.eq(0)]
-                        m.next = "LOAD_CMD"
+                        rows_goto("LOAD_CMD")
                     with m.If(go_in0):
                         m.d.sync += [load_tensor.eq(0), load_slot.eq(next_slot), load_dil.eq(0),
-                                     next_row.eq(next_row + 1), next_slot.eq(mod_rows(next_slot + 1, 1))]
-                        m.next = "LOAD_CMD"
+                                     next_row.eq(next_row + 1), next_slot.eq(next_slot_inc)]
+                        rows_goto("LOAD_CMD")
                     with m.If(go_aux):
                         m.d.sync += [load_tensor.eq(1), load_slot.eq(1), load_dil.eq(is_deform), aux_pending.eq(0)]
-                        m.next = "LOAD_CMD"
+                        rows_goto("LOAD_CMD")
                     with m.If(go_compute):
                         m.d.sync += row_start.eq(1)
-                        m.next = "COMPUTE"
+                        rows_goto("COMPUTE")
             with m.State("LOAD_CMD"):
                 # The row loader is told now: the previous row's bytes are all in, and this row's
                 # first beat is cycles away (the reader's command stage, the DMA, the bus).
@@ -413,13 +450,13 @@ class EngineCore(wiring.Component):
                     m.d.sync += in1_row_addr.eq(in1_row_addr + geo.in1_row_stride)
                 with m.Else():
                     m.d.sync += in0_row_addr.eq(in0_row_addr + geo.in0_row_stride)
-                m.next = "LOAD_RECV"
+                rows_goto("LOAD_RECV")
             with m.State("LOAD_RECV"):
                 with m.If(~in_rows):
-                    m.next = "ROW_BEGIN"
+                    rows_goto("ROW_BEGIN")
             with m.State("COMPUTE"):
                 with m.If(issue_done & ~row_start):  # done is the last row's while the issuer starts
-                    m.next = "DRAIN"
+                    rows_goto("DRAIN")
             with m.State("DRAIN"):
                 # The row goes out while the next one is loaded and computed into the other half
                 # of the row buffer; an upsampled row fills both halves, so it waits for its flush.
@@ -430,26 +467,27 @@ class EngineCore(wiring.Component):
                     m.d.sync += drained.eq(0)
                     m.d.comb += flush_start.eq(1)
                     with m.If(upsample):
-                        m.next = "FLUSH"
+                        rows_goto("FLUSH")
                     with m.Else():
                         m.d.sync += next_row_step.eq(1)
-                        m.next = "ROW_BEGIN"
+                        rows_goto("ROW_BEGIN")
                         with m.If(last_row):
                             m.d.sync += rows_done.eq(1)
-                            m.next = "IDLE"
+                            rows_goto("IDLE")
             with m.State("FLUSH"):
                 with m.If(flush_done):
                     m.d.sync += next_row_step.eq(1)
-                    m.next = "ROW_BEGIN"
+                    rows_goto("ROW_BEGIN")
                     with m.If(last_row):
                         m.d.sync += rows_done.eq(1)
-                        m.next = "IDLE"
+                        rows_goto("IDLE")
         with m.If(next_row_step):
-            m.d.sync += row_a.eq(row_a + Mux(upsample, geo.out_row_stride << 1, geo.out_row_stride))
-            m.d.sync += row_hi.eq(row_hi + Mux(is_deform | is_copy, 1, desc.stride))
+            m.d.sync += [row_a.eq(row_a + out_addr_step), row_hi.eq(row_hi + row_hi_step)]
             m.d.sync += [oy.eq(oy + 1), aux_pending.eq(is_add | is_deform), add_in0_pending.eq(is_add),
                          base_slot.eq(base_next)]
         m.d.comb += self.layers_done.eq(layer)
+        with m.If(at["PRE_CMD"] | at["DESC_CMD"] & ~abort | at["REC_CMD"] | at["W_CMD"] | at_load_cmd):
+            m.d.sync += rd_valid.eq(1)
 
 
 
