@@ -22,11 +22,12 @@ from __future__ import annotations
 
 from amaranth.hdl import Cat, Const, Elaboratable, Module, Mux, Signal, unsigned
 from amaranth.lib import data, stream, wiring
-from amaranth.lib.fifo import SyncFIFO, SyncFIFOBuffered
+from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
 
 from ..spec.config import EngineConfig
 from .axi4 import (BURST_INCR, CACHE_NORMAL, MAX_BURST_BEATS, PAGE_BYTES, PROT_DATA, AXI4Signature)
+from .fifo import FastFIFO
 
 __all__ = ["COUNTER_BITS", "LENGTH_BITS", "BurstSplitter", "DMAReader", "DMAWriter",
            "burst_layout", "command_layout", "read_beat_layout", "write_beat_layout"]
@@ -278,7 +279,7 @@ class DMAReader(_DMABase):
         # One entry per burst requested and not yet fully returned: its depth is the limit on
         # outstanding bursts, and it remembers which burst's RLAST ends a command.
         m.submodules.inflight = inflight = _FlagQueue(self.max_outstanding)
-        m.submodules.buffer = buffer = SyncFIFOBuffered(width=dw + 1, depth=self.buffer_depth)
+        m.submodules.buffer = buffer = FastFIFO(width=dw + 1, depth=self.buffer_depth)
 
         issue = split.burst.valid & split.burst.ready
         m.d.comb += [
@@ -340,7 +341,7 @@ class DMAWriter(_DMABase):
         wiring.connect(m, wiring.flipped(self.cmd), split.cmd)
         n = self.max_outstanding
         # AWLEN, until WLAST; buffered, so the W side's "last beat" compare reads a register
-        m.submodules.w_bursts = w_bursts = SyncFIFOBuffered(width=8, depth=n)
+        m.submodules.w_bursts = w_bursts = FastFIFO(width=8, depth=n)
         m.submodules.b_bursts = b_bursts = SyncFIFO(width=1, depth=n)  # final flag, until B
 
         issue = split.burst.valid & split.burst.ready

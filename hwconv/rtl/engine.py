@@ -43,6 +43,7 @@ from .byte_reader import ByteReader
 from .checker import DescriptorChecker
 from .dma import DMAWriter
 from .mac_array import MacArray
+from .onehot import OneHotFSM
 from .param_loader import ParamLoader
 from .perf_counters import PerfCounters
 from .row_flusher import RowFlusher
@@ -245,116 +246,110 @@ class EngineCore(wiring.Component):
             known = known | (raw[:8] == op)
         m.d.sync += [pre_code.eq(code), pre_bad.eq(code != ErrorCode.NONE), op_known.eq(known),
                      last_layer.eq(layer == n_layers_m1)]
-        # One-hot flags of the layer states that other logic decides in (the error code, the
-        # layer count, the reader's command): each is set by the transition into its state and
-        # cleared by the transition out (every transition goes through `goto`), so that logic
-        # starts from a register and not from the state's decode (the decode's LUT chain into
-        # `error`'s enable was the engine's worst path).
-        at = {s: Signal(name=f"at_{s.lower()}") for s in (
-            "PRE_CMD", "PRE_CHECK", "DESC_CMD", "DECODE", "CHECK_WAIT", "REC_CMD", "REC_CHECK",
-            "W_CMD", "LAYER_END")}
-
-        def goto(state):
-            m.next = state
-            m.d.sync += [flag.eq(name == state) for name, flag in at.items()]
-
-        with m.FSM():
-            with m.State("IDLE"):
-                with m.If(start_run):
-                    m.d.sync += [busy.eq(1), done.eq(0), abort.eq(0)]
-                    m.d.comb += [fl.clear.eq(1), perf.run_start.eq(1)]
-                    goto("CLEAR")
-            with m.State("CLEAR"):  # strobes of a run cut short by a reset must not leak
-                with m.If(fl.idle):
-                    goto("PRE_CMD")
-            with m.State("PRE_CMD"):
-                read(self.desc_base, PREAMBLE_BYTES, in_seq)
-                goto("PRE_RECV")
-            with m.State("PRE_RECV"):
-                with m.If(~in_seq):
-                    goto("PRE_CHECK")
-            with m.State("PRE_CHECK"):
-                m.d.sync += n_layers_m1.eq(pre.n_layers - 1)
-                with m.If(reader.error | pre_bad):
+        # The layer loop is one-hot (OneHotFSM): the error code, the layer count and the reader's
+        # command decide from a state's own register, and each state's next value depends on
+        # its few incoming transitions (Amaranth's binary state decode was the worst path).
+        fsm = OneHotFSM(m, ["IDLE", "CLEAR", "PRE_CMD", "PRE_RECV", "PRE_CHECK", "DESC_CMD", "DESC_RECV",
+                            "DECODE", "CHECK", "CHECK_WAIT", "REC_CMD", "REC_RECV", "REC_CHECK", "W_CMD",
+                            "W_RECV", "LAYER_SETUP", "ROWS", "LAYER_END", "FINISH", "ABORTED"], name="layer")
+        at = fsm.flags
+        goto = fsm.goto
+        with fsm.state("IDLE"):
+            with m.If(start_run):
+                m.d.sync += [busy.eq(1), done.eq(0), abort.eq(0)]
+                m.d.comb += [fl.clear.eq(1), perf.run_start.eq(1)]
+                goto("CLEAR")
+        with fsm.state("CLEAR"):  # strobes of a run cut short by a reset must not leak
+            with m.If(fl.idle):
+                goto("PRE_CMD")
+        with fsm.state("PRE_CMD"):
+            read(self.desc_base, PREAMBLE_BYTES, in_seq)
+            goto("PRE_RECV")
+        with fsm.state("PRE_RECV"):
+            with m.If(~in_seq):
+                goto("PRE_CHECK")
+        with fsm.state("PRE_CHECK"):
+            m.d.sync += n_layers_m1.eq(pre.n_layers - 1)
+            with m.If(reader.error | pre_bad):
+                goto("FINISH")
+            with m.Else():
+                goto("DESC_CMD")
+        with fsm.state("DESC_CMD"):
+            m.d.comb += perf.layer_start.eq(1)
+            m.d.sync += new_layer.eq(1)
+            with m.If(abort):
+                goto("ABORTED")
+            with m.Else():
+                read(self.desc_base + PREAMBLE_BYTES + (layer << _log2(DESCRIPTOR_BYTES)),
+                     DESCRIPTOR_BYTES, in_seq)
+                goto("DESC_RECV")
+        with fsm.state("DESC_RECV"):
+            with m.If(~in_seq):
+                goto("DECODE")
+        with fsm.state("DECODE"):
+            m.d.sync += desc.eq(raw)
+            with m.If(reader.error | ~op_known):
+                goto("FINISH")
+            with m.Else():
+                goto("CHECK")
+        with fsm.state("CHECK"):
+            m.d.comb += checker.start.eq(1)
+            goto("CHECK_WAIT")
+        with fsm.state("CHECK_WAIT"):
+            with m.If(checker.done):
+                with m.If(checker.bad):
+                    goto("FINISH")
+                with m.Elif(is_conv | is_dw | is_add):
+                    goto("REC_CMD")
+                with m.Else():
+                    goto("LAYER_SETUP")
+        # requant records -> params banks
+        with fsm.state("REC_CMD"):
+            read(self.params_base + desc.params_offset, o.channels * REQUANT_RECORD_BYTES, in_rec)
+            goto("REC_RECV")
+        with fsm.state("REC_RECV"):
+            with m.If(~in_rec):
+                goto("REC_CHECK")
+        with fsm.state("REC_CHECK"):  # spec.validate.check_requant_records: reserved bits clear
+            with m.If(pl.bad_record):
+                goto("FINISH")
+            with m.Elif(is_add):
+                goto("LAYER_SETUP")
+            with m.Else():
+                goto("W_CMD")
+        # weights -> weight banks
+        with fsm.state("W_CMD"):
+            # Raw beats: the loader drops the bytes around the blob and writes up to a bank
+            # word per cycle (it registers the start and the skip).
+            w_addr = self.params_base + desc.weights_offset
+            read(w_addr, geo.weight_bytes, in_weights, raw=1)
+            m.d.comb += [pl.w_start.eq(1), pl.w_skip.eq(w_addr[:LB])]
+            goto("W_RECV")
+        with fsm.state("W_RECV"):
+            with m.If(~in_weights & ~pl.w_busy):
+                goto("LAYER_SETUP")
+        with fsm.state("LAYER_SETUP"):
+            m.d.sync += rows_go.eq(1)
+            goto("ROWS")
+        with fsm.state("ROWS"):  # the row loop below runs the layer's rows
+            with m.If(rows_done & rows_aborted):
+                goto("ABORTED")
+            with m.Elif(rows_done):
+                goto("LAYER_END")
+        with fsm.state("LAYER_END"):
+            m.d.comb += perf.record.eq(flush_idle)
+            with m.If(flush_idle):  # the last row's flush is done: the next layer may read it
+                with m.If(reader.error | writer.error | last_layer):
                     goto("FINISH")
                 with m.Else():
                     goto("DESC_CMD")
-            with m.State("DESC_CMD"):
-                m.d.comb += perf.layer_start.eq(1)
-                m.d.sync += new_layer.eq(1)
-                with m.If(abort):
-                    goto("ABORTED")
-                with m.Else():
-                    read(self.desc_base + PREAMBLE_BYTES + (layer << _log2(DESCRIPTOR_BYTES)),
-                         DESCRIPTOR_BYTES, in_seq)
-                    goto("DESC_RECV")
-            with m.State("DESC_RECV"):
-                with m.If(~in_seq):
-                    goto("DECODE")
-            with m.State("DECODE"):
-                m.d.sync += desc.eq(raw)
-                with m.If(reader.error | ~op_known):
-                    goto("FINISH")
-                with m.Else():
-                    goto("CHECK")
-            with m.State("CHECK"):
-                m.d.comb += checker.start.eq(1)
-                goto("CHECK_WAIT")
-            with m.State("CHECK_WAIT"):
-                with m.If(checker.done):
-                    with m.If(checker.bad):
-                        goto("FINISH")
-                    with m.Elif(is_conv | is_dw | is_add):
-                        goto("REC_CMD")
-                    with m.Else():
-                        goto("LAYER_SETUP")
-            # requant records -> params banks
-            with m.State("REC_CMD"):
-                read(self.params_base + desc.params_offset, o.channels * REQUANT_RECORD_BYTES, in_rec)
-                goto("REC_RECV")
-            with m.State("REC_RECV"):
-                with m.If(~in_rec):
-                    goto("REC_CHECK")
-            with m.State("REC_CHECK"):  # spec.validate.check_requant_records: reserved bits clear
-                with m.If(pl.bad_record):
-                    goto("FINISH")
-                with m.Elif(is_add):
-                    goto("LAYER_SETUP")
-                with m.Else():
-                    goto("W_CMD")
-            # weights -> weight banks
-            with m.State("W_CMD"):
-                # Raw beats: the loader drops the bytes around the blob and writes up to a bank
-                # word per cycle (it registers the start and the skip).
-                w_addr = self.params_base + desc.weights_offset
-                read(w_addr, geo.weight_bytes, in_weights, raw=1)
-                m.d.comb += [pl.w_start.eq(1), pl.w_skip.eq(w_addr[:LB])]
-                goto("W_RECV")
-            with m.State("W_RECV"):
-                with m.If(~in_weights & ~pl.w_busy):
-                    goto("LAYER_SETUP")
-            with m.State("LAYER_SETUP"):
-                m.d.sync += rows_go.eq(1)
-                goto("ROWS")
-            with m.State("ROWS"):  # the row loop below runs the layer's rows
-                with m.If(rows_done & rows_aborted):
-                    goto("ABORTED")
-                with m.Elif(rows_done):
-                    goto("LAYER_END")
-            with m.State("LAYER_END"):
-                m.d.comb += perf.record.eq(flush_idle)
-                with m.If(flush_idle):  # the last row's flush is done: the next layer may read it
-                    with m.If(reader.error | writer.error | last_layer):
-                        goto("FINISH")
-                    with m.Else():
-                        goto("DESC_CMD")
-            with m.State("FINISH"):
-                m.d.sync += [busy.eq(0), done.eq(1), done_pulse.eq(1)]
+        with fsm.state("FINISH"):
+            m.d.sync += [busy.eq(0), done.eq(1), done_pulse.eq(1)]
+            goto("IDLE")
+        with fsm.state("ABORTED"):
+            with m.If(flush_idle):
+                m.d.sync += [busy.eq(0), abort.eq(0)]
                 goto("IDLE")
-            with m.State("ABORTED"):
-                with m.If(flush_idle):
-                    m.d.sync += [busy.eq(0), abort.eq(0)]
-                    goto("IDLE")
 
         # The error code and the layer count, from the one-hot flags: at most one judging state
         # holds at a time, so the code is an AND-OR of each state's own.
@@ -387,7 +382,6 @@ class EngineCore(wiring.Component):
         m.d.sync += [go_add0.eq(add0), go_in0.eq(~add0 & want_in0), go_aux.eq(~add0 & ~want_in0 & aux_pending),
                      go_compute.eq(~add0 & ~want_in0 & ~aux_pending)]
         settle, decide, drained = Signal(), Signal(), Signal()
-        at_load_cmd = Signal()        # one-hot flag of LOAD_CMD (see `goto`)
         # The row loop's starting values and steps, registered from the descriptor and the
         # geometry (they hold for the layer from CHECK on; the loop starts cycles later), so
         # no descriptor arithmetic sits in front of the counters. next_slot_inc is
@@ -403,90 +397,88 @@ class EngineCore(wiring.Component):
                      row_hi_step.eq(Mux(is_deform | is_copy, 1, desc.stride)),
                      next_slot_inc.eq(mod_rows(next_slot + 1, 1))]
 
-        def rows_goto(state):
-            m.next = state
-            m.d.sync += at_load_cmd.eq(state == "LOAD_CMD")
-
-        with m.FSM(name="rows_fsm"):
-            with m.State("IDLE"):
-                with m.If(rows_go):  # the layer's row counters and addresses (only this FSM sets them)
-                    m.d.sync += [in0_row_addr.eq(init_in0_addr), in1_row_addr.eq(init_in1_addr),
-                                 row_a.eq(init_out_addr)]
-                    m.d.sync += [oy.eq(0), next_row.eq(0), next_slot.eq(0), aux_pending.eq(is_add | is_deform),
-                                 add_in0_pending.eq(is_add), base_slot.eq(init_base_slot), row_hi.eq(init_row_hi)]
-                    m.d.sync += rows_aborted.eq(0)
-                    rows_goto("ROW_BEGIN")
-            # rows of input for output row oy
-            with m.State("ROW_BEGIN"):
-                # two cycles before deciding: the row counters step in the first (next_row_step),
-                # the choice is registered from them in the second
-                m.d.sync += [settle.eq(1), decide.eq(settle)]
-                with m.If(abort):
-                    m.d.sync += [rows_done.eq(1), rows_aborted.eq(1), settle.eq(0), decide.eq(0)]
-                    rows_goto("IDLE")
-                with m.Elif(decide):
-                    m.d.sync += [settle.eq(0), decide.eq(0)]
-                    with m.If(go_add0):
-                        m.d.sync += [load_tensor.eq(0), load_slot.eq(0), load_dil.eq(0), add_in0_pending.eq(0)]
-                        rows_goto("LOAD_CMD")
-                    with m.If(go_in0):
-                        m.d.sync += [load_tensor.eq(0), load_slot.eq(next_slot), load_dil.eq(0),
-                                     next_row.eq(next_row + 1), next_slot.eq(next_slot_inc)]
-                        rows_goto("LOAD_CMD")
-                    with m.If(go_aux):
-                        m.d.sync += [load_tensor.eq(1), load_slot.eq(1), load_dil.eq(is_deform), aux_pending.eq(0)]
-                        rows_goto("LOAD_CMD")
-                    with m.If(go_compute):
-                        m.d.sync += row_start.eq(1)
-                        rows_goto("COMPUTE")
-            with m.State("LOAD_CMD"):
-                # The row loader is told now: the previous row's bytes are all in, and this row's
-                # first beat is cycles away (the reader's command stage, the DMA, the bus).
-                row_addr = Mux(load_tensor, in1_row_addr, in0_row_addr)
-                read(row_addr, Mux(load_tensor, geo.row_len1, geo.row_len0), in_rows, raw=~load_dil)
-                m.d.comb += [rl.start.eq(1), rl.slot.eq(load_slot), rl.dilation.eq(load_dil),
-                             rl.skip.eq(row_addr[:LB])]
-                with m.If(load_tensor):
-                    m.d.sync += in1_row_addr.eq(in1_row_addr + geo.in1_row_stride)
+        rows_fsm = OneHotFSM(m, ["IDLE", "ROW_BEGIN", "LOAD_CMD", "LOAD_RECV", "COMPUTE", "DRAIN", "FLUSH"],
+                             name="rows")
+        rows_goto = rows_fsm.goto
+        with rows_fsm.state("IDLE"):
+            with m.If(rows_go):  # the layer's row counters and addresses (only this FSM sets them)
+                m.d.sync += [in0_row_addr.eq(init_in0_addr), in1_row_addr.eq(init_in1_addr),
+                             row_a.eq(init_out_addr)]
+                m.d.sync += [oy.eq(0), next_row.eq(0), next_slot.eq(0), aux_pending.eq(is_add | is_deform),
+                             add_in0_pending.eq(is_add), base_slot.eq(init_base_slot), row_hi.eq(init_row_hi)]
+                m.d.sync += rows_aborted.eq(0)
+                rows_goto("ROW_BEGIN")
+        # rows of input for output row oy
+        with rows_fsm.state("ROW_BEGIN"):
+            # two cycles before deciding: the row counters step in the first (next_row_step),
+            # the choice is registered from them in the second
+            m.d.sync += [settle.eq(1), decide.eq(settle)]
+            with m.If(abort):
+                m.d.sync += [rows_done.eq(1), rows_aborted.eq(1), settle.eq(0), decide.eq(0)]
+                rows_goto("IDLE")
+            with m.Elif(decide):
+                m.d.sync += [settle.eq(0), decide.eq(0)]
+                with m.If(go_add0):
+                    m.d.sync += [load_tensor.eq(0), load_slot.eq(0), load_dil.eq(0), add_in0_pending.eq(0)]
+                    rows_goto("LOAD_CMD")
+                with m.If(go_in0):
+                    m.d.sync += [load_tensor.eq(0), load_slot.eq(next_slot), load_dil.eq(0),
+                                 next_row.eq(next_row + 1), next_slot.eq(next_slot_inc)]
+                    rows_goto("LOAD_CMD")
+                with m.If(go_aux):
+                    m.d.sync += [load_tensor.eq(1), load_slot.eq(1), load_dil.eq(is_deform), aux_pending.eq(0)]
+                    rows_goto("LOAD_CMD")
+                with m.If(go_compute):
+                    m.d.sync += row_start.eq(1)
+                    rows_goto("COMPUTE")
+        with rows_fsm.state("LOAD_CMD"):
+            # The row loader is told now: the previous row's bytes are all in, and this row's
+            # first beat is cycles away (the reader's command stage, the DMA, the bus).
+            row_addr = Mux(load_tensor, in1_row_addr, in0_row_addr)
+            read(row_addr, Mux(load_tensor, geo.row_len1, geo.row_len0), in_rows, raw=~load_dil)
+            m.d.comb += [rl.start.eq(1), rl.slot.eq(load_slot), rl.dilation.eq(load_dil),
+                         rl.skip.eq(row_addr[:LB])]
+            with m.If(load_tensor):
+                m.d.sync += in1_row_addr.eq(in1_row_addr + geo.in1_row_stride)
+            with m.Else():
+                m.d.sync += in0_row_addr.eq(in0_row_addr + geo.in0_row_stride)
+            rows_goto("LOAD_RECV")
+        with rows_fsm.state("LOAD_RECV"):
+            with m.If(~in_rows):
+                rows_goto("ROW_BEGIN")
+        with rows_fsm.state("COMPUTE"):
+            with m.If(issue_done & ~row_start):  # done is the last row's while the issuer starts
+                rows_goto("DRAIN")
+        with rows_fsm.state("DRAIN"):
+            # The row goes out while the next one is loaded and computed into the other half
+            # of the row buffer; an upsampled row fills both halves, so it waits for its flush.
+            # The condition is registered (it holds once true: nothing enters the pipe and
+            # only this state starts a flush), so the units' flags do not reach the state.
+            m.d.sync += drained.eq(~pipe_busy & store_row_done & flush_idle)
+            with m.If(drained):
+                m.d.sync += drained.eq(0)
+                m.d.comb += flush_start.eq(1)
+                with m.If(upsample):
+                    rows_goto("FLUSH")
                 with m.Else():
-                    m.d.sync += in0_row_addr.eq(in0_row_addr + geo.in0_row_stride)
-                rows_goto("LOAD_RECV")
-            with m.State("LOAD_RECV"):
-                with m.If(~in_rows):
-                    rows_goto("ROW_BEGIN")
-            with m.State("COMPUTE"):
-                with m.If(issue_done & ~row_start):  # done is the last row's while the issuer starts
-                    rows_goto("DRAIN")
-            with m.State("DRAIN"):
-                # The row goes out while the next one is loaded and computed into the other half
-                # of the row buffer; an upsampled row fills both halves, so it waits for its flush.
-                # The condition is registered (it holds once true: nothing enters the pipe and
-                # only this state starts a flush), so the units' flags do not reach the state.
-                m.d.sync += drained.eq(~pipe_busy & store_row_done & flush_idle)
-                with m.If(drained):
-                    m.d.sync += drained.eq(0)
-                    m.d.comb += flush_start.eq(1)
-                    with m.If(upsample):
-                        rows_goto("FLUSH")
-                    with m.Else():
-                        m.d.sync += next_row_step.eq(1)
-                        rows_goto("ROW_BEGIN")
-                        with m.If(last_row):
-                            m.d.sync += rows_done.eq(1)
-                            rows_goto("IDLE")
-            with m.State("FLUSH"):
-                with m.If(flush_done):
                     m.d.sync += next_row_step.eq(1)
                     rows_goto("ROW_BEGIN")
                     with m.If(last_row):
                         m.d.sync += rows_done.eq(1)
                         rows_goto("IDLE")
+        with rows_fsm.state("FLUSH"):
+            with m.If(flush_done):
+                m.d.sync += next_row_step.eq(1)
+                rows_goto("ROW_BEGIN")
+                with m.If(last_row):
+                    m.d.sync += rows_done.eq(1)
+                    rows_goto("IDLE")
         with m.If(next_row_step):
             m.d.sync += [row_a.eq(row_a + out_addr_step), row_hi.eq(row_hi + row_hi_step)]
             m.d.sync += [oy.eq(oy + 1), aux_pending.eq(is_add | is_deform), add_in0_pending.eq(is_add),
                          base_slot.eq(base_next)]
         m.d.comb += self.layers_done.eq(layer)
-        with m.If(at["PRE_CMD"] | at["DESC_CMD"] & ~abort | at["REC_CMD"] | at["W_CMD"] | at_load_cmd):
+        with m.If(at["PRE_CMD"] | at["DESC_CMD"] & ~abort | at["REC_CMD"] | at["W_CMD"] | rows_fsm.flags["LOAD_CMD"]):
             m.d.sync += rd_valid.eq(1)
 
 

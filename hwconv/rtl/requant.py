@@ -26,11 +26,11 @@ from __future__ import annotations
 
 from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
-from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
 from ..spec.config import EngineConfig
 from ..spec.params import REQUANT_MULT_BITS, REQUANT_SHIFT_BITS
+from .fifo import FastFIFO
 
 __all__ = ["Requantizer", "lane_layout", "LATENCY"]
 
@@ -74,7 +74,7 @@ class Requantizer(wiring.Component):
         prod2_w = sum_w + REQUANT_MULT_BITS + 2  # signed sum x unsigned mult, doubled
 
         # -- handshakes: a credit per FIFO entry; `ready` is a register ----------------------------
-        m.submodules.fifo = fifo = SyncFIFOBuffered(width=n * ab, depth=FIFO_DEPTH)
+        m.submodules.fifo = fifo = FastFIFO(width=n * ab, depth=FIFO_DEPTH)
         take = self.i.valid & self.i.ready
         give = self.o.valid & self.o.ready
         held = Signal(range(FIFO_DEPTH + 1))  # beats in the pipeline and the FIFO

@@ -22,11 +22,11 @@ from __future__ import annotations
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal
 from amaranth.lib import stream, wiring
-from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
 from ..spec.config import EngineConfig
 from .dma import command_layout, write_beat_layout
+from .fifo import FastFIFO
 from .split_buffer import SplitBuffer
 from .store import row_word_lanes
 
@@ -108,7 +108,7 @@ class RowFlusher(wiring.Component):
         with m.If(self.written):
             m.d.sync += dones.eq(dones + 1)
 
-        m.submodules.fifo = fifo = SyncFIFOBuffered(width=BB * 9, depth=_FIFO_DEPTH)
+        m.submodules.fifo = fifo = FastFIFO(width=BB * 9, depth=_FIFO_DEPTH)
         held = Signal(range(_FIFO_DEPTH + 1))  # words read and not yet taken by `beats`
         credit = Signal(init=1)  # a register: held < depth
         issue = Signal()   # read rd_word of rd_half this cycle
