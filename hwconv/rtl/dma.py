@@ -61,7 +61,8 @@ def _beat_shift(data_width: int) -> int:
 class BurstSplitter(wiring.Component):
     """Commands in, AXI4 bursts out (AxADDR, AxLEN and whether it ends the command).
 
-    A burst every other cycle (each is prepared in a cycle, then offered from registers); each is
+    A burst every other cycle (each is prepared in a cycle, a command's first in two, then
+    offered from registers); each is
     as long as the command, 256 beats and the rest of the 4 KiB page allow. ``active``: a command
     is being split.
     """
@@ -138,8 +139,13 @@ class BurstSplitter(wiring.Component):
         ]
         take_cmd = self.cmd.valid & self.cmd.ready
         issue = self.burst.valid & self.burst.ready
+        # A new command takes two prepare cycles: `fits` is compared on the registers it was
+        # loaded into (first), so no compare sits behind the producer's command registers.
+        first = Signal()
         with m.If(prep):
-            m.d.sync += prep.eq(0)
+            m.d.sync += [prep.eq(first), first.eq(0)]
+            with m.If(first):
+                m.d.sync += fits.eq(le(left, cap))
             with m.If(~left.any()):
                 m.d.sync += self.active.eq(0)
         # The state loads from the command (idle) or from n_* (active): the enable is the only
@@ -152,8 +158,9 @@ class BurstSplitter(wiring.Component):
                 left.eq(Mux(self.active, n_left, self.cmd.p.length[s:])),
                 cap_m1.eq(Mux(self.active, n_cap_m1, cmd_cap_m1)),
                 cap.eq(Mux(self.active, n_cap, cmd_cap_m1 + 1)),
-                fits.eq(Mux(self.active, le(n_left, n_cap), le(self.cmd.p.length[s:], cmd_cap_m1 + 1))),
+                fits.eq(le(n_left, n_cap)),   # a new command's: in its first prepare cycle
                 prep.eq(1),
+                first.eq(~self.active),
             ]
         with m.If(take_cmd):
             m.d.sync += self.active.eq(1)

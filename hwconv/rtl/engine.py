@@ -158,12 +158,6 @@ class EngineCore(wiring.Component):
         next_slot = Signal(5)         # next_row % rows
         base_slot = Signal(5)         # (oy * stride - pad) % rows: the slot of the window's top row
 
-        def mod_rows(v, subtractions=2):
-            """v % rows for v < (subtractions + 1) * rows."""
-            for _ in range(subtractions):
-                v = Mux(v >= rows, v - rows, v)
-            return v
-
         # The next row's window slot, (base_slot + step) % rows, worked out over three registered
         # steps while a row runs (a row takes far more than three cycles between two steps of
         # base_slot), so the step itself only loads a register.
@@ -388,14 +382,15 @@ class EngineCore(wiring.Component):
         # (next_slot + 1) % rows, ready two cycles after next_slot changes: ROW_BEGIN waits two.
         init_in0_addr, init_in1_addr, init_out_addr = Signal(aw), Signal(aw), Signal(aw)
         init_base_slot, init_row_hi = Signal(5), Signal(signed(20))
-        out_addr_step, row_hi_step, next_slot_inc = Signal(aw), Signal(3), Signal(5)
+        out_addr_step, row_hi_step, next_slot_inc, rows_m1 = Signal(aw), Signal(3), Signal(5), Signal(5)
         m.d.sync += [init_in0_addr.eq(self.arena_base + i0.addr), init_in1_addr.eq(self.arena_base + i1.addr),
                      init_out_addr.eq(self.arena_base + o.addr),
                      init_base_slot.eq(Mux(is_deform | (desc.pad == 0), 0, rows - desc.pad)),
                      init_row_hi.eq(Mux(is_deform, cfg.max_dilation, Mux(is_copy, 0, k - 1 - desc.pad))),
                      out_addr_step.eq(Mux(upsample, geo.out_row_stride << 1, geo.out_row_stride)),
                      row_hi_step.eq(Mux(is_deform | is_copy, 1, desc.stride)),
-                     next_slot_inc.eq(mod_rows(next_slot + 1, 1))]
+                     rows_m1.eq(rows - 1),   # next_slot < rows: the wrap is one equality
+                     next_slot_inc.eq(Mux(next_slot == rows_m1, 0, next_slot + 1))]
 
         rows_fsm = OneHotFSM(m, ["IDLE", "ROW_BEGIN", "LOAD_CMD", "LOAD_RECV", "COMPUTE", "DRAIN", "FLUSH"],
                              name="rows")

@@ -221,17 +221,13 @@ class MacArray(wiring.Component):
         pop = Signal()
         m.d.comb += [pop.eq(v0 & self.o.ready), self.o.valid.eq(v0), self.o.payload.eq(e0)]
         keep0 = v0 & ~pop
-        with m.If(keep0):
-            with m.If(~v1 & push):
-                m.d.sync += [e1.eq(finished), v1.eq(1)]
-        with m.Elif(v1):  # the head is taken: the second entry moves up
-            m.d.sync += [e0.eq(e1), v0.eq(1)]
-            with m.If(push):
-                m.d.sync += e1.eq(finished)
-            with m.Else():
-                m.d.sync += v1.eq(0)
-        with m.Else():
-            m.d.sync += [e0.eq(finished), v0.eq(push)]
+        # No push arrives while both entries are full (the advance was 0), so e1 may load
+        # whenever it is empty, and its wide enable is a register, not the consumer's ready.
+        with m.If(~v1):
+            m.d.sync += e1.eq(finished)
+        with m.If(~keep0):  # the head is free: the second entry, else the pushed block, moves in
+            m.d.sync += e0.eq(Mux(v1, e1, finished))
+        m.d.sync += [v0.eq(keep0 | v1 | push), v1.eq(keep0 & (v1 | push))]
         # Entries next cycle: at most one -> the pipeline may move next cycle.
         n_next = (v0 + v1 + push - pop)[:2]
         m.d.sync += advance.eq(n_next <= 1)
