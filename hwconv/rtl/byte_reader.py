@@ -102,11 +102,24 @@ class ByteReader(wiring.Component):
             with m.Else():
                 m.d.sync += [remaining.eq(length), rem1.eq(length == 1), start.eq(self.cmd.p.addr[:sh])]
 
-        # raw: beats straight through
-        raw_out = self.beats.valid & self.beats.ready
-        m.d.comb += [self.beats.valid.eq(raw_active & dma.o.valid), self.beats.p.eq(dma.o.p)]
-        with m.If(raw_out & dma.o.p.last):
-            m.d.sync += [raw_active.eq(0), free.eq(1)]
+        # raw: whole beats through a two-entry skid buffer (`rh_*` on offer, `rs_*` the spare), so
+        # the DMA's ready is a register (`~rs_valid`) and the taker's ready (the engine's sink
+        # flags and a unit's state) steers only these registers, not the DMA's queue.
+        rh_valid, rs_valid = Signal(), Signal()
+        rh, rs = Signal.like(dma.o.p), Signal.like(dma.o.p)
+        take_raw = raw_active & dma.o.valid & ~rs_valid
+        m.d.comb += [self.beats.valid.eq(rh_valid), self.beats.p.eq(rh)]
+        with m.If(~rh_valid | self.beats.ready):
+            with m.If(rs_valid):
+                m.d.sync += [rh.eq(rs), rs_valid.eq(0)]
+            with m.Else():
+                m.d.sync += [rh_valid.eq(take_raw), rh.eq(dma.o.p)]
+        with m.Elif(take_raw):
+            m.d.sync += [rs_valid.eq(1), rs.eq(dma.o.p)]
+        with m.If(take_raw & dma.o.p.last):     # the command's beats are all in the skid
+            m.d.sync += raw_active.eq(0)
+        with m.If(self.beats.valid & self.beats.ready & self.beats.p.last):
+            m.d.sync += free.eq(1)
 
         take = Signal()
         release = Signal()
@@ -121,7 +134,7 @@ class ByteReader(wiring.Component):
             self.o.p.byte.eq(o_byte),
             self.o.p.last.eq(o_last),
             release.eq(hand & (at_end | rem1)),
-            dma.o.ready.eq(Mux(raw_active, self.beats.ready, ~nxt_valid)),
+            dma.o.ready.eq(Mux(raw_active, ~rs_valid, ~nxt_valid)),
             take.eq(dma.o.valid & ~nxt_valid & ~raw_active),
         ]
         with m.If(~o_valid | self.o.ready):
