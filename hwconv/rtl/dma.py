@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from amaranth.hdl import Cat, Const, Elaboratable, Module, Mux, Signal, unsigned
 from amaranth.lib import data, stream, wiring
-from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
 
 from ..spec.config import EngineConfig
@@ -218,7 +217,7 @@ class _DMABase(wiring.Component):
 class _FlagQueue(Elaboratable):
     """A first-in first-out queue of 1-bit flags with SyncFIFO's w_*/r_* ports (first word
     fall-through), its `w_rdy` and `r_rdy` registers kept from the next fill level, so that
-    neither is an adder's output: for the DMA reader's bursts in flight."""
+    neither is an adder's output: for the DMA's bursts in flight."""
 
     def __init__(self, depth: int):
         self.depth = depth
@@ -349,7 +348,8 @@ class DMAWriter(_DMABase):
         n = self.max_outstanding
         # AWLEN, until WLAST; buffered, so the W side's "last beat" compare reads a register
         m.submodules.w_bursts = w_bursts = FastFIFO(width=8, depth=n)
-        m.submodules.b_bursts = b_bursts = SyncFIFO(width=1, depth=n)  # final flag, until B
+        # the final flag, until B (registered w_rdy / r_rdy: no level adder behind the issue)
+        m.submodules.b_bursts = b_bursts = _FlagQueue(n)
 
         issue = split.burst.valid & split.burst.ready
         m.d.comb += [

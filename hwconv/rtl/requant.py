@@ -77,11 +77,13 @@ class Requantizer(wiring.Component):
         m.submodules.fifo = fifo = FastFIFO(width=n * ab, depth=FIFO_DEPTH)
         take = self.i.valid & self.i.ready
         give = self.o.valid & self.o.ready
-        held = Signal(range(FIFO_DEPTH + 1))  # beats in the pipeline and the FIFO
-        held_next = Signal.like(held)
-        ready = Signal()
-        m.d.comb += held_next.eq(held + take - give)
-        m.d.sync += [held.eq(held_next), ready.eq(held_next < FIFO_DEPTH)]
+        # beats in the pipeline and the FIFO, as a thermometer (held[i]: more than i), so the
+        # consumer's ready moves each bit by one LUT and reaches no adder
+        held = Signal(FIFO_DEPTH)
+        ready = Signal(init=1)
+        up, down = take & ~give, give & ~take
+        m.d.sync += [held.eq(Mux(up, Cat(1, held[:-1]), Mux(down, Cat(held[1:], 0), held))),
+                     ready.eq(Mux(up, ~held[FIFO_DEPTH - 2], Mux(down, 1, ready)))]
         valid = Signal(STAGES)
         m.d.sync += valid.eq((valid << 1) | take)
         m.d.comb += [self.i.ready.eq(ready),

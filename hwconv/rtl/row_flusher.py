@@ -109,13 +109,16 @@ class RowFlusher(wiring.Component):
             m.d.sync += dones.eq(dones + 1)
 
         m.submodules.fifo = fifo = FastFIFO(width=BB * 9, depth=_FIFO_DEPTH)
-        held = Signal(range(_FIFO_DEPTH + 1))  # words read and not yet taken by `beats`
-        credit = Signal(init=1)  # a register: held < depth
+        # words read and not yet taken by `beats`, as a thermometer (held[i]: more than i), so
+        # the taker's ready moves each bit by one LUT and reaches no adder
+        held = Signal(_FIFO_DEPTH)
+        credit = Signal(init=1)  # a register: fewer than depth held
         issue = Signal()   # read rd_word of rd_half this cycle
         give = self.beats.valid & self.beats.ready
-        m.d.sync += held.eq(held + issue - give)
-        # credit after this cycle, from compares of `held` alone and the two handshakes
-        m.d.sync += credit.eq(Mux(issue & ~give, held < _FIFO_DEPTH - 1, Mux(give & ~issue, 1, credit)))
+        up, down = issue & ~give, give & ~issue
+        m.d.sync += held.eq(Mux(up, Cat(1, held[:-1]), Mux(down, Cat(held[1:], 0), held)))
+        # credit after this cycle: one more held leaves room unless depth - 1 were held
+        m.d.sync += credit.eq(Mux(up, ~held[_FIFO_DEPTH - 2], Mux(down, 1, credit)))
 
         # One-hot state registers (not an FSM): `issue` is two registers ANDed.
         s_idle = Signal(init=1)
