@@ -228,13 +228,18 @@ class EngineCore(wiring.Component):
         # use them decide from a flag, not through a 32-bit compare.
         pre_code, pre_bad, op_known, last_layer = Signal(8), Signal(), Signal(), Signal()
         n_layers_m1 = Signal(32)
+        desc_addr = Signal(aw)        # the layer's descriptor: steps with `layer` (no shift-add)
         pre_checks = [(pre.magic != PREAMBLE_MAGIC, ErrorCode.BAD_MAGIC),
                       (pre.version_major != FORMAT_VERSION[0], ErrorCode.VERSION_MISMATCH),
                       (pre.config_hash != cfg.config_hash, ErrorCode.CONFIG_MISMATCH),
                       ((pre.n_layers == 0) | (pre.n_layers > cfg.max_layers), ErrorCode.TOO_MANY_LAYERS)]
+        # two stages (each check's compare, then the first failing one's code): PRE_SETTLE
+        # waits the extra cycle
         code = ErrorCode.NONE
-        for bad, c in reversed(pre_checks):
-            code = Mux(bad, c, code)
+        for i, (bad, c) in reversed(list(enumerate(pre_checks))):
+            bad_r = Signal(name=f"pre_bad{i}")
+            m.d.sync += bad_r.eq(bad)
+            code = Mux(bad_r, c, code)
         known = 0
         for op in Opcode:
             known = known | (raw[:8] == op)
@@ -243,7 +248,7 @@ class EngineCore(wiring.Component):
         # The layer loop is one-hot (OneHotFSM): the error code, the layer count and the reader's
         # command decide from a state's own register, and each state's next value depends on
         # its few incoming transitions (Amaranth's binary state decode was the worst path).
-        fsm = OneHotFSM(m, ["IDLE", "CLEAR", "PRE_CMD", "PRE_RECV", "PRE_CHECK", "DESC_CMD", "DESC_RECV",
+        fsm = OneHotFSM(m, ["IDLE", "CLEAR", "PRE_CMD", "PRE_RECV", "PRE_SETTLE", "PRE_CHECK", "DESC_CMD", "DESC_RECV",
                             "DECODE", "CHECK", "CHECK_WAIT", "REC_CMD", "REC_RECV", "REC_CHECK", "W_CMD",
                             "W_RECV", "LAYER_SETUP", "ROWS", "LAYER_END", "FINISH", "ABORTED"], name="layer")
         at = fsm.flags
@@ -261,7 +266,9 @@ class EngineCore(wiring.Component):
             goto("PRE_RECV")
         with fsm.state("PRE_RECV"):
             with m.If(~in_seq):
-                goto("PRE_CHECK")
+                goto("PRE_SETTLE")
+        with fsm.state("PRE_SETTLE"):
+            goto("PRE_CHECK")
         with fsm.state("PRE_CHECK"):
             m.d.sync += n_layers_m1.eq(pre.n_layers - 1)
             with m.If(reader.error | pre_bad):
@@ -274,8 +281,7 @@ class EngineCore(wiring.Component):
             with m.If(abort):
                 goto("ABORTED")
             with m.Else():
-                read(self.desc_base + PREAMBLE_BYTES + (layer << _log2(DESCRIPTOR_BYTES)),
-                     DESCRIPTOR_BYTES, in_seq)
+                read(desc_addr, DESCRIPTOR_BYTES, in_seq)
                 goto("DESC_RECV")
         with fsm.state("DESC_RECV"):
             with m.If(~in_seq):
@@ -361,9 +367,9 @@ class EngineCore(wiring.Component):
         with m.If(fail):
             m.d.sync += error.eq(fail_code)
         with m.If(at["LAYER_END"] & flush_idle & ~axi_error):
-            m.d.sync += layer.eq(layer + 1)
+            m.d.sync += [layer.eq(layer + 1), desc_addr.eq(desc_addr + DESCRIPTOR_BYTES)]
         with m.If(start_run):
-            m.d.sync += [error.eq(0), layer.eq(0)]
+            m.d.sync += [error.eq(0), layer.eq(0), desc_addr.eq(self.desc_base + PREAMBLE_BYTES)]
 
         # -- the row loop: its own small FSM (a short state decode), started by the layer's ----
         # Whether ROW_BEGIN loads another row is worked out into registers while it waits a
