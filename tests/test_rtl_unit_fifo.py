@@ -43,6 +43,9 @@ def test_fast_fifo_is_sync_fifo_buffered_cycle_for_cycle(depth):
                 ref, dut = pair.ref, pair.dut
                 for name in ("w_rdy", "r_rdy", "level", "w_level", "r_level"):
                     assert ctx.get(getattr(dut, name)) == ctx.get(getattr(ref, name)), name
+                level = ctx.get(ref.level)
+                for k in range(-1, depth + 2):
+                    assert ctx.get(dut.at_most(k)) == (level <= k), (k, level)
                 if ctx.get(ref.r_rdy):
                     assert ctx.get(dut.r_data) == ctx.get(ref.r_data)
                     seen["reads"] += ctx.get(pair.r_en)

@@ -299,7 +299,9 @@ class DMAReader(_DMABase):
         bad = bus.rresp[1]  # SLVERR or DECERR; EXOKAY is never asked for
         # RREADY is a register: high when the buffer had room for two beats a cycle before (at
         # most one came since), so it depends on no bus input in the same cycle.
-        m.d.sync += bus.rready.eq(buffer.w_level + took <= self.buffer_depth - 2)
+        # (level + took <= depth - 2, read off the buffer's fill thermometer: no adder)
+        m.d.sync += bus.rready.eq(Mux(took, buffer.at_most(self.buffer_depth - 3),
+                                      buffer.at_most(self.buffer_depth - 2)))
         m.d.comb += [
             buffer.w_en.eq(took),
             buffer.w_data.eq(Cat(Mux(bad, 0, bus.rdata), bus.rlast & inflight.r_data)),

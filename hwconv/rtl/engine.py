@@ -273,16 +273,17 @@ class EngineCore(wiring.Component):
             m.d.sync += n_layers_m1.eq(pre.n_layers - 1)
             with m.If(reader.error | pre_bad):
                 goto("FINISH")
+            with m.Elif(abort):
+                goto("ABORTED")
             with m.Else():
                 goto("DESC_CMD")
+        # A soft reset stops the run before the next layer: the states that lead to DESC_CMD
+        # check it, so the command itself (and the reader's valid) waits on no condition.
         with fsm.state("DESC_CMD"):
             m.d.comb += perf.layer_start.eq(1)
             m.d.sync += new_layer.eq(1)
-            with m.If(abort):
-                goto("ABORTED")
-            with m.Else():
-                read(desc_addr, DESCRIPTOR_BYTES, in_seq)
-                goto("DESC_RECV")
+            read(desc_addr, DESCRIPTOR_BYTES, in_seq)
+            goto("DESC_RECV")
         with fsm.state("DESC_RECV"):
             with m.If(~in_seq):
                 goto("DECODE")
@@ -341,6 +342,8 @@ class EngineCore(wiring.Component):
             with m.If(flush_idle):  # the last row's flush is done: the next layer may read it
                 with m.If(reader.error | writer.error | last_layer):
                     goto("FINISH")
+                with m.Elif(abort):
+                    goto("ABORTED")
                 with m.Else():
                     goto("DESC_CMD")
         with fsm.state("FINISH"):
@@ -479,7 +482,7 @@ class EngineCore(wiring.Component):
             m.d.sync += [oy.eq(oy + 1), aux_pending.eq(is_add | is_deform), add_in0_pending.eq(is_add),
                          base_slot.eq(base_next)]
         m.d.comb += self.layers_done.eq(layer)
-        with m.If(at["PRE_CMD"] | at["DESC_CMD"] & ~abort | at["REC_CMD"] | at["W_CMD"] | rows_fsm.flags["LOAD_CMD"]):
+        with m.If(at["PRE_CMD"] | at["DESC_CMD"] | at["REC_CMD"] | at["W_CMD"] | rows_fsm.flags["LOAD_CMD"]):
             m.d.sync += rd_valid.eq(1)
 
 

@@ -16,7 +16,7 @@ unit test runs both side by side and compares every output on every cycle.
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Mux, Signal
+from amaranth.hdl import Cat, Const, Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -34,6 +34,16 @@ class FastFIFO(wiring.Component):
             "r_data": Out(width), "r_en": In(1), "r_rdy": Out(1), "r_level": Out(range(depth + 1)),
             "level": Out(range(depth + 1)),
         })
+        self._fill = Signal(max(1, depth - 1), name="fill")  # see elaborate
+
+    def at_most(self, k: int):
+        """`level <= k` from registers (the fill thermometer and r_rdy), with no adder or
+        compare: for a producer that throttles on the queue's room."""
+        def inner_at_most(j):
+            return 1 if j >= self.depth - 1 else 0 if j < 0 else ~self._fill[j]
+        if k >= self.depth:
+            return Const(1)
+        return Mux(self.r_rdy, inner_at_most(k - 1), inner_at_most(k))
 
     def elaborate(self, platform) -> Module:
         m = Module()
@@ -47,7 +57,7 @@ class FastFIFO(wiring.Component):
             return m
         inner = self.depth - 1                      # entries behind the output register
         words = 1 << max(1, (inner - 1).bit_length())  # storage, a power of two >= inner
-        fill = Signal(inner)                        # thermometer: fill[i] = more than i queued
+        fill = self._fill                           # thermometer: fill[i] = more than i queued
         produce, consume = Signal(range(words)), Signal(range(words))
 
         push = self.w_en & self.w_rdy

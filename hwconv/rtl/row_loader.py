@@ -106,23 +106,24 @@ class RowLoader(wiring.Component):
         ]
         # -- dilation row: the first byte of each pixel ----------------------------------------
         u_x, u_p = Signal(16), Signal(16)
+        u_first = Signal()  # u_p == 0, a register: the write enable is the handshake and this
         ps_m1 = Signal(16)  # the dilation tensor's pixel stride minus one, registered
         m.d.sync += ps_m1.eq(self.desc.in1.pixel_stride - 1)
         u_take = self.bytes.valid & self.bytes.ready
         m.d.comb += [self.bytes.ready.eq(active & dilation),
-                     dil_w.addr.eq(u_x), dil_w.data.eq(self.bytes.p.byte), dil_w.en.eq(u_take & (u_p == 0))]
+                     dil_w.addr.eq(u_x), dil_w.data.eq(self.bytes.p.byte), dil_w.en.eq(u_take & u_first)]
 
         with m.If(start):
-            m.d.sync += [u_x.eq(0), u_p.eq(0)]
+            m.d.sync += [u_x.eq(0), u_p.eq(0), u_first.eq(1)]
         with m.Else():
             with m.If(beat_take):
                 with m.If(self.beats.p.last):
                     m.d.sync += active.eq(0)
             with m.If(u_take):
                 with m.If(u_p == ps_m1):
-                    m.d.sync += [u_p.eq(0), u_x.eq(u_x + 1)]
+                    m.d.sync += [u_p.eq(0), u_x.eq(u_x + 1), u_first.eq(1)]
                 with m.Else():
-                    m.d.sync += u_p.eq(u_p + 1)
+                    m.d.sync += [u_p.eq(u_p + 1), u_first.eq(0)]
                 with m.If(self.bytes.p.last):
                     m.d.sync += active.eq(0)
         return m
