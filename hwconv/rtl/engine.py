@@ -228,7 +228,7 @@ class EngineCore(wiring.Component):
         # use them decide from a flag, not through a 32-bit compare.
         pre_code, pre_bad, op_known, last_layer = Signal(8), Signal(), Signal(), Signal()
         n_layers_m1 = Signal(32)
-        desc_addr = Signal(aw)        # the layer's descriptor: steps with `layer` (no shift-add)
+        desc_addr = Signal(aw)        # the next descriptor to read: steps as it is read (no shift-add)
         pre_checks = [(pre.magic != PREAMBLE_MAGIC, ErrorCode.BAD_MAGIC),
                       (pre.version_major != FORMAT_VERSION[0], ErrorCode.VERSION_MISMATCH),
                       (pre.config_hash != cfg.config_hash, ErrorCode.CONFIG_MISMATCH),
@@ -283,6 +283,7 @@ class EngineCore(wiring.Component):
             m.d.comb += perf.layer_start.eq(1)
             m.d.sync += new_layer.eq(1)
             read(desc_addr, DESCRIPTOR_BYTES, in_seq)
+            m.d.sync += desc_addr.eq(desc_addr + DESCRIPTOR_BYTES)   # the next layer's
             goto("DESC_RECV")
         with fsm.state("DESC_RECV"):
             with m.If(~in_seq):
@@ -370,7 +371,7 @@ class EngineCore(wiring.Component):
         with m.If(fail):
             m.d.sync += error.eq(fail_code)
         with m.If(at["LAYER_END"] & flush_idle & ~axi_error):
-            m.d.sync += [layer.eq(layer + 1), desc_addr.eq(desc_addr + DESCRIPTOR_BYTES)]
+            m.d.sync += layer.eq(layer + 1)
         with m.If(start_run):
             m.d.sync += [error.eq(0), layer.eq(0), desc_addr.eq(self.desc_base + PREAMBLE_BYTES)]
 

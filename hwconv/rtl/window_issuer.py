@@ -164,7 +164,11 @@ class WindowIssuer(wiring.Component):
         pf_x = Signal(range(cfg.max_width + 1))
         m.d.comb += self.dil_addr.eq(pf_x)
         d1 = Signal(D)
-        m.d.sync += d1.eq(Mux(self.dil_data > cfg.max_dilation, cfg.max_dilation, self.dil_data))
+        if (cfg.max_dilation + 1) & cfg.max_dilation == 0:  # 2^n - 1: one LUT a bit after the read
+            over = self.dil_data[len(d1):].any()
+            m.d.sync += d1.eq(self.dil_data[:len(d1)] | Mux(over, cfg.max_dilation, 0))
+        else:
+            m.d.sync += d1.eq(Mux(self.dil_data > cfg.max_dilation, cfg.max_dilation, self.dil_data))
         n_dil, n_db = Signal(D), Signal(A)
         n_up, n_dn = Signal(range(S)), Signal(range(S))
         up_raw, dn_raw = Signal(signed(7)), Signal(7)   # registered: the wrap is a stage of its own
