@@ -253,7 +253,8 @@ class DescriptorChecker(wiring.Component):
 
         # The descriptor's own rules, each registered in stage 1 (then ORed).
         op_bad = [stage(~kernel_ok | ~stride_ok | ~pad_ok | ~wbits_ok, 1, "op_bad"),
-                  stage(((d.flags & ~known_flags) != 0) | up_bad | (wo > cfg.max_width), 1, "flags_bad"),
+                  stage(stage(((d.flags & ~known_flags) != 0) | up_bad, 1, "flags_up_bad")
+                        | stage(wo > cfg.max_width, 1, "wo_too_big"), 1, "flags_bad"),
                   stage(stage(chan_bad | deform_bad, 1, "chan_deform_bad") | stage(add_bad | sign_bad, 1, "add_sign_bad"),
                         1, "shape_rules_bad")]
         bad_terms = [any_of(op_bad), any_of(ref_bad), shape_bad, clamp_bad, fit_bad]
