@@ -21,7 +21,14 @@ from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["FastFIFO"]
+__all__ = ["FastFIFO", "thermometer_step"]
+
+
+def thermometer_step(t: Signal, up, down):
+    """The next value of a thermometer count `t` (t[i]: the count is more than i) after one
+    more (`up`), one fewer (`down`) or neither: each bit is a function of its neighbours and
+    the two conditions, one LUT, where a binary counter would need an adder."""
+    return Mux(up, Cat(1, t[:-1]), Mux(down, Cat(t[1:], 0), t))
 
 
 class FastFIFO(wiring.Component):
@@ -64,7 +71,7 @@ class FastFIFO(wiring.Component):
         pop = fill[0] & (~self.r_rdy | self.r_en)   # the head moves into the output register
         up, down = push & ~pop, pop & ~push
         m.d.comb += self.w_rdy.eq(~fill[-1])
-        m.d.sync += fill.eq(Mux(up, Cat(1, fill[:-1]), Mux(down, Cat(fill[1:], 0), fill)))
+        m.d.sync += fill.eq(thermometer_step(fill, up, down))
 
         m.submodules.storage = storage = Memory(shape=self.width, depth=words, init=[])
         w_port = storage.write_port()

@@ -30,7 +30,7 @@ from amaranth.lib.wiring import In, Out
 
 from ..spec.config import EngineConfig
 from ..spec.params import REQUANT_MULT_BITS, REQUANT_SHIFT_BITS
-from .fifo import FastFIFO
+from .fifo import FastFIFO, thermometer_step
 
 __all__ = ["Requantizer", "lane_layout", "LATENCY"]
 
@@ -82,7 +82,7 @@ class Requantizer(wiring.Component):
         held = Signal(FIFO_DEPTH)
         ready = Signal(init=1)
         up, down = take & ~give, give & ~take
-        m.d.sync += [held.eq(Mux(up, Cat(1, held[:-1]), Mux(down, Cat(held[1:], 0), held))),
+        m.d.sync += [held.eq(thermometer_step(held, up, down)),
                      ready.eq(Mux(up, ~held[FIFO_DEPTH - 2], Mux(down, 1, ready)))]
         valid = Signal(STAGES)
         m.d.sync += valid.eq((valid << 1) | take)

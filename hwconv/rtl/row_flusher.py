@@ -26,7 +26,7 @@ from amaranth.lib.wiring import In, Out
 
 from ..spec.config import EngineConfig
 from .dma import command_layout, write_beat_layout
-from .fifo import FastFIFO
+from .fifo import FastFIFO, thermometer_step
 from .split_buffer import SplitBuffer
 from .store import row_word_lanes
 
@@ -116,7 +116,7 @@ class RowFlusher(wiring.Component):
         issue = Signal()   # read rd_word of rd_half this cycle
         give = self.beats.valid & self.beats.ready
         up, down = issue & ~give, give & ~issue
-        m.d.sync += held.eq(Mux(up, Cat(1, held[:-1]), Mux(down, Cat(held[1:], 0), held)))
+        m.d.sync += held.eq(thermometer_step(held, up, down))
         # credit after this cycle: one more held leaves room unless depth - 1 were held
         m.d.sync += credit.eq(Mux(up, ~held[_FIFO_DEPTH - 2], Mux(down, 1, credit)))
 
