@@ -142,7 +142,7 @@ class WindowIssuer(wiring.Component):
         go = Signal()                # issuing: after start (and the dilation fetch), until the row is issued
         e_t, e_ky, e_ob, e_px, e_end = (Signal(name=f"e_{n}") for n in ("t", "ky", "ob", "px", "end"))
         issued_all = Signal(init=1)  # nothing to issue before the first start
-        warm = Signal(4)             # DEFORM_DW: a one shifting down while the first dilation is fetched
+        warm = Signal(5)             # DEFORM_DW: a one shifting down while the first dilation is fetched
         issue = Signal()
         m.d.comb += [issue.eq(adv & go), self.done.eq(issued_all)]
         start = self.start
@@ -158,17 +158,13 @@ class WindowIssuer(wiring.Component):
         slot_ky = Signal(range(S))                # (base_slot + ky) % rows
 
         # The dilation of the next pixel, fetched ahead: address register -> buffer (LUTRAM) ->
-        # clamp register -> d * pixel_stride, base_slot -/+ d -> the rows' slots (wrapped) -> the
-        # pixel's registers (four cycles; a pixel's nine taps take at least nine).
+        # read register -> clamp register -> d * pixel_stride, base_slot -/+ d -> the rows' slots
+        # (wrapped) -> the pixel's registers (five cycles; a pixel's nine taps take at least nine).
         D = range(cfg.max_dilation + 1)
         pf_x = Signal(range(cfg.max_width + 1))
         m.d.comb += self.dil_addr.eq(pf_x)
-        d1 = Signal(D)
-        if (cfg.max_dilation + 1) & cfg.max_dilation == 0:  # 2^n - 1: one LUT a bit after the read
-            over = self.dil_data[len(d1):].any()
-            m.d.sync += d1.eq(self.dil_data[:len(d1)] | Mux(over, cfg.max_dilation, 0))
-        else:
-            m.d.sync += d1.eq(Mux(self.dil_data > cfg.max_dilation, cfg.max_dilation, self.dil_data))
+        d0, d1 = Signal(8), Signal(D)
+        m.d.sync += [d0.eq(self.dil_data), d1.eq(Mux(d0 > cfg.max_dilation, cfg.max_dilation, d0))]
         n_dil, n_db = Signal(D), Signal(A)
         n_up, n_dn = Signal(range(S)), Signal(range(S))
         up_raw, dn_raw = Signal(signed(7)), Signal(7)   # registered: the wrap is a stage of its own
@@ -192,7 +188,7 @@ class WindowIssuer(wiring.Component):
         with m.If(take_px):
             m.d.sync += [dil.eq(n_dil), db.eq(n_db), slot_up.eq(n_up), slot_dn.eq(n_dn)]
         with m.If(start):
-            m.d.sync += [pf_x.eq(0), warm.eq(Mux(deform, 0b1000, 0)), issued_all.eq(0)]
+            m.d.sync += [pf_x.eq(0), warm.eq(Mux(deform, 0b10000, 0)), issued_all.eq(0)]
         with m.Else():
             m.d.sync += warm.eq(warm >> 1)
             with m.If(take_px):
