@@ -54,7 +54,7 @@ def _md(data: dict) -> str:
         f"{data['layers_per_program']} targeted layers each), layers run: **{data['layers']}**",
         f"- mismatching programs: **{data['mismatching_programs']}**",
         f"- wall time {data['wall_seconds']} s (Verilator build {data['build_seconds']} s), "
-        f"{data['workers']} workers: **{data['layers_per_second']} layers/s**; "
+        f"{data['workers']} worker{'s' if data['workers'] != 1 else ''}: **{data['layers_per_second']} layers/s**; "
         f"{data['simulated_cycles']:,} simulated engine cycles",
         f"- coverage: {cov['bins_hit']} of {cov['legal_bins']} legal bins hit (fewest hits in a "
         f"hit bin: {min([b['hits'] for b in data['bins'] if b['hits']] or [0])}); "
