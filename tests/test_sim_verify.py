@@ -181,8 +181,13 @@ def test_reports_of_side_by_side_runs_merge(tmp_path):
     assert data["mismatching_programs"] == 0 and data["seeds_run"] == "2"
 
 
-def test_cli_refuses_bad_options(capsys):
+def test_cli_refuses_bad_options(capsys, tmp_path):
     from hwconv.sim.verify.cli import main
+
+    a_file = tmp_path / "report"
+    a_file.write_text("kept")
+    assert main(["--programs", "1", "-o", str(a_file)]) == 2    # before any simulation
+    assert "-o" in capsys.readouterr().err and a_file.read_text() == "kept"
 
     assert main(["--board", "no_such_board"]) == 2
     assert "unknown board" in capsys.readouterr().err

@@ -16,6 +16,7 @@ every program matched, 1 when one did not, 2 for bad input.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -109,6 +110,13 @@ def cmd_verify(args) -> int:
     from .run import verify
 
     out = Path(args.out)
+    try:    # before any simulation: an unwritable -o would only show after the whole run
+        out.mkdir(parents=True, exist_ok=True)
+        if not os.access(out, os.W_OK):
+            raise PermissionError(f"{out} is not writable")
+    except OSError as exc:
+        print(f"hwconv verify: error: -o {out}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     try:
         summary = verify(config, seed=args.seed, programs=args.programs, layers=args.layers,
                          workers=args.workers, batch=args.batch, out_dir=out,
