@@ -87,8 +87,7 @@ def run_engine(cfg: EngineConfig, image: bytes, params: bytes, arena: np.ndarray
         cyc, macs = [], []
         for i in range(perf_layers):
             ctx.set(core.perf_select, i)
-            await ctx.tick()
-            await ctx.tick()
+            await ctx.tick().repeat(3)   # the memory's read, then its output register
             cyc.append(ctx.get(core.perf_layer_cycles))
             macs.append(ctx.get(core.perf_layer_macs))
         out["cyc"], out["macs"] = cyc, macs

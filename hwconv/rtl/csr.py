@@ -18,15 +18,16 @@ bits outside the fields are not stored and read 0.
 
 Bus behaviour: AW and W are accepted in either order or together (each has a one-entry holding
 register), `wstrb` selects byte lanes, B and R are held until the manager is ready, one
-transaction per direction is outstanding. Unmapped offsets read 0 and ignore writes; responses are
-always OKAY. No combinational path runs from a bus input to a bus output.
+transaction per direction is outstanding. A read's data is chosen the cycle after its address is
+taken, from registers. Unmapped offsets read 0 and ignore writes; responses are always OKAY. No
+combinational path runs from a bus input to a bus output.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from amaranth.hdl import Cat, Const, Module, Signal, Value, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -166,27 +167,36 @@ class ControlRegisters(wiring.Component):
             store[pending.name].bit_select(lsb, width)
             for name, lsb, width in pending.bits)).any())
 
-        # -- read channel: AR is taken when R is empty; R holds until rready --
+        # -- read channel: AR is taken when R is empty. Its offset is decoded into a one-hot
+        # select as it is taken, and the data is an AND-OR of the selected value the cycle
+        # after (the core's values, a block RAM's output among them, meet no decode); R holds
+        # until rready --
+        sources = [(r.offset, self._read_value(p, r, store, shadow), p, r)
+                   for p in self._ports for r in p.regs]
+        sources += [(reg(name).offset, Const(value, REG_BITS), None, None)
+                    for name, value in self.constants.items()]
+        r_pending = Signal()
+        r_sel = Signal(len(sources))      # unmapped offsets select nothing and read 0
         m.d.comb += [
-            bus.arready.eq(~bus.rvalid),
+            bus.arready.eq(~bus.rvalid & ~r_pending),
             bus.rresp.eq(RESP_OKAY),
         ]
         with m.If(bus.rvalid & bus.rready):
             m.d.sync += bus.rvalid.eq(0)
         with m.If(bus.arvalid & bus.arready):
-            m.d.sync += [bus.rvalid.eq(1), bus.rdata.eq(0)]  # unmapped offsets read 0
+            m.d.sync += [r_pending.eq(1), r_sel.eq(0)]
             with m.Switch(bus.araddr[_WORD_SHIFT:]):
-                for p in self._ports:
-                    for r in p.regs:
-                        with m.Case(r.offset >> _WORD_SHIFT):
-                            m.d.sync += bus.rdata.eq(self._read_value(p, r, store, shadow))
-                            if p.access == Access.RO and p.is_pair and r is p.regs[0]:
-                                # Reading LO latches HI: LO-then-HI is one 64-bit sample.
-                                m.d.sync += shadow[p.regs[1].name].eq(
-                                    Value.cast(getattr(self, p.name))[REG_BITS:])
-                for name, value in self.constants.items():
-                    with m.Case(reg(name).offset >> _WORD_SHIFT):
-                        m.d.sync += bus.rdata.eq(value)
+                for k, (off, *_) in enumerate(sources):
+                    with m.Case(off >> _WORD_SHIFT):
+                        m.d.sync += r_sel.eq(1 << k)
+        with m.If(r_pending):
+            data = Const(0, REG_BITS)
+            for k, (_, value, p, r) in enumerate(sources):
+                data = data | Mux(r_sel[k], value, 0)
+                if p is not None and p.access == Access.RO and p.is_pair and r is p.regs[0]:
+                    with m.If(r_sel[k]):  # reading LO latches HI: LO-then-HI is one 64-bit sample
+                        m.d.sync += shadow[p.regs[1].name].eq(Value.cast(getattr(self, p.name))[REG_BITS:])
+            m.d.sync += [r_pending.eq(0), bus.rvalid.eq(1), bus.rdata.eq(data)]
 
         # -- write channel: AW and W each wait in a holding register until both are there --
         aw_full = Signal()

@@ -182,9 +182,13 @@ class EngineCore(wiring.Component):
         # Who takes the reader's bytes, set with the command and cleared with its last byte.
         in_seq, in_rec, in_weights, in_rows = Signal(), Signal(), Signal(), Signal()
 
-        def read(addr, length, sink, raw=0):
-            # (rd_valid rises from the *_CMD states' one-hot flags, below the FSMs)
-            m.d.sync += [rd_addr.eq(addr), rd_len.eq(length), rd_raw.eq(raw), sink.eq(1)]
+        read_sources = []   # (state flag, address, length, raw): the reader's commands
+
+        def read(flag, addr, length, sink, raw=0):
+            # The command registers take an AND-OR of the *_CMD states' sources (registers
+            # all), built below the FSMs with rd_valid: no priority mux behind the state flags.
+            read_sources.append((flag, addr, length, raw))
+            m.d.sync += sink.eq(1)
 
         # The last byte (or raw beat) taken clears the sink; a *_RECV state waits for that register,
         # a cycle later, so the takers' ready (a unit's state) does not reach the sequencer's state.
@@ -214,6 +218,7 @@ class EngineCore(wiring.Component):
         # Row addresses step by a row at a time (no multiplier): the next in0 / in1 row to load,
         # the output row (two when upsampling) being computed.
         in0_row_addr, in1_row_addr, row_a = Signal(aw), Signal(aw), Signal(aw)
+        ld_addr, ld_len = Signal(aw), Signal(32)     # the row LOAD_CMD reads
 
         rows_go, rows_done = Signal(), Signal()  # registered pulses: the row loop starts / has ended
         rows_aborted = Signal()       # the row loop ended on a soft reset
@@ -262,7 +267,7 @@ class EngineCore(wiring.Component):
             with m.If(fl.idle):
                 goto("PRE_CMD")
         with fsm.state("PRE_CMD"):
-            read(self.desc_base, PREAMBLE_BYTES, in_seq)
+            read(at["PRE_CMD"], self.desc_base, PREAMBLE_BYTES, in_seq)
             goto("PRE_RECV")
         with fsm.state("PRE_RECV"):
             with m.If(~in_seq):
@@ -282,7 +287,7 @@ class EngineCore(wiring.Component):
         with fsm.state("DESC_CMD"):
             m.d.comb += perf.layer_start.eq(1)
             m.d.sync += new_layer.eq(1)
-            read(desc_addr, DESCRIPTOR_BYTES, in_seq)
+            read(at["DESC_CMD"], desc_addr, DESCRIPTOR_BYTES, in_seq)
             m.d.sync += desc_addr.eq(desc_addr + DESCRIPTOR_BYTES)   # the next layer's
             goto("DESC_RECV")
         with fsm.state("DESC_RECV"):
@@ -305,9 +310,14 @@ class EngineCore(wiring.Component):
                     goto("REC_CMD")
                 with m.Else():
                     goto("LAYER_SETUP")
-        # requant records -> params banks
+        # requant records -> params banks; their addresses registered (desc holds from DECODE,
+        # three cycles before REC_CMD)
+        rec_addr, rec_len, w_addr = Signal(aw), Signal(32), Signal(aw)
+        m.d.sync += [rec_addr.eq(self.params_base + desc.params_offset),
+                     rec_len.eq(o.channels * REQUANT_RECORD_BYTES),
+                     w_addr.eq(self.params_base + desc.weights_offset)]
         with fsm.state("REC_CMD"):
-            read(self.params_base + desc.params_offset, o.channels * REQUANT_RECORD_BYTES, in_rec)
+            read(at["REC_CMD"], rec_addr, rec_len, in_rec)
             goto("REC_RECV")
         with fsm.state("REC_RECV"):
             with m.If(~in_rec):
@@ -323,8 +333,7 @@ class EngineCore(wiring.Component):
         with fsm.state("W_CMD"):
             # Raw beats: the loader drops the bytes around the blob and writes up to a bank
             # word per cycle (it registers the start and the skip).
-            w_addr = self.params_base + desc.weights_offset
-            read(w_addr, geo.weight_bytes, in_weights, raw=1)
+            read(at["W_CMD"], w_addr, geo.weight_bytes, in_weights, raw=1)
             m.d.comb += [pl.w_start.eq(1), pl.w_skip.eq(w_addr[:LB])]
             goto("W_RECV")
         with fsm.state("W_RECV"):
@@ -423,15 +432,19 @@ class EngineCore(wiring.Component):
                 rows_goto("IDLE")
             with m.Elif(decide):
                 m.d.sync += [settle.eq(0), decide.eq(0)]
+                # (the row's address and length are registered here for LOAD_CMD's command)
                 with m.If(go_add0):
-                    m.d.sync += [load_tensor.eq(0), load_slot.eq(0), load_dil.eq(0), add_in0_pending.eq(0)]
+                    m.d.sync += [load_tensor.eq(0), load_slot.eq(0), load_dil.eq(0), add_in0_pending.eq(0),
+                                 ld_addr.eq(in0_row_addr), ld_len.eq(geo.row_len0)]
                     rows_goto("LOAD_CMD")
                 with m.If(go_in0):
                     m.d.sync += [load_tensor.eq(0), load_slot.eq(next_slot), load_dil.eq(0),
-                                 next_row.eq(next_row + 1), next_slot.eq(next_slot_inc)]
+                                 next_row.eq(next_row + 1), next_slot.eq(next_slot_inc),
+                                 ld_addr.eq(in0_row_addr), ld_len.eq(geo.row_len0)]
                     rows_goto("LOAD_CMD")
                 with m.If(go_aux):
-                    m.d.sync += [load_tensor.eq(1), load_slot.eq(1), load_dil.eq(is_deform), aux_pending.eq(0)]
+                    m.d.sync += [load_tensor.eq(1), load_slot.eq(1), load_dil.eq(is_deform), aux_pending.eq(0),
+                                 ld_addr.eq(in1_row_addr), ld_len.eq(geo.row_len1)]
                     rows_goto("LOAD_CMD")
                 with m.If(go_compute):
                     m.d.sync += row_start.eq(1)
@@ -439,10 +452,9 @@ class EngineCore(wiring.Component):
         with rows_fsm.state("LOAD_CMD"):
             # The row loader is told now: the previous row's bytes are all in, and this row's
             # first beat is cycles away (the reader's command stage, the DMA, the bus).
-            row_addr = Mux(load_tensor, in1_row_addr, in0_row_addr)
-            read(row_addr, Mux(load_tensor, geo.row_len1, geo.row_len0), in_rows, raw=~load_dil)
+            read(rows_fsm.flags["LOAD_CMD"], ld_addr, ld_len, in_rows, raw=~load_dil)
             m.d.comb += [rl.start.eq(1), rl.slot.eq(load_slot), rl.dilation.eq(load_dil),
-                         rl.skip.eq(row_addr[:LB])]
+                         rl.skip.eq(ld_addr[:LB])]
             with m.If(load_tensor):
                 m.d.sync += in1_row_addr.eq(in1_row_addr + geo.in1_row_stride)
             with m.Else():
@@ -483,8 +495,14 @@ class EngineCore(wiring.Component):
             m.d.sync += [oy.eq(oy + 1), aux_pending.eq(is_add | is_deform), add_in0_pending.eq(is_add),
                          base_slot.eq(base_next)]
         m.d.comb += self.layers_done.eq(layer)
-        with m.If(at["PRE_CMD"] | at["DESC_CMD"] | at["REC_CMD"] | at["W_CMD"] | rows_fsm.flags["LOAD_CMD"]):
-            m.d.sync += rd_valid.eq(1)
+        any_read = 0
+        cmd_addr, cmd_len, cmd_raw = 0, 0, 0
+        for flag, addr, length, raw in read_sources:
+            any_read = any_read | flag
+            cmd_addr, cmd_len, cmd_raw = (cmd_addr | Mux(flag, addr, 0), cmd_len | Mux(flag, length, 0),
+                                          cmd_raw | flag & raw)
+        with m.If(any_read):
+            m.d.sync += [rd_valid.eq(1), rd_addr.eq(cmd_addr), rd_len.eq(cmd_len), rd_raw.eq(cmd_raw)]
 
 
 

@@ -199,6 +199,10 @@ class ParamLoader(wiring.Component):
                 m.d.sync += seen_last.eq(1)
 
         off = Signal(OB)        # the chunk's first nibble in cur
+        # off's copy for the window's select (163 loads), so that `off` drives only the adder
+        # into the ring's pop. It steps with an adder of its own: two registers with one D would
+        # be merged back into one by yosys.
+        off_w = Signal(OB)
         n_cur = Signal(OB + 1)  # the chunk's nibbles
         cb, t, oc = Signal(16), Signal(5), Signal(16)
         cb_last, t_last, o_last = Signal(), Signal(), Signal()
@@ -233,9 +237,10 @@ class ParamLoader(wiring.Component):
                          cb.eq(0), t.eq(0), oc.eq(0), w_bank.eq(1),
                          cb_last.eq(cbw_is1), t_last.eq(taps_is1), o_last.eq(o_is1), n_cur.eq(first_nib),
                          ct_last.eq(ct_first), cto_last.eq(ct_first & o_is1),
-                         w_block_base.eq(0), w_tap_base.eq(0), off.eq(Cat(Const(0, 1), w_skip))]
+                         w_block_base.eq(0), w_tap_base.eq(0), off.eq(Cat(Const(0, 1), w_skip)),
+                         off_w.eq(Cat(Const(0, 1), w_skip))]
         with m.Elif(emit):
-            m.d.sync += off.eq(nxt_off[:OB])
+            m.d.sync += [off.eq(nxt_off[:OB]), off_w.eq(off_w + n_cur)]
             with m.If(cto_last):
                 m.d.sync += [go.eq(0), cdone.eq(1)]
             with m.If(ct_last):  # the next chunk starts a channel
@@ -266,7 +271,7 @@ class ParamLoader(wiring.Component):
             return v
         LO = min(3, OB)
         n1 = 2 * P + (1 << LO) - 1
-        hi, hi_n = off[LO:], 1 << (OB - LO)
+        hi, hi_n = off_w[LO:], 1 << (OB - LO)
         sel1 = []
         for i in range(n1):
             v = Const(0, 4)
@@ -277,7 +282,7 @@ class ParamLoader(wiring.Component):
         s1_nib, s1_lo = Signal(4 * n1), Signal(LO)
         s1_valid, s1_mask, s1_bank = Signal(), Signal(P), Signal(P)
         s1_addr = Signal(range(cfg.weight_depth))
-        m.d.sync += [s1_nib.eq(Cat(*sel1)), s1_lo.eq(off[:LO]), s1_valid.eq(emit),
+        m.d.sync += [s1_nib.eq(Cat(*sel1)), s1_lo.eq(off_w[:LO]), s1_valid.eq(emit),
                      s1_mask.eq(Mux(cb_last, r_mask, (1 << P) - 1)), s1_bank.eq(w_bank),
                      s1_addr.eq(w_tap_base + cb)]
         s2_nib = Signal(8 * P)

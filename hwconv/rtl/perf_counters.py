@@ -16,7 +16,8 @@ __all__ = ["PerfCounters"]
 class PerfCounters(wiring.Component):
     """``run_start``: clear the run's count; ``busy``: count this cycle; ``layer_start``: the
     layer's counters restart (held while high); ``macs``: products done this cycle; ``record``:
-    store the layer's counters at ``layer``. ``select`` picks the layer read on ``sel_*``."""
+    store the layer's counters at ``layer``. ``select`` picks the layer read on ``sel_*``, two
+    cycles later (the memory, then a register)."""
 
     def __init__(self, config: EngineConfig):
         self.config = config
@@ -52,6 +53,8 @@ class PerfCounters(wiring.Component):
             cw.addr.eq(self.layer), cw.data.eq(self.layer_cycles), cw.en.eq(self.record),
             mw.addr.eq(self.layer), mw.data.eq(layer_macs), mw.en.eq(self.record),
             cr.addr.eq(self.select), mr.addr.eq(self.select),
-            self.sel_cycles.eq(cr.data), self.sel_macs.eq(mr.data),
         ]
+        # The selected layer's counters, registered after the memories (their slow clock-to-out
+        # then meets no logic): a new `select` shows two cycles later.
+        m.d.sync += [self.sel_cycles.eq(cr.data), self.sel_macs.eq(mr.data)]
         return m

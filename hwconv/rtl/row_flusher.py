@@ -78,11 +78,12 @@ class RowFlusher(wiring.Component):
         # -- clearing at the start of a run ---------------------------------------------------------
         clearing = Signal()
         clear_addr = Signal(range(rb_words + 1))
+        last_clear = Signal()  # clear_addr == rb_words - 1, registered a step ahead
         with m.If(self.clear):
-            m.d.sync += [clearing.eq(1), clear_addr.eq(0)]
+            m.d.sync += [clearing.eq(1), clear_addr.eq(0), last_clear.eq(rb_words == 1)]
         with m.Elif(clearing):
-            m.d.sync += clear_addr.eq(clear_addr + 1)
-            with m.If(clear_addr == rb_words - 1):
+            m.d.sync += [clear_addr.eq(clear_addr + 1), last_clear.eq(clear_addr == rb_words - 2)]
+            with m.If(last_clear):
                 m.d.sync += clearing.eq(0)
 
         # -- the row, latched at start; its commands worked out the next cycle ------------------------
@@ -127,8 +128,23 @@ class RowFlusher(wiring.Component):
         def goto(frm, to):
             m.d.sync += [frm.eq(0), to.eq(1)]
 
+        # `idle` is a register, worked out from the next values of s_idle and clearing: the
+        # engine's layer loop reads it in several states, and a gate in front of that fanout
+        # was the engine's worst path.
+        idle = Signal(init=1)
+        wait_done = Signal()
+        m.d.comb += [wait_done.eq(dones == Mux(two, 2, 1)), self.idle.eq(idle)]
+        # (as conditions, not one expression: Icarus may leave a never-driven `start` at x, which
+        # an `if` reads as false)
+        with m.If(self.clear | clearing & ~last_clear):
+            m.d.sync += idle.eq(0)
+        with m.Elif(s_wait & wait_done):
+            m.d.sync += idle.eq(1)
+        with m.Elif(s_idle & self.start):
+            m.d.sync += idle.eq(0)
+        with m.Else():
+            m.d.sync += idle.eq(s_idle)
         with m.If(s_idle):
-            m.d.comb += self.idle.eq(~clearing)
             with m.If(self.start):
                 m.d.sync += [dones.eq(0), second.eq(0)]
                 goto(s_idle, s_prep)
@@ -158,7 +174,7 @@ class RowFlusher(wiring.Component):
                     with m.Else():
                         goto(s_read, s_wait)
         with m.If(s_wait):
-            with m.If(dones == Mux(two, 2, 1)):
+            with m.If(wait_done):
                 m.d.comb += self.done.eq(1)
                 goto(s_wait, s_idle)
 

@@ -108,9 +108,19 @@ class WindowIssuer(wiring.Component):
         rows = const(geo.rows, 5, "k_rows")
         k_is1, k_m2 = const(desc.kernel == 1, 1, "k_is1"), const(desc.kernel - 2, 2, "k_m2")
         taps_is1, taps_m2 = const(geo.taps == 1, 1, "taps_is1"), const(geo.taps - 2, 5, "taps_m2")
-        cbi_is1, cbi_m2 = const(geo.cbi_n == 1, 1, "cbi_is1"), const(geo.cbi_n - 2, 16, "cbi_m2")
-        ob_is1, ob_m2 = const(geo.ob_n == 1, 1, "ob_is1"), const(geo.ob_n - 2, 16, "ob_m2")
-        wo_is1, wo_m2 = const(geo.wo == 1, 1, "wo_is1"), const(geo.wo - 2, 16, "wo_m2")
+        # A block or pixel counter's "at bound minus two" is registered as the counter steps (a
+        # compare with the bound minus three, or "the bound is two" on a wrap): the flags' next
+        # values then start from registers, not from a compare. The counters are as wide as the
+        # checker's bounds need (channels <= max_channels, wo <= max_width), with room for a
+        # bound minus three of -1 or -2 (bound 1 or 2) to wrap to a count never reached.
+        BB = (-(-cfg.max_channels // P) + 1).bit_length()
+        XB = (cfg.max_width + 1).bit_length()
+        cbi_is1, cbi_is2, cbi_m3 = (const(geo.cbi_n == 1, 1, "cbi_is1"), const(geo.cbi_n == 2, 1, "cbi_is2"),
+                                    const(geo.cbi_n - 3, BB, "cbi_m3"))
+        ob_is1, ob_is2, ob_m3 = (const(geo.ob_n == 1, 1, "ob_is1"), const(geo.ob_n == 2, 1, "ob_is2"),
+                                 const(geo.ob_n - 3, BB, "ob_m3"))
+        wo_is1, wo_is2, wo_m3 = (const(geo.wo == 1, 1, "wo_is1"), const(geo.wo == 2, 1, "wo_is2"),
+                                 const(geo.wo - 3, XB, "wo_m3"))
         conv, deform, add, dw = (const(f, 1, f"k_{n}") for f, n in
                                  ((is_conv, "conv"), (is_deform, "deform"), (is_add, "add"), (is_dw, "dw")))
         ps0 = const(i0.pixel_stride, A, "k_ps0")
@@ -136,7 +146,7 @@ class WindowIssuer(wiring.Component):
         # Every register group moves on `start | adv & e_g`, e_g a register ("issuing and this
         # group's inner loops are at their last step") computed one step ahead with the "last"
         # flags, so the MAC array's advance meets one LUT before any enable.
-        c_ox, c_ob, c_cb = Signal(16), Signal(16), Signal(16)
+        c_ox, c_ob, c_cb = Signal(XB), Signal(BB), Signal(BB)
         c_t, c_ky, c_kx = Signal(5), Signal(2), Signal(2)
         l_cb, l_t, l_kx, l_ob, l_ox = (Signal(name=f"last_{n}") for n in ("cb", "t", "kx", "ob", "ox"))
         go = Signal()                # issuing: after start (and the dilation fetch), until the row is issued
@@ -201,11 +211,12 @@ class WindowIssuer(wiring.Component):
         # the next values at start (per-layer constants), when the dilation is in (warm), and
         # after an issue (from registers only: the advance is only the last mux).
         l_ct, l_px, l_end = Signal(), Signal(), Signal()  # in block and tap; and out block; and pixel
-        i_cb = Mux(l_cb, cbi_is1, c_cb == cbi_m2)
+        at_cb, at_ob, at_ox = Signal(), Signal(), Signal()  # c_cb == cbi_n - 2, c_ob == ob_n - 2, c_ox == wo - 2
+        i_cb = Mux(l_cb, cbi_is1, at_cb)
         i_t = Mux(l_cb, Mux(l_t, taps_is1, c_t == taps_m2), l_t)
         i_kx = Mux(l_cb, Mux(l_t | l_kx, k_is1, c_kx == k_m2), l_kx)
-        i_ob = Mux(l_ct, Mux(l_ob, ob_is1, c_ob == ob_m2), l_ob)
-        i_ox = Mux(l_px, c_ox == wo_m2, l_ox)
+        i_ob = Mux(l_ct, Mux(l_ob, ob_is1, at_ob), l_ob)
+        i_ox = Mux(l_px, at_ox, l_ox)
         i_ct = i_cb & i_t
         i_px = i_ct & i_ob
         i_go = ~l_end
@@ -228,7 +239,8 @@ class WindowIssuer(wiring.Component):
                                                                   i_px & i_ox])]
         kx_wraps = start | l_t | l_kx
         with m.If(moves["cb"]):  # in block; the weight word restarts with each pixel
-            m.d.sync += [c_cb.eq(Mux(start | l_cb, 0, c_cb + 1)), w_word.eq(Mux(start | e_px, 0, w_word + 1))]
+            m.d.sync += [c_cb.eq(Mux(start | l_cb, 0, c_cb + 1)), w_word.eq(Mux(start | e_px, 0, w_word + 1)),
+                         at_cb.eq(Mux(start | l_cb, cbi_is2, c_cb == cbi_m3))]
         with m.If(moves["t"]):   # tap, and its column
             m.d.sync += [c_t.eq(Mux(start | l_t, 0, c_t + 1)), c_kx.eq(Mux(kx_wraps, 0, c_kx + 1)),
                          kxb.eq(Mux(kx_wraps, kxb0, kxb + ps0))]
@@ -236,9 +248,10 @@ class WindowIssuer(wiring.Component):
             m.d.sync += [c_ky.eq(Mux(start | l_t, 0, c_ky + 1)),
                          slot_ky.eq(Mux(start | l_t, self.base_slot, Mux(slot_ky == rows - 1, 0, slot_ky + 1)))]
         with m.If(moves["ob"]):
-            m.d.sync += c_ob.eq(Mux(start | l_ob, 0, c_ob + 1))
+            m.d.sync += [c_ob.eq(Mux(start | l_ob, 0, c_ob + 1)), at_ob.eq(Mux(start | l_ob, ob_is2, c_ob == ob_m3))]
         with m.If(moves["px"]):
-            m.d.sync += [c_ox.eq(Mux(start, 0, c_ox + 1)), px0.eq(Mux(start, 0, px0 + ps0s)),
+            m.d.sync += [c_ox.eq(Mux(start, 0, c_ox + 1)), at_ox.eq(Mux(start, wo_is2, c_ox == wo_m3)),
+                         px0.eq(Mux(start, 0, px0 + ps0s)),
                          px1.eq(Mux(start, 0, px1 + ps1)), ix_left.eq(Mux(start, -pad, ix_left + stride))]
         with m.If(start):
             m.d.sync += iy_top.eq(times_stride(oy) - pad)
