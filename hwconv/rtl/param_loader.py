@@ -137,14 +137,22 @@ class ParamLoader(wiring.Component):
         r_mask = Signal(P)                         # the lanes of a row's last chunk
         r_n = Signal(range(P + 1))                 # how many: ((cin_eff - 1) % P) + 1
         r_nib, p_nib, first_nib = Signal(OB + 1), Signal(OB + 1), Signal(OB + 1)  # chunks' nibbles
-        cbw_m2, taps_m2, o_m2 = Signal(16), Signal(5), Signal(16)
+        # The chunk and channel counters' "next step is the last" compares are registered as the
+        # counters step (with the bound minus three; "the bound is two" on a restart), so no
+        # wide compare sits in front of n_cur and the last flags. Widths: the checker's bounds
+        # (channels <= max_channels), with room for a bound minus three of -1 or -2.
+        CB = (-(-cfg.max_channels // P) + 1).bit_length()
+        OCB = (cfg.max_channels + 1).bit_length()
+        cbw_m3, taps_m2, o_m3 = Signal(CB), Signal(5), Signal(OCB)
+        cbw_is2, o_is2 = Signal(), Signal()
         cbw_is1, taps_is1, o_is1 = Signal(), Signal(), Signal()
         r_low = Signal(max(LP, 1))
         m.d.sync += [bits8.eq(desc.weight_bits == 8), r_low.eq((cin_eff - 1)[:LP] if LP else 0),
                      r_n.eq(r_low + 1), r_mask.eq((Const(1, P + 1) << r_n) - 1),
                      r_nib.eq(Mux(bits8, r_n << 1, r_n)), p_nib.eq(Mux(bits8, 2 * P, P)),
                      first_nib.eq(Mux(cbw_is1, r_nib, p_nib)),
-                     cbw_m2.eq(geo.cbi_n - 2), taps_m2.eq(geo.taps - 2), o_m2.eq(o.channels - 2),
+                     cbw_m3.eq(geo.cbi_n - 3), taps_m2.eq(geo.taps - 2), o_m3.eq(o.channels - 3),
+                     cbw_is2.eq(geo.cbi_n == 2), o_is2.eq(o.channels == 2),
                      cbw_is1.eq(geo.cbi_n == 1), taps_is1.eq(geo.taps == 1), o_is1.eq(o.channels == 1)]
 
         # The start, registered (W_CMD's state decode and the skip's adder end here).
@@ -204,7 +212,8 @@ class ParamLoader(wiring.Component):
         # be merged back into one by yosys.
         off_w = Signal(OB)
         n_cur = Signal(OB + 1)  # the chunk's nibbles
-        cb, t, oc = Signal(16), Signal(5), Signal(16)
+        cb, t, oc = Signal(CB), Signal(5), Signal(OCB)
+        cb_at, oc_at = Signal(), Signal()   # cb == cbi_n - 2, oc == channels - 2
         cb_last, t_last, o_last = Signal(), Signal(), Signal()
         go, cdone = Signal(), Signal()  # chunks to issue / every chunk issued
         w_bank = Signal(P, init=1)  # one-hot: oc % P
@@ -234,7 +243,7 @@ class ParamLoader(wiring.Component):
         with m.If(w_start):
             # (the first beat may come in the same cycle)
             m.d.sync += [active.eq(1), go.eq(1), cdone.eq(0), seen_last.eq(push & in_last),
-                         cb.eq(0), t.eq(0), oc.eq(0), w_bank.eq(1),
+                         cb.eq(0), t.eq(0), oc.eq(0), w_bank.eq(1), cb_at.eq(cbw_is2), oc_at.eq(o_is2),
                          cb_last.eq(cbw_is1), t_last.eq(taps_is1), o_last.eq(o_is1), n_cur.eq(first_nib),
                          ct_last.eq(ct_first), cto_last.eq(ct_first & o_is1),
                          w_block_base.eq(0), w_tap_base.eq(0), off.eq(Cat(Const(0, 1), w_skip)),
@@ -244,21 +253,22 @@ class ParamLoader(wiring.Component):
             with m.If(cto_last):
                 m.d.sync += [go.eq(0), cdone.eq(1)]
             with m.If(ct_last):  # the next chunk starts a channel
-                m.d.sync += [cb.eq(0), cb_last.eq(cbw_is1), n_cur.eq(first_nib),
-                             t.eq(0), t_last.eq(taps_is1), oc.eq(oc + 1), o_last.eq(oc == o_m2),
-                             ct_last.eq(ct_first), cto_last.eq(ct_first & (oc == o_m2)),
+                m.d.sync += [cb.eq(0), cb_last.eq(cbw_is1), n_cur.eq(first_nib), cb_at.eq(cbw_is2),
+                             t.eq(0), t_last.eq(taps_is1), oc.eq(oc + 1), o_last.eq(oc_at),
+                             oc_at.eq(oc == o_m3),
+                             ct_last.eq(ct_first), cto_last.eq(ct_first & oc_at),
                              w_bank.eq(w_bank.rotate_left(1)), w_tap_base.eq(w_block_base)]
                 with m.If(w_bank[P - 1]):  # the next channel starts the next block
                     m.d.sync += [w_block_base.eq(w_tap_base + cbw), w_tap_base.eq(w_tap_base + cbw)]
             with m.Elif(cb_last):  # the next chunk starts a tap
-                m.d.sync += [cb.eq(0), cb_last.eq(cbw_is1), n_cur.eq(first_nib),
+                m.d.sync += [cb.eq(0), cb_last.eq(cbw_is1), n_cur.eq(first_nib), cb_at.eq(cbw_is2),
                              t.eq(t + 1), t_last.eq(t == taps_m2),
                              ct_last.eq(cbw_is1 & (t == taps_m2)), cto_last.eq(cbw_is1 & (t == taps_m2) & o_last),
                              w_tap_base.eq(w_tap_base + cbw)]
             with m.Else():
-                m.d.sync += [cb.eq(cb + 1), cb_last.eq(cb == cbw_m2),
-                             ct_last.eq((cb == cbw_m2) & t_last), cto_last.eq((cb == cbw_m2) & t_last & o_last),
-                             n_cur.eq(Mux(cb == cbw_m2, r_nib, p_nib))]
+                m.d.sync += [cb.eq(cb + 1), cb_last.eq(cb_at), cb_at.eq(cb == cbw_m3),
+                             ct_last.eq(cb_at & t_last), cto_last.eq(cb_at & t_last & o_last),
+                             n_cur.eq(Mux(cb_at, r_nib, p_nib))]
 
         # Stage 1: the window's nibbles (cur then nxt, picked by the read pointer) shifted by the
         # offset's high bits; stage 2: by its low bits; stage 3: the lanes (a byte, or a nibble
