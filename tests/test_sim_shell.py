@@ -65,6 +65,36 @@ def test_failing_cocotb_test_is_reported_with_its_message():
         _run("deliberately_failing")
 
 
+def test_a_held_run_folder_is_left_to_its_holder(tmp_path):
+    from hwconv.sim.runner import claim_run_dir
+
+    runs = tmp_path / "runs"
+    (runs / "t").mkdir(parents=True)
+    (runs / "t" / "results.xml").write_text("an older run's results")
+    with claim_run_dir(runs, "t") as first:
+        assert first == runs / "t" and not any(first.iterdir())   # claimed, so emptied
+        (first / "results.xml").write_text("this run's results")
+        with claim_run_dir(runs, "t") as second, claim_run_dir(runs, "t") as third:
+            assert (second.name, third.name) == ("t.2", "t.3")
+        assert (first / "results.xml").read_text() == "this run's results"
+    with claim_run_dir(runs, "t") as again:                      # released: the name is free
+        assert again == runs / "t"
+
+
+@needs_verilator
+def test_a_run_beside_another_of_the_same_name_keeps_to_its_own_folder():
+    """A bench beside a test suite: while one run holds a name's folder (here the test holds it),
+    a second run of that name on the same build writes elsewhere, passes, and deletes nothing."""
+    from hwconv.sim.runner import build, claim_run_dir, run
+
+    name = f"{MODULE}.concurrent"
+    with claim_run_dir(build(CONFIG).build_dir / "runs", name) as held:
+        (held / "results.xml").write_text("the other run's results")
+        r = run(MODULE, config=CONFIG, testcase="start_done_irq_counters", name=name, timeout_s=120)
+        assert r.passed and r.run_dir == held.with_name(name + ".2")
+        assert (held / "results.xml").read_text() == "the other run's results"
+
+
 # -- cocotb side (runs inside the simulator; pytest collects none of it: no test_ names) --------
 import cocotb  # noqa: E402
 

@@ -9,8 +9,9 @@ lock makes concurrent builds of one key wait for each other instead of colliding
 
 `run(module, config=...)` runs cocotb test module(s) on that build, in a fresh run folder
 (`<build>/runs/<name>/`: results XML, `sim.log`, `waves.fst` when asked), with a wall-clock
-limit. Failures come back as `SimulationFailed` naming each failed cocotb test with its message
-and the log's tail, so a pytest failure says what went wrong without digging.
+limit. Two runs at once never share a folder (`claim_run_dir`). Failures come back as
+`SimulationFailed` naming each failed cocotb test with its message and the log's tail, so a
+pytest failure says what went wrong without digging.
 
 The simulator is `sim=` or the SIM environment variable: ``verilator`` (default) or ``icarus``;
 waveforms are ``waves=True`` or WAVES=1 (FST for both: Verilator is built with ``--trace-fst``,
@@ -315,16 +316,49 @@ def run(module: str | Sequence[str], *, config: EngineConfig, sim: str | None = 
 
     `name` names the run folder (default: the module and testcase). With `check` (default) a
     failed test raises `SimulationFailed`; a crash, a missing result or the wall-clock limit
-    always raise `SimError`.
+    always raise `SimError`. A run another process is making under the same name keeps its
+    folder; this one takes `<name>.2` (see `claim_run_dir`).
     """
-    from cocotb_tools.runner import get_runner
-
     b = build(config, sim=sim, waves=waves, log=log)
     modules = [module] if isinstance(module, str) else list(module)
     label = name or "-".join(modules + ([testcase] if isinstance(testcase, str) else list(testcase or [])))
-    run_dir = b.build_dir / "runs" / re.sub(r"[^A-Za-z0-9_.-]+", "_", label)[:120]
-    shutil.rmtree(run_dir, ignore_errors=True)
-    run_dir.mkdir(parents=True)
+    with claim_run_dir(b.build_dir / "runs", label) as run_dir:
+        return _run_in(b, run_dir, modules, testcase=testcase, env=env, seed=seed,
+                       timeout_s=timeout_s, check=check)
+
+
+@contextlib.contextmanager
+def claim_run_dir(runs: Path, label: str) -> Iterator[Path]:
+    """A fresh run folder `runs/<label>` that this call alone uses until it returns.
+
+    Runs of one build by two processes (a bench beside a test suite) must not share a folder: one
+    would delete the other's results. The folder is claimed with a lock file beside it; when
+    another run holds `<label>`, the next free `<label>.2`, `<label>.3`, ... is taken. Only a
+    folder whose lock this call holds is emptied."""
+    base = re.sub(r"[^A-Za-z0-9_.-]+", "_", label)[:120]
+    runs.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 1000):
+        name = base if n == 1 else f"{base}.{n}"
+        with open(runs / f".{name}.lock", "a") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue                        # another run holds this folder
+            try:
+                run_dir = runs / name
+                shutil.rmtree(run_dir, ignore_errors=True)
+                run_dir.mkdir()
+                yield run_dir
+                return
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+    raise SimError(f"no free run folder for {label!r} under {runs}: 999 runs hold one")
+
+
+def _run_in(b: SimBuild, run_dir: Path, modules: list[str], *, testcase, env, seed,
+            timeout_s: float, check: bool) -> SimRun:
+    from cocotb_tools.runner import get_runner
+
     results_xml = run_dir / "results.xml"
     log_file = run_dir / "sim.log"
     waves_file = run_dir / "waves.fst"
