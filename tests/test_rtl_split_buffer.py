@@ -10,11 +10,14 @@ from amaranth.sim import Simulator
 from hwconv.rtl.split_buffer import SplitBuffer
 
 
-@pytest.mark.parametrize("lanes,lane_bits,depth,write_register,read_register", [
-    (4, 8, 16, False, False), (16, 9, 8, False, False), (8, 1, 6, False, False), (4, 8, 16, True, False),
-    (16, 9, 8, True, False), (4, 8, 16, False, True), (16, 9, 8, True, True)])
-def test_runs_and_windows_match_a_flat_model(lanes, lane_bits, depth, write_register, read_register):
-    dut = SplitBuffer(lanes, lane_bits, depth, write_register=write_register, read_register=read_register)
+@pytest.mark.parametrize("lanes,lane_bits,depth,write_register,read_register,reads", [
+    (4, 8, 16, False, False, 1), (16, 9, 8, False, False, 1), (8, 1, 6, False, False, 1),
+    (4, 8, 16, True, False, 1), (16, 9, 8, True, False, 1), (4, 8, 16, False, True, 1),
+    (16, 9, 8, True, True, 1), (4, 8, 16, False, True, 3), (16, 8, 8, False, False, 3)])
+def test_runs_and_windows_match_a_flat_model(lanes, lane_bits, depth, write_register, read_register, reads):
+    """Every read port reads its own window in the same cycle (`reads` ports)."""
+    dut = SplitBuffer(lanes, lane_bits, depth, write_register=write_register, read_register=read_register,
+                      reads=reads)
     rng = random.Random(lanes * depth)
     size = lanes * depth
     model = [0] * size
@@ -38,26 +41,32 @@ def test_runs_and_windows_match_a_flat_model(lanes, lane_bits, depth, write_regi
                     if mask >> i & 1:
                         model[addr + i] = vals[i]
             else:
-                ctx.set(dut.r_addr, addr)
+                addrs = [addr] + [rng.randrange(size - lanes + 1) for _ in range(reads - 1)]
+
+                def set_addrs(values):
+                    for k, v in enumerate(values):
+                        ctx.set(dut.r_addr[k], v)
+                set_addrs(addrs)
                 ctx.set(dut.r_en, 1)
                 await ctx.tick()
                 ctx.set(dut.r_en, 0)
-                ctx.set(dut.r_addr, rng.randrange(size))  # the data must hold while r_en is low
+                set_addrs(rng.randrange(size) for _ in range(reads))  # the data must hold while r_en is low
                 await ctx.tick()
                 if read_register:  # a two-stage pipeline moving on r_en: the next read pushes it out
                     for _ in range(rng.randrange(3)):
                         await ctx.tick()
-                    ctx.set(dut.r_addr, rng.randrange(size - lanes + 1))
+                    set_addrs(rng.randrange(size - lanes + 1) for _ in range(reads))
                     ctx.set(dut.r_en, 1)
                     await ctx.tick()
                     ctx.set(dut.r_en, 0)
-                    ctx.set(dut.r_addr, rng.randrange(size))
+                    set_addrs(rng.randrange(size) for _ in range(reads))
                     await ctx.tick().repeat(1 + rng.randrange(2))
-                got = ctx.get(dut.r_data)
-                want = [model[addr + i] for i in range(lanes)]
-                lanes_got = [(got >> (i * lane_bits)) & ((1 << lane_bits) - 1) for i in range(lanes)]
-                if lanes_got != want:
-                    mismatches.append((step, addr, lanes_got, want))
+                for k, a in enumerate(addrs):
+                    got = ctx.get(dut.r_data[k])
+                    want = [model[a + i] for i in range(lanes)]
+                    lanes_got = [(got >> (i * lane_bits)) & ((1 << lane_bits) - 1) for i in range(lanes)]
+                    if lanes_got != want:
+                        mismatches.append((step, k, a, lanes_got, want))
 
     sim = Simulator(dut)
     sim.add_clock(1e-8)

@@ -63,7 +63,8 @@ def _want_geometry(d: LayerDescriptor) -> dict:
         pool=op == Opcode.MAXPOOL, add=op == Opcode.ADD, copy=op == Opcode.COPY, upsample=d.upsample,
         in0_signed=bool(d.flags & Flag.IN0_SIGNED), in1_signed=bool(d.flags & Flag.IN1_SIGNED),
         out_signed=bool(d.flags & Flag.OUT_SIGNED),
-        taps=2 if op == Opcode.ADD else 1 if op == Opcode.COPY else d.kernel ** 2,
+        taps=2 if op == Opcode.ADD else 1 if op == Opcode.COPY else
+        d.kernel if op in (Opcode.DWCONV, Opcode.DEFORM_DW) else d.kernel ** 2,
         rows=line_buffer_rows(d, CFG), cb_in=blocks(d.in0.channels, CFG.pe_in), ob_n=blocks(d.out.channels, CFG.pe_out),
         cbi_n=blocks(d.in0.channels, CFG.pe_in) if op == Opcode.CONV else 1, ho=ho, wo=wo,
         row_len0=row_bytes(d.in0), row_len1=row_bytes(d.in1) if op in (Opcode.ADD, Opcode.DEFORM_DW) else None,

@@ -9,6 +9,7 @@ from amaranth.sim import Simulator
 
 from hwconv.rtl.mac_array import PIPELINE_DEPTH, MacArray
 from hwconv.spec import EngineConfig
+from hwconv.spec.isa import DEPTHWISE_ROW_TAPS as K
 
 P = 4
 CFG = EngineConfig(pe_in=P, pe_out=P)
@@ -29,8 +30,10 @@ def model(mode: dict, beats: list[dict]) -> list[tuple[list[int], int]]:
         for b in range(P):
             if mode["conv"]:
                 term = sum(w[b][j] * x[j] for j in range(P))
-            elif mode["depthwise"]:
-                term = w[b][0] * x[b]
+            elif mode["depthwise"]:  # a kernel row: tap t's byte of channel b times weight t
+                taps = [x] + [[_operand(v, sgn) if bt["in_bounds_row"][t] else pad for v in row]
+                              for t, row in enumerate(bt["x_row"])]
+                term = sum(w[b][t] * taps[t][b] for t in range(K))
             elif mode["add"]:
                 term = (mode["add_mult1"] if bt["second"] else mode["add_mult0"]) * x[b]
             else:
@@ -61,9 +64,14 @@ def test_mac_array_matches_model_under_backpressure(kind, seed):
         n = int(rng.integers(1, 5))  # beats in one accumulation
         tag = int(rng.integers(0, 1000))
         for i in range(n):
-            beats.append(dict(x=rng.integers(0, 256, P).tolist(), w=rng.integers(0, 256, (P, P)).tolist(),
-                              in_bounds=int(rng.random() > 0.2), second=i % 2, first=int(i == 0),
-                              last=int(i == n - 1), tag=tag))
+            w = rng.integers(0, 256, (P, P))
+            if kind == "depthwise":  # a kernel row's weights in lanes 0..K-1, the others 0
+                w[:, K:] = 0
+            beats.append(dict(x=rng.integers(0, 256, P).tolist(), w=w.tolist(),
+                              x_row=rng.integers(0, 256, (K - 1, P)).tolist(),
+                              in_bounds=int(rng.random() > 0.2),
+                              in_bounds_row=(rng.random(K - 1) > 0.2).astype(int).tolist(),
+                              second=i % 2, first=int(i == 0), last=int(i == n - 1), tag=tag))
     want = model(mode, beats)
     dut = MacArray(CFG)
     got = []
@@ -83,6 +91,9 @@ def test_mac_array_matches_model_under_backpressure(kind, seed):
                 bt = beats[i]
                 ctx.set(dut.i.p.x, sum(v << (8 * j) for j, v in enumerate(bt["x"])))
                 ctx.set(dut.i.p.w, sum(v << (8 * (b * P + j)) for b in range(P) for j, v in enumerate(bt["w"][b])))
+                ctx.set(dut.i.p.x_row, sum(v << (8 * (P * t + j)) for t, row in enumerate(bt["x_row"])
+                                           for j, v in enumerate(row)))
+                ctx.set(dut.i.p.in_bounds_row, sum(f << t for t, f in enumerate(bt["in_bounds_row"])))
                 for f in ("in_bounds", "second", "first", "last", "tag"):
                     ctx.set(getattr(dut.i.p, f), bt[f])
             took = ctx.get(dut.i.valid) and ctx.get(dut.i.ready)

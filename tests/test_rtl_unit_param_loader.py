@@ -1,6 +1,6 @@
 """ParamLoader against a Python model of the bank layout: records (bytes) and weights (raw bus
 beats, the blob at a random byte of its first beat, other data around it) for random layers (4-
-and 8-bit, CONV and depthwise, channel counts that are not multiples of P, odd cin with 4-bit
+and 8-bit, CONV and depthwise (a kernel row per word), channel counts that are not multiples of P, odd cin with 4-bit
 weights), with random gaps, P = 4, 8, 16 and 64- / 128-bit buses; then every weight word read
 back and every block's records looked up (identity for MAXPOOL)."""
 
@@ -71,9 +71,9 @@ def run_layer(cfg, layers, seed, gaps=0.3, latency=None):
     async def bench(ctx):
         geo, desc = dut.geo, dut.desc
         for conv, bits, cin, cout, kernel in layers:
-            taps = kernel * kernel
+            taps = kernel * kernel if conv else kernel  # depthwise: [channel][ky][kx], a row per word
             lo = -(1 << (bits - 1))
-            w = rng.integers(lo, -lo, size=(cout, taps, cin if conv else 1))
+            w = rng.integers(lo, -lo, size=(cout, taps, cin if conv else kernel))
             wbytes = pack_weights(w, bits)
             skip = int(rng.integers(0, bb))
             beats = beats_of(wbytes, skip, bb, rng)
@@ -86,6 +86,7 @@ def run_layer(cfg, layers, seed, gaps=0.3, latency=None):
             ctx.set(geo.taps, taps)
             ctx.set(geo.cbi_n, -(-cin // P) if conv else 1)
             ctx.set(desc.weight_bits, bits)
+            ctx.set(desc.kernel, kernel)
             ctx.set(desc.out.channels, cout)
             ctx.set(desc.in0.channels, cin if conv else cout)
             ctx.set(dut.new_layer, 1)
@@ -151,7 +152,7 @@ def run_layer(cfg, layers, seed, gaps=0.3, latency=None):
 
 
 # (conv, bits, cin, cout, kernel): partial last in-blocks, odd cin with 4-bit weights (rows
-# starting mid-byte), one in-channel, depthwise (a weight per word in lane 0), 8-bit.
+# starting mid-byte), one in-channel, depthwise (a kernel row per word in lanes 0..), 8-bit.
 LAYERS = [(True, 4, 6, 7, 3), (True, 8, 5, 4, 1), (True, 4, 3, 5, 1), (False, 4, 1, 6, 3), (False, 8, 1, 5, 3),
           (True, 4, 1, 3, 3), (True, 4, 17, 5, 1), (True, 8, 9, 6, 3)]
 

@@ -64,19 +64,25 @@ def test_rows_land_in_their_slots_and_the_dilation_row_in_its_buffer():
             assert ctx.get(dut.slot_base[slot]) == slot * slot_words * lw
             reads += [(k, start + off) for off in range(0, len(data) - skip, 4)]
             got_rows.append([])
+        # Each read goes to the next of the read ports in turn, the others reading elsewhere.
         pending = []
-        for k, addr in reads + [(None, 0), (None, 0)]:
+        n_ports, a_bits = len(dut.r_addr), len(dut.r_addr[0])
+        for i, (k, addr) in enumerate(reads + [(None, 0), (None, 0)]):
             while gap[t]:  # the data must hold while r_en is low
                 ctx.set(dut.r_en, 0)
-                ctx.set(dut.r_addr, int(rng.integers(0, 1 << len(dut.r_addr))))
+                for q in range(n_ports):
+                    ctx.set(dut.r_addr[q], int(rng.integers(0, 1 << a_bits)))
                 await ctx.tick()
                 t += 1
-            ctx.set(dut.r_addr, addr)
+            port = i % n_ports
+            for q in range(n_ports):
+                ctx.set(dut.r_addr[q], addr if q == port else int(rng.integers(0, 1 << a_bits)))
             ctx.set(dut.r_en, 1)
             if len(pending) == 2:
-                word = ctx.get(dut.r_data)
-                got_rows[pending.pop(0)] += [(word >> (8 * j)) & 0xFF for j in range(4)]
-            pending.append(k)
+                row, q = pending.pop(0)
+                word = ctx.get(dut.r_data[q])
+                got_rows[row] += [(word >> (8 * j)) & 0xFF for j in range(4)]
+            pending.append((k, port))
             await ctx.tick()
             t += 1
         ctx.set(dut.r_en, 0)

@@ -7,11 +7,13 @@ hold it to within 10% of the engine's own per-layer counters.
 
 Per layer:
     fetch     descriptor read (128 bytes through the 1 byte/cycle reader) + the checker
-    params    requant records (8 bytes per output channel, a byte per cycle) and weights (8-bit:
-              one per cycle; 4-bit: a byte, two weights, per cycle within a word)
+    params    requant records (8 bytes per output channel, a byte per cycle) and weights (a bank
+              word per cycle: a (channel, tap) row of up to P input channels, or a depthwise
+              kernel row; or a bus beat per cycle where the beats are more)
     rows      per output row: bring in the input rows it needs (a bus beat per cycle, plus
               latency per row), then compute and store side by side (compute issues one
-              (pixel, out block, tap, in block) per cycle; the store places an output block per
+              (pixel, out block, tap, in block) per cycle, a depthwise kernel row per step, and a
+              DEFORM_DW pixel takes at least DILATION_FETCH_CYCLES; the store places an output block per
               cycle, four times when upsampling; half a block into a two-way interleaved output,
               a byte into other grouped ones), then flush the row buffer (a bus beat per cycle
               plus the write latency) while the next row runs, into the other half of the row
@@ -22,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..spec.config import EngineConfig, mac_pipeline_depth
+from ..spec.config import DILATION_FETCH_CYCLES, EngineConfig, mac_pipeline_depth
 from ..spec.isa import DESCRIPTOR_BYTES, PREAMBLE_BYTES, REQUANT_OPS, WEIGHTED_OPS, Flag, LayerDescriptor, Opcode
 from ..spec.params import REQUANT_RECORD_BYTES, packed_weight_bytes
 from ..spec.validate import blocks, row_bytes
@@ -91,13 +93,16 @@ def layer_cycles(d: LayerDescriptor, cfg: EngineConfig, mem_latency: int = DEFAU
     params = 0
     if op in REQUANT_OPS:
         params += _read(d.out.channels * REQUANT_RECORD_BYTES, lat) + 1  # + the records' check
-    if op in WEIGHTED_OPS:
-        cin = d.in0.channels if op == Opcode.CONV else 1
-        params += lat + _READ_OVERHEAD + _weight_cycles(d.out.channels * d.kernel * d.kernel, cin, p, d.weight_bits, bb)
+    depthwise = op in (Opcode.DWCONV, Opcode.DEFORM_DW)
+    if op in WEIGHTED_OPS:  # rows of weights: (channel, tap) rows of cin, or depthwise kernel rows
+        rows, cin = ((d.out.channels * d.kernel * d.kernel, d.in0.channels) if op == Opcode.CONV
+                     else (d.out.channels * d.kernel, d.kernel))
+        params += lat + _READ_OVERHEAD + _weight_cycles(rows, cin, p, d.weight_bits, bb)
 
     ho, wo = d.compute_hw
     up = bool(d.flags & Flag.UPSAMPLE2X)
-    taps = 2 if op == Opcode.ADD else 1 if op == Opcode.COPY else d.kernel * d.kernel
+    # Steps per (pixel, out block): a depthwise kernel row per step, a tap per step otherwise.
+    taps = 2 if op == Opcode.ADD else 1 if op == Opcode.COPY else d.kernel if depthwise else d.kernel * d.kernel
     cbi = blocks(d.in0.channels, p) if op == Opcode.CONV else 1
     ob = blocks(d.out.channels, p)
 
@@ -119,7 +124,10 @@ def layer_cycles(d: LayerDescriptor, cfg: EngineConfig, mem_latency: int = DEFAU
             loads += ho * _read(row_bytes(d.in1), lat)
 
     tail = _PIPE_TAIL + mac_pipeline_depth(p)
-    compute = ho * (wo * ob * taps * cbi + tail)
+    per_pixel_steps = ob * taps * cbi
+    if op == Opcode.DEFORM_DW:  # a pixel waits for its dilation's fetch
+        per_pixel_steps = max(per_pixel_steps, DILATION_FETCH_CYCLES)
+    compute = ho * (wo * per_pixel_steps + tail)
     if d.out.group_channels == d.out.channels:  # one run: a block per cycle (per copy)
         per_pixel = ob * (4 if up else 1)
     elif d.out.group_channels == 1 and d.out.group_stride == 2 and p > 1:  # two-way interleave

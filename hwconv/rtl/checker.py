@@ -159,6 +159,7 @@ class DescriptorChecker(wiring.Component):
         hw_m1 = {r: stage(hw[r] - 1, 32, f"{r}_hw_m1") for r in REFS}
         kk_out = stage(d.out.channels * kk, 32, "kk_out")
         kk_cb_out = stage(cb_out * kk, 32, "kk_cb_out")
+        k_cb_out = stage(cb_out * d.kernel, 32, "k_cb_out")  # depthwise: a word per kernel row
         def wide_product(a, b, width, name):
             """a (32 bits) * b (16 bits) as two registered 16 x 16 products, summed a stage later."""
             lo = stage(a[:16] * b, 32, f"{name}_lo")
@@ -175,7 +176,7 @@ class DescriptorChecker(wiring.Component):
         span = {r: stage(hw_ps[r] + reach[r], SPAN_BITS, f"{r}_span_r") for r in REFS}
         n_weights = stage(Mux(is_op(Opcode.CONV), kk_out_cin, kk_out), 40, "n_weights")
         weight_words = stage(Mux(is_op(Opcode.CONV), kk_cb_out_cin,
-                                 Mux(is_op(Opcode.DWCONV, Opcode.DEFORM_DW), kk_cb_out, 0)), 32, "weight_words")
+                                 Mux(is_op(Opcode.DWCONV, Opcode.DEFORM_DW), k_cb_out, 0)), 32, "weight_words")
         longest = stage(Mux(is_op(Opcode.ADD) & (row_bytes["in1"] > row_bytes["in0"]), row_bytes["in1"],
                             row_bytes["in0"]), 32, "longest")
         # stage 5
@@ -291,7 +292,8 @@ class DescriptorChecker(wiring.Component):
             g.in0_signed.eq((flags & Flag.IN0_SIGNED) != 0),
             g.in1_signed.eq((flags & Flag.IN1_SIGNED) != 0),
             g.out_signed.eq(out_signed),
-            g.taps.eq(Mux(is_op(Opcode.ADD), 2, Mux(is_op(Opcode.COPY), 1, kk))),
+            g.taps.eq(Mux(is_op(Opcode.ADD), 2, Mux(is_op(Opcode.COPY), 1,
+                                                       Mux(is_op(Opcode.DWCONV, Opcode.DEFORM_DW), d.kernel, kk)))),
             g.rows.eq(rows),
             g.cb_in.eq(cb_in),
             g.ob_n.eq(cb_out),

@@ -25,7 +25,8 @@ def geometry_layout() -> data.StructLayout:
         "in1_signed": unsigned(1),
         "out_signed": unsigned(1),
         # loop bounds
-        "taps": unsigned(5),         # ADD 2, COPY 1, else kernel * kernel
+        "taps": unsigned(5),         # steps per (pixel, out block): ADD 2, COPY 1, depthwise
+                                     # kernel (a kernel row per step), else kernel * kernel
         "rows": unsigned(5),         # input rows kept in the line buffer (validate.line_buffer_rows)
         "cb_in": unsigned(16),       # blocks of P input channels
         "ob_n": unsigned(16),        # blocks of P output channels

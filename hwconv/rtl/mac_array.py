@@ -21,10 +21,13 @@ entry, and with a ready consumer the buffer never holds more than one (a beat pe
 advance's fanout (every stage's clock enable) is driven by that flip-flop, not by the
 consumer's ready, and no ready passes through the array combinationally.
 
-Channel-wise ops (DWCONV, DEFORM_DW, ADD, COPY, MAXPOOL) use product 0 of each lane only: lane
-b's own input byte times its weight (the depthwise weight, an ADD multiplier, or 1), carried
-beside the tree and taken instead of the tree's sum, so the array needs no second datapath. A beat carries a tag (the output block) through to the output, where the
-requant records are looked up.
+The depthwise ops (DWCONV, DEFORM_DW) take a kernel row per beat: lane b's first
+DEPTHWISE_ROW_TAPS multipliers multiply channel b's byte of each of the row's taps (``x`` the
+first tap, ``x_row`` the others) by its weights, and the tree sums them (the other weights are 0).
+The other channel-wise ops (ADD, COPY, MAXPOOL) use product 0 of each lane only: lane b's own
+input byte times its weight (an ADD multiplier, or 1), carried beside the tree and taken instead
+of the tree's sum, so the array needs no second datapath. A beat carries a tag (the output block)
+through to the output, where the requant records are looked up.
 
 Product (b, j) is activation j times weight (b, j): the activation is shared down a column, the
 form a packed multiplier wants (two output channels' weights in one DSP operand, one activation).
@@ -37,6 +40,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..spec.config import EngineConfig, mac_pipeline_depth
+from ..spec.isa import DEPTHWISE_ROW_TAPS
 
 __all__ = ["MacArray", "MacMode", "mac_in_layout", "mac_out_layout", "PIPELINE_DEPTH"]
 
@@ -50,6 +54,10 @@ def mac_in_layout(p: int) -> data.StructLayout:
         "x": unsigned(8 * p),          # the pixel's P input bytes, lane j in bits 8j..8j+7
         "w": unsigned(8 * p * p),      # lane b's P weights in bits 8(bP+j)..
         "in_bounds": unsigned(1),      # 0: a padding tap, x reads the padding value
+        # depthwise: the kernel row's other taps (tap t's P bytes in bits 8P(t-1)..) and whether
+        # each lies in the image
+        "x_row": unsigned(8 * p * (DEPTHWISE_ROW_TAPS - 1)),
+        "in_bounds_row": unsigned(DEPTHWISE_ROW_TAPS - 1),
         "second": unsigned(1),         # ADD: the beat of the second operand (in1)
         "first": unsigned(1),          # the first beat of an accumulation
         "last": unsigned(1),           # the last beat: the sums go out
@@ -137,24 +145,29 @@ class MacArray(wiring.Component):
                      pad_first.eq(mode.pool & mode.in0_signed), pad_second.eq(mode.pool & second_sgn)]
         sgn = Mux(beat.second, sgn_second, sgn_first)
         pad = Mux(Mux(beat.second, pad_second, pad_first), -(1 << (act_bits - 1)), 0)
-        xs = []
-        for j in range(P):
-            xb = beat.x[8 * j:8 * j + 8]
-            xs.append(reg(Mux(beat.in_bounds, Mux(sgn, xb.as_signed(), xb.as_unsigned()), pad),
-                          signed(X_BITS), f"xa{j}"))
+        def lane_x(byte, in_bounds, name):
+            return reg(Mux(in_bounds, Mux(sgn, byte.as_signed(), byte.as_unsigned()), pad), signed(X_BITS), name)
+        xs = [lane_x(beat.x[8 * j:8 * j + 8], beat.in_bounds, f"xa{j}") for j in range(P)]
+        # depthwise: channel b's byte of the kernel row's tap t (t >= 1), for lane b's product t
+        xr = {t: [lane_x(beat.x_row[8 * (P * (t - 1) + b):][:8], beat.in_bounds_row[t - 1], f"xr{t}_{b}")
+                  for b in range(P)] for t in range(1, DEPTHWISE_ROW_TAPS)}
         beat = reg(beat, mac_in_layout(P), "beat0")    # the weights and flags move with them
 
         # -- stage 1: the multipliers' operands ----------------------------------------------
-        channelwise = Signal()
-        m.d.sync += channelwise.eq(~mode.conv)
+        channelwise, dw, product0_only = Signal(), Signal(), Signal()
+        m.d.sync += [channelwise.eq(~mode.conv), dw.eq(mode.depthwise),
+                     product0_only.eq(~mode.conv & ~mode.depthwise)]
         lane_w0 = Mux(mode.depthwise, 0, Mux(mode.add, Mux(beat.second, mode.add_mult1, mode.add_mult0), 1))
         # Each multiplier has its own copy of its activation: a register that fans out to one DSP
         # only is one the DSP can absorb. Channel-wise: lane b's own input byte goes into every
         # product of lane b (product 0 is the one used; the others are masked after the tree). So
         # no two copies hold the same function and synthesis cannot merge a column's copies back
         # into one register driving P DSPs (with its sign bit on every upper operand pin of each).
-        x_op = [[reg(Mux(channelwise, xs[b], xs[j]), signed(X_BITS), f"x{b}_{j}")
-                 for j in range(P)] for b in range(P)]
+        # Depthwise: product t (t < DEPTHWISE_ROW_TAPS) of lane b takes channel b's byte of tap t.
+        def x_source(b, j):
+            own = Mux(channelwise, xs[b], xs[j])
+            return Mux(dw, xr[j][b], own) if j in xr else own
+        x_op = [[reg(x_source(b, j), signed(X_BITS), f"x{b}_{j}") for j in range(P)] for b in range(P)]
         w_op = []
         for b in range(P):
             row = []
@@ -183,7 +196,7 @@ class MacArray(wiring.Component):
                 terms = [terms[i] + terms[i + 1] if i + 1 < len(terms) else terms[i]
                          for i in range(0, len(terms), 2)]
                 if final:
-                    terms = [reg(Mux(channelwise, p0, terms[0]), signed(acc_bits), f"dot{b}")]
+                    terms = [reg(Mux(product0_only, p0, terms[0]), signed(acc_bits), f"dot{b}")]
                 else:
                     terms = [reg(t, signed(min(acc_bits, len(t))), f"sum{b}_{lvl}_{i}") for i, t in enumerate(terms)]
                     p0 = reg(p0, signed(len(p0)), f"p0_{b}_{lvl}")

@@ -3,14 +3,15 @@ bus beats, up to a bank word per cycle) into the on-chip banks, and the two read
 datapath uses.
 
 Bank o of each kind holds output channels o, o + P, ...: a record per channel (params bank), and
-for the weights the words [block][tap][in block] of P weights (CONV) or [block][tap] with one
-weight in lane 0 (depthwise; the other lanes 0).
+for the weights the words [block][tap][in block] of P weights (CONV) or [block][kernel row]
+with the row's `kernel` weights in lanes 0.. (depthwise; the other lanes 0): the MAC array takes a
+depthwise kernel row per beat.
 
 Weights: the sequencer reads the blob's enclosing beats (raw) and pulses ``w_start`` with
 ``w_skip``, the blob's first byte in its first beat; ``w_busy`` is high from then until the last
 word is written. The beats wait in a three-entry ring (its ``ready`` a register); each cycle a
-chunk of the blob (P weights, or the row's last r = cin - (blocks - 1) * P, or one weight for
-depthwise) is cut from the two oldest beats at a registered nibble offset (an 8-bit weight is two
+chunk of the blob (P weights, or the row's last r = cin - (blocks - 1) * P, or a kernel row
+for depthwise) is cut from the two oldest beats at a registered nibble offset (an 8-bit weight is two
 nibbles), the window shifted by the offset's high bits, then by its low three bits (a registered
 stage each), then the lanes formed (a byte, or a nibble sign-extended; those past the chunk 0)
 into the write register: a word per cycle, max(words, beats) + 3 cycles from the first beat. The
@@ -120,7 +121,8 @@ class ParamLoader(wiring.Component):
 
         # -- weights -> weight banks, from raw bus beats ---------------------------------------
         # The blob is a run of weights (nibbles, low first, or bytes) in the order
-        # [out channel][tap][in channel]; each (channel, tap) row of cin_eff weights is cut into
+        # [out channel][tap][in channel] ([channel][ky][kx] for depthwise: rows of `kernel`
+        # weights, one per kernel row); each (channel, tap) row of cin_eff weights is cut into
         # chunks of P (the row's last one r = cin_eff - (cbw - 1) * P lanes, the other lanes 0),
         # a chunk per bank word. A chunk is taken per cycle from a window of two beats (cur, nxt)
         # at a nibble offset `off` (an 8-bit weight is two nibbles), so a chunk that crosses into
@@ -132,7 +134,7 @@ class ParamLoader(wiring.Component):
         NB = 2 * BB                                # nibbles of a beat
         OB = (NB - 1).bit_length()                 # bits of a nibble offset (< NB)
         # Per-layer constants, registered (desc and geo hold from the check on).
-        cin_eff = Mux(geo.conv, desc.in0.channels, 1)
+        cin_eff = Mux(geo.conv, desc.in0.channels, Mux(geo.depthwise, desc.kernel, 1))
         bits8 = Signal()
         r_mask = Signal(P)                         # the lanes of a row's last chunk
         r_n = Signal(range(P + 1))                 # how many: ((cin_eff - 1) % P) + 1

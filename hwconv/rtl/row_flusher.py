@@ -186,8 +186,8 @@ class RowFlusher(wiring.Component):
         rd_data = Signal(BB * 9)
         m.d.sync += [rd_v.eq(Cat(issue, rd_v[0])), rd_sel.eq(rd_half)]
         for h, buf in enumerate(rbh):
-            m.d.comb += [buf.r_addr.eq(r_lane), buf.r_en.eq(issue & (rd_half == h))]
-        m.d.sync += rd_data.eq(Mux(rd_sel, rbh[1].r_data, rbh[0].r_data)[:BB * 9])
+            m.d.comb += [buf.r_addr[0].eq(r_lane), buf.r_en.eq(issue & (rd_half == h))]
+        m.d.sync += rd_data.eq(Mux(rd_sel, rbh[1].r_data[0], rbh[0].r_data[0])[:BB * 9])
         lanes = [fifo.r_data[9 * j:9 * j + 9] for j in range(BB)]
         m.d.comb += [fifo.w_en.eq(rd_v[1]), fifo.w_data.eq(rd_data),
                      self.beats.valid.eq(fifo.r_rdy), fifo.r_en.eq(self.beats.ready),

@@ -5,7 +5,8 @@ row's enclosing bus beats from lane ``slot_base[s]`` (s * slot_words * line_word
 the row starts ``skips[s]`` lanes in (validate.line_slot_words has the same sizing). Rows come in
 as whole beats, one per cycle; the dilation row as bytes, of which each pixel's first is kept.
 
-The window issuer reads both: the line buffer by lane (``r_addr``/``r_en``, a two-stage read
+The window issuer reads both: the line buffer by lane through DEPTHWISE_ROW_TAPS ports (a
+depthwise kernel row's taps at once; ``r_addr[k]``/``r_en``, a two-stage read
 pipeline that moves on ``r_en``: ``r_data`` shows the read issued at the ``r_en`` before last,
 two cycles after it when ``r_en`` stays high; the two words read are registered before the lane
 shifter) and the dilation of pixel ``dil_addr`` on ``dil_data`` in the same cycle.
@@ -19,6 +20,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from ..spec.config import EngineConfig
+from ..spec.isa import DEPTHWISE_ROW_TAPS
 from .dma import read_beat_layout
 from .geometry import geometry_layout
 from .layouts import descriptor_layout
@@ -53,9 +55,9 @@ class RowLoader(wiring.Component):
             "geo": In(geometry_layout()),
             "slot_base": Out(data.ArrayLayout(unsigned(lanes), S)),
             "skips": Out(data.ArrayLayout(range(config.bus_bytes), S)),
-            "r_addr": In(lanes),
+            "r_addr": In(data.ArrayLayout(unsigned(lanes), DEPTHWISE_ROW_TAPS)),
             "r_en": In(1),
-            "r_data": Out(8 * LW),
+            "r_data": Out(data.ArrayLayout(unsigned(8 * LW), DEPTHWISE_ROW_TAPS)),
             "dil_addr": In(range(config.max_width)),
             "dil_data": Out(8),
         })
@@ -65,7 +67,8 @@ class RowLoader(wiring.Component):
         cfg = self.config
         LW, BB = cfg.line_word_bytes, cfg.bus_bytes
         S = n_slots(cfg)
-        m.submodules.linebuf = lb = SplitBuffer(LW, 8, cfg.line_buffer_depth, read_register=True)
+        m.submodules.linebuf = lb = SplitBuffer(LW, 8, cfg.line_buffer_depth, read_register=True,
+                                                reads=DEPTHWISE_ROW_TAPS)
         m.submodules.dil = dilmem = Memory(shape=unsigned(8), depth=cfg.max_width, init=[])
         dil_w = dilmem.write_port()
         dil_r = dilmem.read_port(domain="comb")

@@ -11,7 +11,7 @@ an output block's bytes wherever the block goes in the output row.
 from __future__ import annotations
 
 from amaranth.hdl import Cat, Module, Mux, Signal
-from amaranth.lib import wiring
+from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
@@ -22,8 +22,10 @@ class SplitBuffer(wiring.Component):
     """``lanes`` lanes of ``lane_bits`` per word, ``depth`` words (even).
 
     Write: ``w_en`` writes ``w_data`` lane i to lane ``w_addr + i`` where ``w_mask`` bit i is set.
-    Read: ``r_en`` reads lanes ``r_addr`` .. ``r_addr + lanes - 1``, on ``r_data`` the next cycle
-    (held while ``r_en`` is low). Addresses are in lanes.
+    Read: ``r_en`` reads lanes ``r_addr[k]`` .. ``r_addr[k] + lanes - 1``, on ``r_data[k]`` the
+    next cycle (held while ``r_en`` is low), for each of ``reads`` ports (a memory per port on
+    chip: the line buffer's ports read a depthwise kernel row's taps at once). Addresses are in
+    lanes.
 
     ``write_register``: the shifted write (both words' addresses, lanes and enables) is
     registered before the memories, so the write lands a cycle later (a read issued in the
@@ -38,16 +40,18 @@ class SplitBuffer(wiring.Component):
     """
 
     def __init__(self, lanes: int, lane_bits: int, depth: int, *, write_register: bool = False,
-                 read_register: bool = False):
+                 read_register: bool = False, reads: int = 1):
         if lanes & (lanes - 1) or depth % 2:
             raise ValueError("lanes must be a power of two and depth even")
         self.lanes, self.lane_bits, self.depth = lanes, lane_bits, depth
         self.write_register = write_register
         self.read_register = read_register
+        self.reads = reads
         addr_bits = (lanes * depth - 1).bit_length()
         super().__init__({
             "w_en": In(1), "w_addr": In(addr_bits), "w_data": In(lanes * lane_bits), "w_mask": In(lanes),
-            "r_en": In(1), "r_addr": In(addr_bits), "r_data": Out(lanes * lane_bits),
+            "r_en": In(1), "r_addr": In(data.ArrayLayout(addr_bits, reads)),
+            "r_data": Out(data.ArrayLayout(lanes * lane_bits, reads)),
         })
 
     def elaborate(self, platform) -> Module:
@@ -58,8 +62,8 @@ class SplitBuffer(wiring.Component):
         for name in ("even", "odd"):
             mem = Memory(shape=n * lb, depth=self.depth // 2, init=[])
             m.submodules[name] = mem
-            banks.append((mem.write_port(granularity=lb), mem.read_port()))
-        (ew, er), (ow, orr) = banks
+            banks.append((mem.write_port(granularity=lb), [mem.read_port() for _ in range(self.reads)]))
+        (ew, ers), (ow, ors) = banks
 
         # -- write: the run placed in a two-word window, split at the word boundary --
         w = self.w_addr >> sh
@@ -88,13 +92,20 @@ class SplitBuffer(wiring.Component):
             ow.en.eq(Mux(w_en, rot_m & ~in_even, 0)),
         ]
 
-        # -- read: both words, then the lanes from the offset on --
-        rw = self.r_addr >> sh
+        # -- reads: both words, then the lanes from the offset on (each port alike) --
+        for er, orr, r_addr, r_data in zip(ers, ors, self.r_addr, self.r_data):
+            self._read(m, er, orr, r_addr, r_data)
+        return m
+
+    def _read(self, m, er, orr, r_addr, r_data) -> None:
+        n, lb = self.lanes, self.lane_bits
+        sh = n.bit_length() - 1
+        rw = r_addr >> sh
         r_odd, r_off = Signal(), Signal(sh)
         m.d.comb += [er.addr.eq(Mux(rw[0], (rw + 1) >> 1, rw >> 1)), orr.addr.eq(rw >> 1),
                      er.en.eq(self.r_en), orr.en.eq(self.r_en)]
         with m.If(self.r_en):
-            m.d.sync += [r_odd.eq(rw[0]), r_off.eq(self.r_addr[:sh])]
+            m.d.sync += [r_odd.eq(rw[0]), r_off.eq(r_addr[:sh])]
         pair = Signal(2 * n * lb)
         m.d.comb += pair.eq(Mux(r_odd, Cat(orr.data, er.data), Cat(er.data, orr.data)))
         if self.read_register:  # the second stage, moving with the first on r_en
@@ -105,5 +116,4 @@ class SplitBuffer(wiring.Component):
         with m.Switch(r_off):
             for k in range(n):
                 with m.Case(k):
-                    m.d.comb += self.r_data.eq(pair >> (k * lb))
-        return m
+                    m.d.comb += r_data.eq(pair >> (k * lb))

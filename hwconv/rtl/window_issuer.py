@@ -32,11 +32,12 @@ max_dilation, from the line buffer whose centre row is ``base_slot``.
 
 from __future__ import annotations
 
-from amaranth.hdl import Array, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Array, Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from ..spec.config import EngineConfig
+from ..spec.config import DILATION_FETCH_CYCLES, EngineConfig
+from ..spec.isa import DEPTHWISE_ROW_TAPS
 from .geometry import geometry_layout
 from .layouts import descriptor_layout
 from .mac_array import mac_in_layout
@@ -73,9 +74,9 @@ class WindowIssuer(wiring.Component):
             "skips": In(data.ArrayLayout(range(config.bus_bytes), S)),
             "dil_addr": Out(range(config.max_width)),
             "dil_data": In(8),
-            "r_addr": Out(lanes),
+            "r_addr": Out(data.ArrayLayout(unsigned(lanes), DEPTHWISE_ROW_TAPS)),
             "r_en": Out(1),
-            "r_data": In(8 * LW),
+            "r_data": In(data.ArrayLayout(unsigned(8 * LW), DEPTHWISE_ROW_TAPS)),
             "w_addr": Out(range(config.weight_depth)),
             "w_en": Out(1),
             "w_data": In(8 * P * P),
@@ -91,7 +92,8 @@ class WindowIssuer(wiring.Component):
         P = cfg.pe_in
         LP = P.bit_length() - 1
         S = n_slots(cfg)
-        A = len(self.r_addr)  # lane address bits: lane arithmetic wraps at the buffer's size
+        A = len(self.r_addr[0])  # lane address bits: lane arithmetic wraps at the buffer's size
+        K = DEPTHWISE_ROW_TAPS   # a depthwise step reads a kernel row: tap j through read port j
         desc, geo = self.desc, self.geo
         i0, i1, o = desc.in0, desc.in1, desc.out
         is_conv, is_deform, is_add, is_dw = geo.conv, geo.deform, geo.add, geo.depthwise
@@ -106,7 +108,9 @@ class WindowIssuer(wiring.Component):
         stride = const(desc.stride, 3, "k_stride")
         pad = const(desc.pad, 2, "k_pad")
         rows = const(geo.rows, 5, "k_rows")
-        k_is1, k_m2 = const(desc.kernel == 1, 1, "k_is1"), const(desc.kernel - 2, 2, "k_m2")
+        # The column loop: depthwise ops take a kernel row per step, so their column is always 0.
+        kx_folded = (desc.kernel == 1) | is_dw
+        k_is1, k_m2 = const(kx_folded, 1, "k_is1"), const(desc.kernel - 2, 2, "k_m2")
         taps_is1, taps_m2 = const(geo.taps == 1, 1, "taps_is1"), const(geo.taps - 2, 5, "taps_m2")
         # A block or pixel counter's "at bound minus two" is registered as the counter steps (a
         # compare with the bound minus three, or "the bound is two" on a wrap): the flags' next
@@ -127,8 +131,10 @@ class WindowIssuer(wiring.Component):
         ps1 = const(i1.pixel_stride, A, "k_ps1")
         ps0s = const(Mux(desc.stride == 4, i0.pixel_stride << 2,
                          Mux(desc.stride == 2, i0.pixel_stride << 1, i0.pixel_stride)), A, "k_ps0s")
-        kxb0 = const(Mux(desc.pad == 2, -(i0.pixel_stride << 1), Mux(desc.pad == 1, -i0.pixel_stride, 0)),
-                     A, "k_kxb0")  # -pad * pixel_stride: the byte offset of the window's left column
+        kxb0_v = Mux(desc.pad == 2, -(i0.pixel_stride << 1), Mux(desc.pad == 1, -i0.pixel_stride, 0))
+        kxb0 = const(kxb0_v, A, "k_kxb0")  # -pad * pixel_stride: the byte offset of the window's left column
+        # DWCONV: the byte offset of the kernel row's column j (j >= 1) from the pixel's
+        kxbj = {j: const(kxb0_v + j * i0.pixel_stride, A, f"k_kxb{j}") for j in range(1, K)}
         height = const(i0.height, 16, "k_height")
         width = const(i0.width, 16, "k_width")
         in_tail = const(((i0.channels - 1) & (P - 1)) + 1, range(P + 1), "k_in_tail")
@@ -152,14 +158,19 @@ class WindowIssuer(wiring.Component):
         go = Signal()                # issuing: after start (and the dilation fetch), until the row is issued
         e_t, e_ky, e_ob, e_px, e_end = (Signal(name=f"e_{n}") for n in ("t", "ky", "ob", "px", "end"))
         issued_all = Signal(init=1)  # nothing to issue before the first start
-        warm = Signal(5)             # DEFORM_DW: a one shifting down while the first dilation is fetched
+        warm = Signal(DILATION_FETCH_CYCLES)  # DEFORM_DW: a one shifting down while the first dilation is fetched
         issue = Signal()
-        m.d.comb += [issue.eq(adv & go), self.done.eq(issued_all)]
+        # A DEFORM_DW pixel's last step waits until the next pixel's dilation is fetched (at least
+        # DILATION_FETCH_CYCLES after the previous pixel's): `hold`, a register, counts it out.
+        # Other ops never hold, so `step` is the advance.
+        hold = Signal()
+        step = Signal()
+        m.d.comb += [step.eq(adv & ~(e_px & hold)), issue.eq(step & go), self.done.eq(issued_all)]
         start = self.start
         moves = {g: Signal(name=f"moves_{g}") for g in ("cb", "t", "ky", "ob", "px")}
-        m.d.comb += [moves["cb"].eq(start | adv & go), moves["t"].eq(start | adv & e_t),
-                     moves["ky"].eq(start | adv & e_ky), moves["ob"].eq(start | adv & e_ob),
-                     moves["px"].eq(start | adv & e_px)]
+        m.d.comb += [moves["cb"].eq(start | step & go), moves["t"].eq(start | step & e_t),
+                     moves["ky"].eq(start | step & e_ky), moves["ob"].eq(start | step & e_ob),
+                     moves["px"].eq(start | step & e_px)]
         px0, px1 = Signal(A), Signal(A)           # the pixel's byte offset in an in0 / in1 row
         kxb = Signal(A)                           # (kx - pad) * pixel_stride
         w_word = Signal(range(cfg.weight_depth + 1))
@@ -194,16 +205,21 @@ class WindowIssuer(wiring.Component):
         # is issued, and a DEFORM_DW row's first pixel is loaded at warm[0], after start), so the
         # MAC array's advance meets one LUT before these registers.
         take_px = Signal()
-        m.d.comb += take_px.eq(adv & e_px | warm[0])
+        m.d.comb += take_px.eq(step & e_px | warm[0])
         with m.If(take_px):
             m.d.sync += [dil.eq(n_dil), db.eq(n_db), slot_up.eq(n_up), slot_dn.eq(n_dn)]
+        since = Signal(range(DILATION_FETCH_CYCLES + 1))  # cycles since the last pixel was taken
+        with m.If(take_px):
+            m.d.sync += [since.eq(1), hold.eq(deform & (1 < DILATION_FETCH_CYCLES))]
+        with m.Elif(since < DILATION_FETCH_CYCLES):
+            m.d.sync += [since.eq(since + 1), hold.eq(deform & (since + 1 < DILATION_FETCH_CYCLES))]
         with m.If(start):
-            m.d.sync += [pf_x.eq(0), warm.eq(Mux(deform, 0b10000, 0)), issued_all.eq(0)]
+            m.d.sync += [pf_x.eq(0), warm.eq(Mux(deform, 1 << (DILATION_FETCH_CYCLES - 1), 0)), issued_all.eq(0)]
         with m.Else():
             m.d.sync += warm.eq(warm >> 1)
             with m.If(take_px):
                 m.d.sync += pf_x.eq(pf_x + 1)
-            with m.If(adv & e_end):
+            with m.If(step & e_end):
                 m.d.sync += issued_all.eq(1)
 
         # Each counter's "last" flag (the counter is at its bound minus one: a compare with the
@@ -224,7 +240,7 @@ class WindowIssuer(wiring.Component):
         s_ct = const(g_cb & g_t, 1, "s_ct")
         s_px = const(g_cb & g_t & g_ob, 1, "s_px")
         s_end = const(g_cb & g_t & g_ob & g_wo, 1, "s_end")
-        s_ky = const(g_cb & (g_t | (desc.kernel == 1)), 1, "s_ky")
+        s_ky = const(g_cb & (g_t | kx_folded), 1, "s_ky")
         s_go = ~deform
         flags = [l_cb, l_t, l_kx, l_ob, l_ox, l_ct, l_px, l_end]
         enables = [go, e_t, e_ky, e_ob, e_px, e_end]
@@ -233,7 +249,7 @@ class WindowIssuer(wiring.Component):
             m.d.sync += [e.eq(s_go & v) for e, v in zip(enables, [1, cbi_is1, s_ky, s_ct, s_px, s_end])]
         with m.Elif(warm[0]):
             m.d.sync += [e.eq(v) for e, v in zip(enables, [1, l_cb, l_cb & (l_t | l_kx), l_ct, l_px, l_end])]
-        with m.Elif(adv & go):
+        with m.Elif(step & go):
             m.d.sync += [f.eq(v) for f, v in zip(flags, [i_cb, i_t, i_kx, i_ob, i_ox, i_ct, i_px, i_px & i_ox])]
             m.d.sync += [e.eq(i_go & v) for e, v in zip(enables, [1, i_cb, i_cb & (i_t | i_kx), i_ct, i_px,
                                                                   i_px & i_ox])]
@@ -259,7 +275,7 @@ class WindowIssuer(wiring.Component):
 
         # Multiply-accumulates of the step: the factors registered, then their product (small).
         mi, mo = Signal(range(P + 1)), Signal(range(P + 1))
-        m.d.sync += [mi.eq(Mux(issue & conv, Mux(l_cb, in_tail, P), Mux(issue & dw, 1, 0))),
+        m.d.sync += [mi.eq(Mux(issue & conv, Mux(l_cb, in_tail, P), Mux(issue & dw, K, 0))),
                      mo.eq(Mux(l_ob, out_tail, P)),
                      self.macs.eq(mi * mo)]
 
@@ -276,31 +292,47 @@ class WindowIssuer(wiring.Component):
                 a_valid.eq(issue), a_first.eq((c_t == 0) & (c_cb == 0)), a_last.eq(l_t & l_cb),
                 a_tap1.eq(c_t[0]), a_ob.eq(c_ob), a_word.eq(w_word),
                 a_iy.eq(Mux(deform, by_k(c_ky, oy - dil, oy + dil, oy), Mux(add, oy, iy_top + c_ky))),
-                a_ix.eq(Mux(deform, by_k(c_kx, c_ox - dil, c_ox + dil, c_ox), Mux(add, c_ox, ix_left + c_kx))),
+                a_ix.eq(Mux(deform, c_ox - dil, Mux(add, c_ox, ix_left + c_kx))),  # deformable: column 0
                 a_slot.eq(Mux(add, c_t[0], Mux(deform, by_k(c_ky, slot_up, slot_dn, self.base_slot), slot_ky))),
                 a_xoff.eq(Mux(add, Mux(c_t[0], px1, px0),
-                              Mux(deform, by_k(c_kx, px0 - db, px0 + db, px0), px0 + kxb))),
+                              Mux(deform, px0 - db, px0 + kxb))),
                 a_lane.eq(Mux(conv, c_cb, c_ob) << LP),
             ]
+        # Depthwise: the kernel row's columns j >= 1 (column 0 is the tap above, its column
+        # loop folded to 0): DWCONV x + j; DEFORM_DW the pixel's column, then + its dilation.
+        a_ixr = [Signal(signed(20), name=f"a_ix{j}") for j in range(1, K)]
+        a_xoffr = [Signal(A, name=f"a_xoff{j}") for j in range(1, K)]
+        with m.If(adv):
+            for j, ix, xoff in zip(range(1, K), a_ixr, a_xoffr):
+                m.d.sync += [ix.eq(Mux(deform, c_ox if j == 1 else c_ox + dil, ix_left + j)),
+                             xoff.eq(Mux(deform, px0 if j == 1 else px0 + db, px0 + kxbj[j]))]
 
         # -- address stages: in bounds; the slot's start and the offset, then their sum ----------
         b_valid, b_first, b_last, b_inb, b_tap1 = (Signal(name=f"b_{n}") for n in
                                                    ("valid", "first", "last", "inb", "tap1"))
         b_ob, b_word = Signal(16), Signal.like(w_word)
         b_start, b_off = Signal(A), Signal(A)
+        b_inbr = [Signal(name=f"b_inb{j}") for j in range(1, K)]
+        b_offr = [Signal(A, name=f"b_off{j}") for j in range(1, K)]
+        row_in = (a_iy >= 0) & (a_iy < height)
         with m.If(adv):
             m.d.sync += [b_valid.eq(a_valid), b_first.eq(a_first), b_last.eq(a_last), b_tap1.eq(a_tap1),
                          b_ob.eq(a_ob), b_word.eq(a_word),
-                         b_inb.eq((a_iy >= 0) & (a_iy < height) & (a_ix >= 0) & (a_ix < width)),
+                         b_inb.eq(row_in & (a_ix >= 0) & (a_ix < width)),
                          b_start.eq(slot_start[a_slot]), b_off.eq(a_xoff + a_lane)]
+            for inb, off, ix, xoff in zip(b_inbr, b_offr, a_ixr, a_xoffr):
+                m.d.sync += [inb.eq(row_in & (ix >= 0) & (ix < width)), off.eq(xoff + a_lane)]
         c_valid, c_first, c_last, c_inb, c_tap1 = (Signal(name=f"c_{n}") for n in
                                                    ("valid", "first", "last", "inb", "tap1"))
         c_ob, c_word = Signal(16), Signal.like(w_word)
-        c_addr = Signal.like(self.r_addr)
+        c_addr = [Signal(A, name=f"c_addr{j}") for j in range(K)]
+        c_inbr = Signal(K - 1)
         with m.If(adv):
             m.d.sync += [c_valid.eq(b_valid), c_first.eq(b_first), c_last.eq(b_last), c_inb.eq(b_inb),
-                         c_tap1.eq(b_tap1), c_ob.eq(b_ob), c_word.eq(b_word), c_addr.eq(b_start + b_off)]
-        m.d.comb += [self.r_addr.eq(c_addr), self.r_en.eq(adv)]
+                         c_tap1.eq(b_tap1), c_ob.eq(b_ob), c_word.eq(b_word), c_inbr.eq(Cat(*b_inbr))]
+            m.d.sync += [a.eq(b_start + off) for a, off in zip(c_addr, [b_off] + b_offr)]
+        m.d.comb += [self.r_addr[j].eq(c_addr[j]) for j in range(K)]
+        m.d.comb += self.r_en.eq(adv)
 
         # -- read and words stages: the line buffer's words arrive, then are registered in it;
         # the weights are read in the words stage ---------------------------------------------
@@ -309,7 +341,8 @@ class WindowIssuer(wiring.Component):
             with m.If(adv):
                 m.d.sync += [regs[k].eq(v) for k, v in prev.items()]
             return regs
-        s0 = dict(valid=c_valid, first=c_first, last=c_last, inb=c_inb, tap1=c_tap1, ob=c_ob, word=c_word)
+        s0 = dict(valid=c_valid, first=c_first, last=c_last, inb=c_inb, inbr=c_inbr, tap1=c_tap1, ob=c_ob,
+                  word=c_word)
         s1 = follow(s0, "s1")
         s2 = follow(s1, "s2")
         m.d.comb += [self.w_addr.eq(s2["word"]), self.w_en.eq(adv)]
@@ -317,11 +350,14 @@ class WindowIssuer(wiring.Component):
         # -- beat stage: input bytes registered, weights on the banks' outputs -------------------
         s3 = follow({k: v for k, v in s2.items() if k != "word"}, "s3")
         s3_x = Signal(8 * P)
+        s3_xr = Signal(8 * P * (K - 1))
         with m.If(adv):
-            m.d.sync += s3_x.eq(self.r_data[:8 * P])
+            m.d.sync += [s3_x.eq(self.r_data[0][:8 * P]),
+                         s3_xr.eq(Cat(*(self.r_data[j][:8 * P] for j in range(1, K))))]
         beat = self.o.p
         m.d.comb += [self.o.valid.eq(s3["valid"]), beat.x.eq(s3_x), beat.w.eq(self.w_data),
-                     beat.in_bounds.eq(s3["inb"]), beat.second.eq(s3["tap1"]), beat.first.eq(s3["first"]),
+                     beat.in_bounds.eq(s3["inb"]), beat.x_row.eq(s3_xr), beat.in_bounds_row.eq(s3["inbr"]),
+                     beat.second.eq(s3["tap1"]), beat.first.eq(s3["first"]),
                      beat.last.eq(s3["last"]), beat.tag.eq(s3["ob"]),
                      self.busy.eq(a_valid | b_valid | c_valid | s1["valid"] | s2["valid"] | s3["valid"])]
         return m

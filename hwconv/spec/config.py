@@ -14,6 +14,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from .errors import SpecError
+from .isa import DEPTHWISE_ROW_TAPS
 
 # Widths the PE datapath is built for: 4-bit weights pack two products into one DSP, 8-bit
 # weights (first layer) run as two 4-bit halves or on an 8-bit array.
@@ -28,6 +29,12 @@ def mac_pipeline_depth(p: int) -> int:
     activations, the multipliers' operands, the product's two registers, one per adder-tree
     level, the accumulator, the skid buffer's head): the RTL builds it, the cycle model counts it."""
     return 4 + (p - 1).bit_length() + 2
+
+
+# Cycles the window issuer takes to fetch a DEFORM_DW pixel's dilation (address, buffer read,
+# clamp, offsets, the rows' slots); a pixel's steps take at least this long (the RTL waits, the
+# cycle model counts it).
+DILATION_FETCH_CYCLES = 5
 
 
 def _is_int(v) -> bool:
@@ -78,6 +85,9 @@ class EngineConfig:
             v = getattr(self, name)
             if not _is_pow2(v) or v > 128:
                 raise bad(name, "must be a power of two between 1 and 128")
+        if self.pe_in < DEPTHWISE_ROW_TAPS:
+            raise bad("pe_in", f"must be at least {DEPTHWISE_ROW_TAPS}: a lane's multipliers take a "
+                      "depthwise kernel row per beat")
         if self.weight_bits not in WEIGHT_BITS_CHOICES:
             raise bad("weight_bits", f"must be one of {WEIGHT_BITS_CHOICES}")
         if self.act_bits not in ACT_BITS_CHOICES:

@@ -50,6 +50,9 @@ KERNELS = {
     Opcode.ADD: (1,),
     Opcode.COPY: (1,),
 }
+# The depthwise ops' kernel row: the MAC array takes one row of a depthwise kernel per beat (a
+# lane's first DEPTHWISE_ROW_TAPS multipliers), read from as many line-buffer ports.
+DEPTHWISE_ROW_TAPS = max(max(KERNELS[Opcode.DWCONV]), max(KERNELS[Opcode.DEFORM_DW]))
 STRIDES = {
     Opcode.CONV: (1, 2, 4),
     Opcode.DWCONV: (1, 2),

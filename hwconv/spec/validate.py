@@ -70,12 +70,11 @@ def line_buffer_words(d: LayerDescriptor, cfg: EngineConfig) -> int:
 
 def weight_words(d: LayerDescriptor, cfg: EngineConfig) -> int:
     """Words each weight bank holds for `d`: CONV stores [out block][tap][in block] words of
-    pe_in weights, the depthwise ops [block][tap] words with one weight each."""
-    taps = d.kernel * d.kernel
+    pe_in weights, the depthwise ops [block][kernel row] words of a row's `kernel` weights."""
     if d.opcode == Opcode.CONV:
-        return blocks(d.out.channels, cfg.pe_out) * taps * blocks(d.in0.channels, cfg.pe_in)
+        return blocks(d.out.channels, cfg.pe_out) * d.kernel * d.kernel * blocks(d.in0.channels, cfg.pe_in)
     if d.opcode in (Opcode.DWCONV, Opcode.DEFORM_DW):
-        return blocks(d.out.channels, cfg.pe_out) * taps
+        return blocks(d.out.channels, cfg.pe_out) * d.kernel
     return 0
 
 
