@@ -131,10 +131,13 @@ class WindowIssuer(wiring.Component):
         ps1 = const(i1.pixel_stride, A, "k_ps1")
         ps0s = const(Mux(desc.stride == 4, i0.pixel_stride << 2,
                          Mux(desc.stride == 2, i0.pixel_stride << 1, i0.pixel_stride)), A, "k_ps0s")
-        kxb0_v = Mux(desc.pad == 2, -(i0.pixel_stride << 1), Mux(desc.pad == 1, -i0.pixel_stride, 0))
-        kxb0 = const(kxb0_v, A, "k_kxb0")  # -pad * pixel_stride: the byte offset of the window's left column
-        # DWCONV: the byte offset of the kernel row's column j (j >= 1) from the pixel's
-        kxbj = {j: const(kxb0_v + j * i0.pixel_stride, A, f"k_kxb{j}") for j in range(1, K)}
+        kxb0 = const(Mux(desc.pad == 2, -(i0.pixel_stride << 1), Mux(desc.pad == 1, -i0.pixel_stride, 0)),
+                     A, "k_kxb0")  # -pad * pixel_stride: the byte offset of the window's left column
+        # DWCONV: the byte offset of the kernel row's column j (j >= 1) from the pixel's, from the
+        # registered constants (a stage later; the first step is at least three cycles after desc)
+        def times(j, v):  # j * v as shifts and adds (j is a small constant)
+            return sum(v << b for b in range(j.bit_length()) if j >> b & 1)
+        kxbj = {j: const(kxb0 + times(j, ps0), A, f"k_kxb{j}") for j in range(1, K)}
         height = const(i0.height, 16, "k_height")
         width = const(i0.width, 16, "k_width")
         in_tail = const(((i0.channels - 1) & (P - 1)) + 1, range(P + 1), "k_in_tail")
