@@ -6,7 +6,7 @@ from __future__ import annotations
 from .spec import DESCRIPTOR_FIELD_OFFSETS, REGISTERS, REQUANT_OPS, ErrorCode, Flag, Program
 from .spec.errors import printable
 from .spec.isa import TENSOR_REF_FIELD_OFFSETS
-from .compiler.cost import ideal_cycles, layer_macs
+from .compiler.cost import ideal_cycles, layer_macs, peak_macs_per_cycle
 from .compiler.cycles import program_cycles
 from .spec.program import FORMAT_VERSION
 
@@ -26,6 +26,7 @@ def program_table(prog: Program) -> list[dict]:
             "wbits": d.weight_bits or "-", "clamp": f"[{d.clamp_lo},{d.clamp_hi}]" if d.opcode in REQUANT_OPS else "-",
             "macs": layer_macs(d), "ideal_cycles": ideal_cycles(d, prog.config.pe_in, prog.config.pe_out),
             "model_cycles": model[i].total, "bound": model[i].bound,
+            "peak_macs_per_cycle": peak_macs_per_cycle(d, prog.config.pe_in, prog.config.pe_out),
         })
     return rows
 
@@ -57,7 +58,7 @@ def format_program(prog: Program, source: str = "") -> str:
     modelled = sum(r["model_cycles"] for r in rows)
     lines.append(f"  cycle model (hwconv.compiler.cycles, DRAM latency 40): {modelled} cycles = "
                  f"{mhz * 1e6 / modelled:.1f} fps at {mhz:.1f} MHz, MAC utilisation "
-                 f"{macs / (modelled * cfg.pe_in * cfg.pe_out):.1%}")
+                 f"{macs / sum(r['model_cycles'] * r['peak_macs_per_cycle'] for r in rows):.1%} of the array's peak")
     lines.append(f"  clock: {clock.source}")
     return "\n".join(lines)
 

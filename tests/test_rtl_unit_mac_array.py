@@ -1,5 +1,6 @@
-"""MacArray against a small Python model of what one accumulation computes, every mode, under
-random input gaps and output backpressure (bit-exact)."""
+"""MacArray against a small Python model of what one accumulation computes, every mode (packed:
+two out blocks per multiplier, the pair's blocks one after the other), under random input gaps
+and output backpressure (bit-exact)."""
 
 from __future__ import annotations
 
@@ -20,14 +21,18 @@ def _operand(byte: int, signed: bool) -> int:
 
 
 def model(mode: dict, beats: list[dict]) -> list[tuple[list[int], int]]:
-    """What the array computes: per accumulation (first .. last), each lane's sum or max."""
-    out, acc = [], [0] * P
+    """What the array computes: per accumulation (first .. last), each lane's sum or max; packed,
+    the second block's sums too (tag + 1), when the pair has it."""
+    out, acc, acc2 = [], [0] * P, [0] * P
     for bt in beats:
         sgn = mode["in1_signed"] if mode["add"] and bt["second"] else mode["in0_signed"]
         pad = -128 if mode["pool"] and sgn else 0
         x = [_operand(v, sgn) if bt["in_bounds"] else pad for v in bt["x"]]
         w = [[_operand(v, True) for v in row] for row in bt["w"]]
+        w2 = [[_operand(v, True) for v in row] for row in bt["w2"]]
         for b in range(P):
+            if mode["packed"]:
+                acc2[b] = (0 if bt["first"] else acc2[b]) + sum(w2[b][j] * x[j] for j in range(P))
             if mode["conv"]:
                 term = sum(w[b][j] * x[j] for j in range(P))
             elif mode["depthwise"]:  # a kernel row: tap t's byte of channel b times weight t
@@ -44,30 +49,37 @@ def model(mode: dict, beats: list[dict]) -> list[tuple[list[int], int]]:
                 acc[b] = (0 if bt["first"] else acc[b]) + term
         if bt["last"]:
             out.append(([((a + 2**31) % 2**32) - 2**31 for a in acc], bt["tag"]))
+            if mode["packed"] and bt["pair2"]:
+                out.append(([((a + 2**31) % 2**32) - 2**31 for a in acc2], bt["tag"] + 1))
     return out
 
 
 MODES = {
     "conv": dict(conv=1), "depthwise": dict(depthwise=1), "add": dict(add=1), "pool": dict(pool=1),
-    "copy": dict(),
+    "copy": dict(), "packed": dict(conv=1, packed=1),
 }
 
 
-@pytest.mark.parametrize("kind,seed", [(k, s) for s, k in enumerate(MODES)])
+@pytest.mark.parametrize("kind,seed", [(k, s) for s, k in enumerate(MODES)] + [("packed", 11), ("packed", 12)])
 def test_mac_array_matches_model_under_backpressure(kind, seed):
     rng = np.random.default_rng(seed)
-    mode = dict(conv=0, depthwise=0, add=0, pool=0, in0_signed=int(rng.integers(2)), in1_signed=int(rng.integers(2)),
+    mode = dict(conv=0, depthwise=0, add=0, pool=0, packed=0, in0_signed=int(rng.integers(2)),
+                in1_signed=int(rng.integers(2)),
                 add_mult0=int(rng.integers(-3000, 3000)), add_mult1=int(rng.integers(-3000, 3000)))
     mode.update(MODES[kind])
     beats = []
     for _ in range(60):
         n = int(rng.integers(1, 5))  # beats in one accumulation
-        tag = int(rng.integers(0, 1000))
+        tag = int(rng.integers(0, 1000)) & ~1
+        pair2 = int(rng.random() < 0.8)
         for i in range(n):
             w = rng.integers(0, 256, (P, P))
             if kind == "depthwise":  # a kernel row's weights in lanes 0..K-1, the others 0
                 w[:, K:] = 0
-            beats.append(dict(x=rng.integers(0, 256, P).tolist(), w=w.tolist(),
+            w2 = rng.integers(0, 256, (P, P))
+            if kind == "packed":  # 4-bit weights, as the loader stores them: sign-extended bytes
+                w, w2 = (rng.integers(-8, 8, (P, P)) & 0xFF for _ in range(2))
+            beats.append(dict(x=rng.integers(0, 256, P).tolist(), w=w.tolist(), w2=w2.tolist(), pair2=pair2,
                               x_row=rng.integers(0, 256, (K - 1, P)).tolist(),
                               in_bounds=int(rng.random() > 0.2),
                               in_bounds_row=(rng.random(K - 1) > 0.2).astype(int).tolist(),
@@ -91,10 +103,11 @@ def test_mac_array_matches_model_under_backpressure(kind, seed):
                 bt = beats[i]
                 ctx.set(dut.i.p.x, sum(v << (8 * j) for j, v in enumerate(bt["x"])))
                 ctx.set(dut.i.p.w, sum(v << (8 * (b * P + j)) for b in range(P) for j, v in enumerate(bt["w"][b])))
+                ctx.set(dut.i.p.w2, sum(v << (8 * (b * P + j)) for b in range(P) for j, v in enumerate(bt["w2"][b])))
                 ctx.set(dut.i.p.x_row, sum(v << (8 * (P * t + j)) for t, row in enumerate(bt["x_row"])
                                            for j, v in enumerate(row)))
                 ctx.set(dut.i.p.in_bounds_row, sum(f << t for t, f in enumerate(bt["in_bounds_row"])))
-                for f in ("in_bounds", "second", "first", "last", "tag"):
+                for f in ("in_bounds", "second", "first", "last", "tag", "pair2"):
                     ctx.set(getattr(dut.i.p, f), bt[f])
             took = ctx.get(dut.i.valid) and ctx.get(dut.i.ready)
             if ctx.get(dut.o.valid) and ctx.get(dut.o.ready):
@@ -141,8 +154,8 @@ def test_a_block_per_cycle_when_every_beat_is_last_and_the_consumer_is_ready():
 
 
 def test_pipeline_depth_counts_lane_operand_product_tree_accumulator_and_skid_stages():
-    assert PIPELINE_DEPTH(4) == 1 + 3 + 2 + 1 + 1
-    assert PIPELINE_DEPTH(16) == 1 + 3 + 4 + 1 + 1
+    assert PIPELINE_DEPTH(4) == 1 + 4 + 2 + 1 + 1
+    assert PIPELINE_DEPTH(16) == 1 + 4 + 4 + 1 + 1
 
 
 @pytest.mark.slow

@@ -106,16 +106,22 @@ def run_layer(cfg, layers, seed, gaps=0.3, latency=None):
                 await ctx.tick()
                 cycles += 1
                 assert cycles < 10 * len(beats) + 4 * len(bank_words(w, conv, P)) + 50
-            got_words = {}
-            for (b, a) in bank_words(w, conv, P):
+            got_words, got_words2 = {}, {}
+            keys = list(bank_words(w, conv, P))
+            for i, (b, a) in enumerate(keys):  # both read ports, each at its own word
+                b2, a2 = keys[(i * 7 + 3) % len(keys)]
                 ctx.set(dut.w_addr, a)
+                ctx.set(dut.w_addr2, a2)
                 ctx.set(dut.w_en, 1)
                 await ctx.tick()
                 ctx.set(dut.w_en, 0)
                 await ctx.tick()  # held while w_en is low
-                word = ctx.get(dut.w_data) >> (8 * P * b)
-                got_words[(b, a)] = [((word >> (8 * j)) & 0xFF) - (256 if (word >> (8 * j)) & 0x80 else 0)
-                                     for j in range(P)]
+                for got, bank, port in ((got_words, b, dut.w_data), (got_words2, b2, dut.w_data2)):
+                    word = ctx.get(port) >> (8 * P * bank)
+                    got[(bank, a if port is dut.w_data else a2)] = [
+                        ((word >> (8 * j)) & 0xFF) - (256 if (word >> (8 * j)) & 0x80 else 0) for j in range(P)]
+            want = bank_words(w, conv, P)
+            assert all(want[k] == v for k, v in got_words2.items()), "the second read port"
             got_recs = []
             # lookup: each block with its records, then the same blocks as MAXPOOL (identity)
             for pool in (0, 1):

@@ -27,15 +27,17 @@ DEPTHWISE = ("deform", "deform_one_block", "dwconv")
 
 def model(kind, oy, base_slot, rows, h, w, wo, cin, cout, ps0, ps1, stride, pad, k, dil):
     """The row's beats; a depthwise beat is a kernel row (`addr`/`inb` its column 0, `row`/
-    `inb_row` the others)."""
+    `inb_row` the others); a packed CONV's beat a pair of out blocks (tag 2q, `word2` block
+    2q + 1's weight word, `pair2` whether the pair has it)."""
     dw = kind in DEPTHWISE
+    packed = kind == "packed"
     taps = 2 if kind == "add" else k if dw else k * k
-    cbi = -(-cin // P) if kind == "conv" else 1
+    cbi = -(-cin // P) if kind in ("conv", "packed") else 1
     ob_n = -(-cout // P)
     beats = []
     for x in range(wo):
-        word = 0
-        for ob in range(ob_n):
+        for ob in range(0, ob_n, 2 if packed else 1):
+            word = ob * taps * cbi
             for t in range(taps):
                 ky, kx0 = (t, 0) if dw else divmod(t, k)
                 for cb in range(cbi):
@@ -52,12 +54,13 @@ def model(kind, oy, base_slot, rows, h, w, wo, cin, cout, ps0, ps1, stride, pad,
                             slot = (base_slot + ky) % rows
                         inb = 0 <= iy < h and 0 <= ix < w
                         ps = ps1 if kind == "add" and t == 1 else ps0
-                        lane = (cb if kind == "conv" else ob) * P
+                        lane = (cb if kind in ("conv", "packed") else ob) * P
                         taps_read.append((SLOT_BASE[slot] + SKIPS[slot] + ix * ps + lane if inb else None, int(inb)))
                     (addr, inb), rest = taps_read[0], taps_read[1:]
                     beats.append(dict(addr=addr, word=word, inb=inb, first=int(t == 0 and cb == 0),
                                       last=int(t == taps - 1 and cb == cbi - 1), second=t % 2, tag=ob,
-                                      row=[a for a, _ in rest], inb_row=[f for _, f in rest]))
+                                      row=[a for a, _ in rest], inb_row=[f for _, f in rest],
+                                      word2=word + taps * cbi, pair2=int(packed and ob + 1 < ob_n)))
                     word += 1
     return beats
 
@@ -68,6 +71,7 @@ CASES = {
     # one block: a pixel's three steps wait for the next pixel's dilation
     "deform_one_block": dict(oy=3, base_slot=2, rows=7, h=9, w=8, wo=8, cin=3, cout=3, ps0=3, ps1=1, stride=1,
                              pad=1, k=3),
+    "packed": dict(oy=2, base_slot=1, rows=3, h=7, w=9, wo=4, cin=6, cout=19, ps0=6, ps1=0, stride=1, pad=1, k=3),
     "dwconv": dict(oy=3, base_slot=1, rows=3, h=8, w=9, wo=5, cin=6, cout=6, ps0=6, ps1=0, stride=2, pad=1, k=3),
     "add": dict(oy=3, base_slot=0, rows=2, h=5, w=6, wo=6, cin=6, cout=6, ps0=8, ps1=6, stride=1, pad=0, k=1),
 }
@@ -93,12 +97,16 @@ def test_issuer_steps_match_the_model_under_backpressure(kind):
             ctx.set(getattr(d.in0, name), v)
         ctx.set(d.in1.pixel_stride, c["ps1"])
         ctx.set(d.out.channels, c["cout"])
-        ctx.set(getattr(g, {"add": "add", "conv": "conv"}.get(kind, "depthwise")), 1)
+        ctx.set(getattr(g, {"add": "add", "conv": "conv", "packed": "conv"}.get(kind, "depthwise")), 1)
+        ob_n = -(-c["cout"] // P)
+        ctx.set(g.packed, int(kind == "packed"))
+        ctx.set(g.ob_steps, -(-ob_n // 2) if kind == "packed" else ob_n)
+        ctx.set(g.block_words, c["k"] ** 2 * -(-c["cin"] // P))
         if kind.startswith("deform"):
             ctx.set(g.deform, 1)
         ctx.set(g.rows, c["rows"])
         ctx.set(g.taps, 2 if kind == "add" else c["k"] if kind in DEPTHWISE else c["k"] ** 2)
-        ctx.set(g.cbi_n, -(-c["cin"] // P) if kind == "conv" else 1)
+        ctx.set(g.cbi_n, -(-c["cin"] // P) if kind in ("conv", "packed") else 1)
         ctx.set(g.ob_n, -(-c["cout"] // P))
         ctx.set(g.wo, c["wo"])
         for s in range(n_slots(CFG)):
@@ -117,7 +125,7 @@ def test_issuer_steps_match_the_model_under_backpressure(kind):
             ctx.set(dut.o.ready, int(not stall[t]))
             a = ctx.get(dut.dil_addr)
             ctx.set(dut.dil_data, dil[a] if a < len(dil) else 0)
-            r_en, w_addr = ctx.get(dut.r_en), ctx.get(dut.w_addr)
+            r_en, w_addr, w_addr2 = ctx.get(dut.r_en), ctx.get(dut.w_addr), ctx.get(dut.w_addr2)
             r_addr = [ctx.get(dut.r_addr[j]) for j in range(K)]
             if ctx.get(dut.o.valid) and ctx.get(dut.o.ready):
                 p = dut.o.p
@@ -125,7 +133,8 @@ def test_issuer_steps_match_the_model_under_backpressure(kind):
                 inbr = [(inb_row >> j) & 1 for j in range(K - 1)]
                 got.append(dict(addr=ctx.get(p.x) if ctx.get(p.in_bounds) else None, word=ctx.get(p.w),
                                 inb=ctx.get(p.in_bounds), first=ctx.get(p.first), last=ctx.get(p.last),
-                                second=ctx.get(p.second), tag=ctx.get(p.tag),
+                                second=ctx.get(p.second), tag=ctx.get(p.tag), word2=ctx.get(p.w2),
+                                pair2=ctx.get(p.pair2),
                                 row=[(x_row >> (8 * P * j)) & ((1 << 8 * P) - 1) if inbr[j] else None
                                      for j in range(K - 1)], inb_row=inbr))
             await ctx.tick()
@@ -135,6 +144,7 @@ def test_issuer_steps_match_the_model_under_backpressure(kind):
                     ctx.set(dut.r_data[j], line_read[j])
                 line_read[:] = r_addr
                 ctx.set(dut.w_data, w_addr)
+                ctx.set(dut.w_data2, w_addr2)
             t += 1
         assert ctx.get(dut.done)
 
@@ -145,6 +155,9 @@ def test_issuer_steps_match_the_model_under_backpressure(kind):
     if kind != "add":  # only ADD reads `second` (its in1 tap)
         for b in got + want:
             b.pop("second")
+    if kind != "packed":  # only a packed CONV reads the second block's weights
+        for b in got + want:
+            b.pop("word2")
     if kind not in DEPTHWISE:  # only the depthwise ops read a kernel row
         for b in got + want:
             b.pop("row"), b.pop("inb_row")

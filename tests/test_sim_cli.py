@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from hwconv.cli import main
-from hwconv.compiler.cost import layer_macs
+from hwconv.compiler.cost import layer_macs, peak_macs_per_cycle
 from hwconv.compiler.synthetic import BackboneShape, codenet_program
 from hwconv.sim.compare import compare_arenas, golden_arena
 from hwconv.sim.programs import random_inputs
@@ -62,9 +62,12 @@ def test_report_from_counters(program_file, tmp_path):
     assert data["fps"] == pytest.approx(250e6 / total)
     assert data["fps_vs_codenet"] == pytest.approx(250e6 / total / CODENET_FPS)
     macs = sum(layer_macs(d) for d in prog.layers)
-    assert data["utilisation"] == pytest.approx(macs / (total * 256))
+    # The array's peak per layer: 256 products a cycle, 512 for a packed 4-bit CONV.
+    peaks = [peak_macs_per_cycle(d, 16, 16) for d in prog.layers]
+    assert 512 in peaks and 256 in peaks
+    assert data["utilisation"] == pytest.approx(macs / (sum(c * p for c, p in zip(cycles, peaks)) + 50 * 256))
     first = data["layers"][0]
-    assert first["utilisation"] == pytest.approx(layer_macs(prog.layers[0]) / (100 * 256))
+    assert first["utilisation"] == pytest.approx(layer_macs(prog.layers[0]) / (100 * peaks[0]))
     assert [x["name"] for x in data["layers"]] == prog.layer_names
     data["sim"] = {"simulator": "verilator", "waves": None}
     paths = write_report(SimReport("small.hwc", "verilator", 250.0, data, None), tmp_path)

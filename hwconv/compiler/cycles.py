@@ -12,7 +12,8 @@ Per layer:
               kernel row; or a bus beat per cycle where the beats are more)
     rows      per output row: bring in the input rows it needs (a bus beat per cycle, plus
               latency per row), then compute and store side by side (compute issues one
-              (pixel, out block, tap, in block) per cycle, a depthwise kernel row per step, and a
+              (pixel, out block, tap, in block) per cycle, a pair of out blocks per step for a 4-bit
+              CONV (two products per multiplier), a depthwise kernel row per step, and a
               DEFORM_DW pixel takes at least DILATION_FETCH_CYCLES; the store places an output block per
               cycle, four times when upsampling; half a block into a two-way interleaved output,
               a byte into other grouped ones), then flush the row buffer (a bus beat per cycle
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 from ..spec.config import DILATION_FETCH_CYCLES, EngineConfig, mac_pipeline_depth
 from ..spec.isa import DESCRIPTOR_BYTES, PREAMBLE_BYTES, REQUANT_OPS, WEIGHTED_OPS, Flag, LayerDescriptor, Opcode
 from ..spec.params import REQUANT_RECORD_BYTES, packed_weight_bytes
-from ..spec.validate import blocks, row_bytes
+from ..spec.validate import blocks, packs_out_blocks, row_bytes
 
 __all__ = ["LayerCycles", "layer_cycles", "program_cycles", "DEFAULT_MEM_LATENCY"]
 
@@ -124,7 +125,8 @@ def layer_cycles(d: LayerDescriptor, cfg: EngineConfig, mem_latency: int = DEFAU
             loads += ho * _read(row_bytes(d.in1), lat)
 
     tail = _PIPE_TAIL + mac_pipeline_depth(p)
-    per_pixel_steps = ob * taps * cbi
+    ob_steps = -(-ob // 2) if packs_out_blocks(d) else ob  # a pair of out blocks per multiplier
+    per_pixel_steps = ob_steps * taps * cbi
     if op == Opcode.DEFORM_DW:  # a pixel waits for its dilation's fetch
         per_pixel_steps = max(per_pixel_steps, DILATION_FETCH_CYCLES)
     compute = ho * (wo * per_pixel_steps + tail)

@@ -160,6 +160,7 @@ class DescriptorChecker(wiring.Component):
         kk_out = stage(d.out.channels * kk, 32, "kk_out")
         kk_cb_out = stage(cb_out * kk, 32, "kk_cb_out")
         k_cb_out = stage(cb_out * d.kernel, 32, "k_cb_out")  # depthwise: a word per kernel row
+        kk_cb_in = stage(kk * cb_in, 32, "kk_cb_in")  # CONV: a bank's words per out block
         def wide_product(a, b, width, name):
             """a (32 bits) * b (16 bits) as two registered 16 x 16 products, summed a stage later."""
             lo = stage(a[:16] * b, 32, f"{name}_lo")
@@ -281,6 +282,7 @@ class DescriptorChecker(wiring.Component):
         m.d.sync += [self.code.eq(code), self.bad.eq(code != ErrorCode.NONE)]
         m.d.comb += self.done.eq(settled[-1])
         g, flags = self.geo, d.flags
+        pairs = is_op(Opcode.CONV) & (d.weight_bits == 4)  # spec.validate.packs_out_blocks
         m.d.sync += [
             g.conv.eq(is_op(Opcode.CONV)),
             g.depthwise.eq(is_op(Opcode.DWCONV, Opcode.DEFORM_DW)),
@@ -297,6 +299,9 @@ class DescriptorChecker(wiring.Component):
             g.rows.eq(rows),
             g.cb_in.eq(cb_in),
             g.ob_n.eq(cb_out),
+            g.packed.eq(pairs),
+            g.ob_steps.eq(Mux(pairs, (cb_out + 1) >> 1, cb_out)),
+            g.block_words.eq(kk_cb_in),
             g.cbi_n.eq(Mux(is_op(Opcode.CONV), cb_in, 1)),
             g.ho.eq(ho),
             g.wo.eq(wo),

@@ -527,13 +527,14 @@ class EngineCore(wiring.Component):
                      rl.dil_addr.eq(wi.dil_addr), wi.dil_data.eq(rl.dil_data),
                      rl.r_addr.eq(wi.r_addr), rl.r_en.eq(wi.r_en), wi.r_data.eq(rl.r_data),
                      pl.w_addr.eq(wi.w_addr), pl.w_en.eq(wi.w_en), wi.w_data.eq(pl.w_data),
+                     pl.w_addr2.eq(wi.w_addr2), wi.w_data2.eq(pl.w_data2),
                      issue_done.eq(wi.done), perf.macs.eq(wi.macs)]
         wiring.connect(m, wi.o, mac.i)
 
         # -- the MAC array, then the output block's requant records ------------------------------
         # Per-layer inputs of the units below are registered copies (desc and geo hold for the layer).
         m.d.sync += [mac.mode.conv.eq(is_conv), mac.mode.depthwise.eq(is_dw), mac.mode.add.eq(is_add),
-                     mac.mode.pool.eq(is_pool), mac.mode.in0_signed.eq(in0_signed),
+                     mac.mode.pool.eq(is_pool), mac.mode.packed.eq(geo.packed), mac.mode.in0_signed.eq(in0_signed),
                      mac.mode.in1_signed.eq(in1_signed), mac.mode.add_mult0.eq(desc.add_mult0),
                      mac.mode.add_mult1.eq(desc.add_mult1)]
         # The requant records of the finished block's channels join it on the way to the requantiser.

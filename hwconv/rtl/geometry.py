@@ -31,6 +31,9 @@ def geometry_layout() -> data.StructLayout:
         "cb_in": unsigned(16),       # blocks of P input channels
         "ob_n": unsigned(16),        # blocks of P output channels
         "cbi_n": unsigned(16),       # input blocks summed per tap (CONV: cb_in, others 1)
+        "packed": unsigned(1),       # two out blocks per multiplier (spec.validate.packs_out_blocks)
+        "ob_steps": unsigned(16),    # the issuer's out-block loop: pairs of blocks when packed
+        "block_words": unsigned(32), # CONV: a weight bank's words per out block (taps x cb_in)
         "ho": unsigned(16),          # output rows / columns computed (before a 2x upsample)
         "wo": unsigned(16),
         # byte spans

@@ -20,6 +20,7 @@ ceil(P / bus bytes) beats into one first.
 
 Read sides:
 - ``w_addr``/``w_en`` -> ``w_data`` the next cycle (held while ``w_en`` is low): lane b's word;
+  ``w_addr2`` -> ``w_data2`` alike (a packed CONV reads block 2q + 1's word beside block 2q's);
 - ``lookup``: a stage that takes each finished block of accumulators (tagged with its output
   block) and hands it on to the requantiser with its channels' records (identity records for
   MAXPOOL and COPY).
@@ -67,6 +68,8 @@ class ParamLoader(wiring.Component):
             "w_addr": In(range(config.weight_depth)),
             "w_en": In(1),
             "w_data": Out(8 * P * P),
+            "w_addr2": In(range(config.weight_depth)),   # a second read (packed: block 2q + 1's word)
+            "w_data2": Out(8 * P * P),
             "lookup_i": In(stream.Signature(mac_out_layout(P, config.acc_bits))),
             "lookup_o": Out(stream.Signature(data.ArrayLayout(lane_layout(config.acc_bits), P))),
             "bad_record": Out(1),  # a record of this layer sets the reserved bits (ErrorCode.BAD_REQUANT)
@@ -80,7 +83,7 @@ class ParamLoader(wiring.Component):
         desc, geo = self.desc, self.geo
         o = desc.out
 
-        wb_w, wb_r, pb_w, pb_r = [], [], [], []
+        wb_w, wb_r, wb_r2, pb_w, pb_r = [], [], [], [], []
         for b in range(P):
             wm = Memory(shape=unsigned(P * 8), depth=cfg.weight_depth, init=[])
             pm = Memory(shape=requant_record_layout(), depth=-(-cfg.max_channels // P), init=[])
@@ -88,6 +91,7 @@ class ParamLoader(wiring.Component):
             m.submodules[f"params{b}"] = pm
             wb_w.append(wm.write_port())
             wb_r.append(wm.read_port())
+            wb_r2.append(wm.read_port())
             pb_w.append(pm.write_port())
             pb_r.append(pm.read_port())
 
@@ -322,8 +326,10 @@ class ParamLoader(wiring.Component):
             m.d.sync += active.eq(0)
         for b in range(P):
             m.d.comb += [wb_w[b].addr.eq(wr_addr), wb_w[b].data.eq(wr_data), wb_w[b].en.eq(wr_en[b]),
-                         wb_r[b].addr.eq(self.w_addr), wb_r[b].en.eq(self.w_en)]
-        m.d.comb += self.w_data.eq(Cat(*[wb_r[b].data for b in range(P)]))
+                         wb_r[b].addr.eq(self.w_addr), wb_r[b].en.eq(self.w_en),
+                         wb_r2[b].addr.eq(self.w_addr2), wb_r2[b].en.eq(self.w_en)]
+        m.d.comb += [self.w_data.eq(Cat(*[wb_r[b].data for b in range(P)])),
+                     self.w_data2.eq(Cat(*[wb_r2[b].data for b in range(P)]))]
 
         # -- lookup: a finished block and its channels' records ----------------------------------
         lk_valid = Signal()

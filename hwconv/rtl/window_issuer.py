@@ -52,7 +52,7 @@ class WindowIssuer(wiring.Component):
     """``start`` (a pulse): a new output row ``oy`` whose window's top (deformable: centre) row is
     in ``base_slot``; the row's steps issue from then on, each as soon as the MAC array takes a
     beat; ``done``: every step of the row is issued; ``busy``: a step is still in this pipeline.
-    ``macs``: multiply-accumulates issued two cycles ago.
+    ``macs``: multiply-accumulates issued three cycles ago.
     ``desc``, ``geo``, ``slot_base`` and ``skips`` must hold for two cycles before ``start`` (the
     sequencer sets them long before a row starts).
     Memories: the line buffer's read is two stages moving on ``r_en`` (``r_data`` is the read
@@ -80,6 +80,8 @@ class WindowIssuer(wiring.Component):
             "w_addr": Out(range(config.weight_depth)),
             "w_en": Out(1),
             "w_data": In(8 * P * P),
+            "w_addr2": Out(range(config.weight_depth)),   # packed: the pair's second block's word
+            "w_data2": In(8 * P * P),
             "o": Out(stream.Signature(mac_in_layout(P))),
             "done": Out(1),
             "busy": Out(1),
@@ -121,8 +123,13 @@ class WindowIssuer(wiring.Component):
         XB = (cfg.max_width + 1).bit_length()
         cbi_is1, cbi_is2, cbi_m3 = (const(geo.cbi_n == 1, 1, "cbi_is1"), const(geo.cbi_n == 2, 1, "cbi_is2"),
                                     const(geo.cbi_n - 3, BB, "cbi_m3"))
-        ob_is1, ob_is2, ob_m3 = (const(geo.ob_n == 1, 1, "ob_is1"), const(geo.ob_n == 2, 1, "ob_is2"),
-                                 const(geo.ob_n - 3, BB, "ob_m3"))
+        # The out-block loop steps over pairs of blocks when the layer is packed (geo.ob_steps).
+        ob_is1, ob_is2, ob_m3 = (const(geo.ob_steps == 1, 1, "ob_is1"), const(geo.ob_steps == 2, 1, "ob_is2"),
+                                 const(geo.ob_steps - 3, BB, "ob_m3"))
+        packed = const(geo.packed, 1, "k_packed")
+        ob_odd = const(geo.ob_n[0], 1, "k_ob_odd")   # packed: the last pair has one block
+        bw = const(geo.block_words, range(cfg.weight_depth + 1), "k_bw")  # a block's words in a bank
+        bw1 = const(geo.block_words + 1, range(cfg.weight_depth + 2), "k_bw1")
         wo_is1, wo_is2, wo_m3 = (const(geo.wo == 1, 1, "wo_is1"), const(geo.wo == 2, 1, "wo_is2"),
                                  const(geo.wo - 3, XB, "wo_m3"))
         conv, deform, add, dw = (const(f, 1, f"k_{n}") for f, n in
@@ -239,7 +246,7 @@ class WindowIssuer(wiring.Component):
         i_ct = i_cb & i_t
         i_px = i_ct & i_ob
         i_go = ~l_end
-        g_cb, g_t, g_ob, g_wo = geo.cbi_n == 1, geo.taps == 1, geo.ob_n == 1, geo.wo == 1
+        g_cb, g_t, g_ob, g_wo = geo.cbi_n == 1, geo.taps == 1, geo.ob_steps == 1, geo.wo == 1
         s_ct = const(g_cb & g_t, 1, "s_ct")
         s_px = const(g_cb & g_t & g_ob, 1, "s_px")
         s_end = const(g_cb & g_t & g_ob & g_wo, 1, "s_end")
@@ -258,7 +265,7 @@ class WindowIssuer(wiring.Component):
                                                                   i_px & i_ox])]
         kx_wraps = start | l_t | l_kx
         with m.If(moves["cb"]):  # in block; the weight word restarts with each pixel
-            m.d.sync += [c_cb.eq(Mux(start | l_cb, 0, c_cb + 1)), w_word.eq(Mux(start | e_px, 0, w_word + 1)),
+            m.d.sync += [c_cb.eq(Mux(start | l_cb, 0, c_cb + 1)), w_word.eq(Mux(start | e_px, 0, w_word + Mux(packed & e_ob, bw1, 1))),
                          at_cb.eq(Mux(start | l_cb, cbi_is2, c_cb == cbi_m3))]
         with m.If(moves["t"]):   # tap, and its column
             m.d.sync += [c_t.eq(Mux(start | l_t, 0, c_t + 1)), c_kx.eq(Mux(kx_wraps, 0, c_kx + 1)),
@@ -277,23 +284,30 @@ class WindowIssuer(wiring.Component):
 
 
         # Multiply-accumulates of the step: the factors registered, then their product (small).
-        mi, mo = Signal(range(P + 1)), Signal(range(P + 1))
+        # Packed: a pair's two blocks (the last pair: one when the block count is odd).
+        mo_last = const(Mux(geo.packed & ~geo.ob_n[0], P + out_tail, out_tail), range(2 * P + 1), "k_mo_last")
+        mo_full = const(Mux(geo.packed, 2 * P, P), range(2 * P + 1), "k_mo_full")
+        # The product is registered twice: synthesis may put it in a DSP, whose output register
+        # then feeds the counters' adder through one more flip-flop.
+        mi, mo = Signal(range(P + 1)), Signal(range(2 * P + 1))
+        macs = Signal.like(self.macs)
         m.d.sync += [mi.eq(Mux(issue & conv, Mux(l_cb, in_tail, P), Mux(issue & dw, K, 0))),
-                     mo.eq(Mux(l_ob, out_tail, P)),
-                     self.macs.eq(mi * mo)]
+                     mo.eq(Mux(l_ob, mo_last, mo_full)),
+                     macs.eq(mi * mo), self.macs.eq(macs)]
 
         # -- window stage ----------------------------------------------------------------------
         def by_k(c, minus, plus, centre):  # the value for a tap index c of 0, 1, 2 (deformable)
             return Mux(c == 0, minus, Mux(c == 2, plus, centre))
 
         a_valid, a_first, a_last, a_tap1 = (Signal(name=f"a_{n}") for n in ("valid", "first", "last", "tap1"))
-        a_ob, a_word = Signal(16), Signal.like(w_word)
+        a_ob, a_word, a_word2, a_pair2 = Signal(16), Signal.like(w_word), Signal.like(w_word), Signal()
         a_iy, a_ix = Signal(signed(20)), Signal(signed(20))
         a_slot, a_xoff, a_lane = Signal(range(S)), Signal(A), Signal(A)
         with m.If(adv):
             m.d.sync += [
                 a_valid.eq(issue), a_first.eq((c_t == 0) & (c_cb == 0)), a_last.eq(l_t & l_cb),
-                a_tap1.eq(c_t[0]), a_ob.eq(c_ob), a_word.eq(w_word),
+                a_tap1.eq(c_t[0]), a_ob.eq(Mux(packed, c_ob << 1, c_ob)), a_word.eq(w_word),
+                a_word2.eq(w_word + bw), a_pair2.eq(packed & ~(l_ob & ob_odd)),
                 a_iy.eq(Mux(deform, by_k(c_ky, oy - dil, oy + dil, oy), Mux(add, oy, iy_top + c_ky))),
                 a_ix.eq(Mux(deform, c_ox - dil, Mux(add, c_ox, ix_left + c_kx))),  # deformable: column 0
                 a_slot.eq(Mux(add, c_t[0], Mux(deform, by_k(c_ky, slot_up, slot_dn, self.base_slot), slot_ky))),
@@ -313,26 +327,27 @@ class WindowIssuer(wiring.Component):
         # -- address stages: in bounds; the slot's start and the offset, then their sum ----------
         b_valid, b_first, b_last, b_inb, b_tap1 = (Signal(name=f"b_{n}") for n in
                                                    ("valid", "first", "last", "inb", "tap1"))
-        b_ob, b_word = Signal(16), Signal.like(w_word)
+        b_ob, b_word, b_word2, b_pair2 = Signal(16), Signal.like(w_word), Signal.like(w_word), Signal()
         b_start, b_off = Signal(A), Signal(A)
         b_inbr = [Signal(name=f"b_inb{j}") for j in range(1, K)]
         b_offr = [Signal(A, name=f"b_off{j}") for j in range(1, K)]
         row_in = (a_iy >= 0) & (a_iy < height)
         with m.If(adv):
             m.d.sync += [b_valid.eq(a_valid), b_first.eq(a_first), b_last.eq(a_last), b_tap1.eq(a_tap1),
-                         b_ob.eq(a_ob), b_word.eq(a_word),
+                         b_ob.eq(a_ob), b_word.eq(a_word), b_word2.eq(a_word2), b_pair2.eq(a_pair2),
                          b_inb.eq(row_in & (a_ix >= 0) & (a_ix < width)),
                          b_start.eq(slot_start[a_slot]), b_off.eq(a_xoff + a_lane)]
             for inb, off, ix, xoff in zip(b_inbr, b_offr, a_ixr, a_xoffr):
                 m.d.sync += [inb.eq(row_in & (ix >= 0) & (ix < width)), off.eq(xoff + a_lane)]
         c_valid, c_first, c_last, c_inb, c_tap1 = (Signal(name=f"c_{n}") for n in
                                                    ("valid", "first", "last", "inb", "tap1"))
-        c_ob, c_word = Signal(16), Signal.like(w_word)
+        c_ob, c_word, c_word2, c_pair2 = Signal(16), Signal.like(w_word), Signal.like(w_word), Signal()
         c_addr = [Signal(A, name=f"c_addr{j}") for j in range(K)]
         c_inbr = Signal(K - 1)
         with m.If(adv):
             m.d.sync += [c_valid.eq(b_valid), c_first.eq(b_first), c_last.eq(b_last), c_inb.eq(b_inb),
-                         c_tap1.eq(b_tap1), c_ob.eq(b_ob), c_word.eq(b_word), c_inbr.eq(Cat(*b_inbr))]
+                         c_tap1.eq(b_tap1), c_ob.eq(b_ob), c_word.eq(b_word), c_inbr.eq(Cat(*b_inbr)),
+                         c_word2.eq(b_word2), c_pair2.eq(b_pair2)]
             m.d.sync += [a.eq(b_start + off) for a, off in zip(c_addr, [b_off] + b_offr)]
         m.d.comb += [self.r_addr[j].eq(c_addr[j]) for j in range(K)]
         m.d.comb += self.r_en.eq(adv)
@@ -345,13 +360,13 @@ class WindowIssuer(wiring.Component):
                 m.d.sync += [regs[k].eq(v) for k, v in prev.items()]
             return regs
         s0 = dict(valid=c_valid, first=c_first, last=c_last, inb=c_inb, inbr=c_inbr, tap1=c_tap1, ob=c_ob,
-                  word=c_word)
+                  pair2=c_pair2, word=c_word, word2=c_word2)
         s1 = follow(s0, "s1")
         s2 = follow(s1, "s2")
-        m.d.comb += [self.w_addr.eq(s2["word"]), self.w_en.eq(adv)]
+        m.d.comb += [self.w_addr.eq(s2["word"]), self.w_addr2.eq(s2["word2"]), self.w_en.eq(adv)]
 
         # -- beat stage: input bytes registered, weights on the banks' outputs -------------------
-        s3 = follow({k: v for k, v in s2.items() if k != "word"}, "s3")
+        s3 = follow({k: v for k, v in s2.items() if k not in ("word", "word2")}, "s3")
         s3_x = Signal(8 * P)
         s3_xr = Signal(8 * P * (K - 1))
         with m.If(adv):
@@ -359,6 +374,7 @@ class WindowIssuer(wiring.Component):
                          s3_xr.eq(Cat(*(self.r_data[j][:8 * P] for j in range(1, K))))]
         beat = self.o.p
         m.d.comb += [self.o.valid.eq(s3["valid"]), beat.x.eq(s3_x), beat.w.eq(self.w_data),
+                     beat.w2.eq(self.w_data2), beat.pair2.eq(s3["pair2"]),
                      beat.in_bounds.eq(s3["inb"]), beat.x_row.eq(s3_xr), beat.in_bounds_row.eq(s3["inbr"]),
                      beat.second.eq(s3["tap1"]), beat.first.eq(s3["first"]),
                      beat.last.eq(s3["last"]), beat.tag.eq(s3["ob"]),

@@ -20,7 +20,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..compiler.cost import layer_macs
+from ..compiler.cost import layer_macs, peak_macs_per_cycle
 from ..fileio import atomic_write_bytes, atomic_write_text
 from ..rtl.clock import EngineClock, clock_for
 from ..spec.program import Program
@@ -128,19 +128,25 @@ def _figure_clock(program: Program, clock_mhz: float | None, clock: EngineClock 
 def _report_data(program: Program, source: str, sim: str, clock_mhz: float, result: dict,
                  cmp: Comparison | None) -> dict:
     cfg = program.config
-    lanes = cfg.pe_in * cfg.pe_out
     counters = result["counters"]
     layers = []
     for i, (d, name) in enumerate(zip(program.layers, program.layer_names)):
         c = counters["layers"][i] if i < len(counters["layers"]) else {"cycles": 0, "macs": 0}
         useful = layer_macs(d)
+        peak = peak_macs_per_cycle(d, cfg.pe_in, cfg.pe_out)
         layers.append({
             "index": i, "name": name, "op": d.opcode.name, "cycles": c["cycles"],
             "macs_counter": c["macs"], "macs": useful,
-            "utilisation": useful / (c["cycles"] * lanes) if c["cycles"] else None,
+            "utilisation": useful / (c["cycles"] * peak) if c["cycles"] else None,
+            "peak_macs_per_cycle": peak,
         })
     total = counters["cycles"]
     useful_total = sum(layer["macs"] for layer in layers)
+    # Over the frame: the useful MACs over what the array could have made in each layer's cycles
+    # (at its peak for the layer's op), and in the cycles between layers at P x P.
+    between = max(0, total - sum(layer["cycles"] for layer in layers))
+    capacity = (sum(layer["cycles"] * layer["peak_macs_per_cycle"] for layer in layers)
+                + between * cfg.pe_in * cfg.pe_out)
     fps = clock_mhz * 1e6 / total if total else None
     status = result["status"]
     error = ErrorCode(status["error"]).name if status["error"] in {int(e) for e in ErrorCode} \
@@ -163,7 +169,7 @@ def _report_data(program: Program, source: str, sim: str, clock_mhz: float, resu
         "fps": fps, "codenet_fps": CODENET_FPS,
         "fps_vs_codenet": fps / CODENET_FPS if fps else None,
         "macs": useful_total,
-        "utilisation": useful_total / (total * lanes) if total else None,
+        "utilisation": useful_total / capacity if capacity else None,
         "layers": layers,
     }
 

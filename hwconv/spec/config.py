@@ -26,9 +26,10 @@ CONFIG_MAX_BYTES = 1 << 20  # an engine file is ~500 bytes
 
 def mac_pipeline_depth(p: int) -> int:
     """Registered stages of a P x P MAC array from a beat's acceptance to its sums (the lanes'
-    activations, the multipliers' operands, the product's two registers, one per adder-tree
-    level, the accumulator, the skid buffer's head): the RTL builds it, the cycle model counts it."""
-    return 4 + (p - 1).bit_length() + 2
+    activations, the multipliers' operands, the product's two registers, the packed product's
+    split into its two lanes, one per adder-tree level, the accumulator, the skid buffer's
+    head): the RTL builds it, the cycle model counts it."""
+    return 5 + (p - 1).bit_length() + 2
 
 
 # Cycles the window issuer takes to fetch a DEFORM_DW pixel's dilation (address, buffer read,

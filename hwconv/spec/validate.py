@@ -68,6 +68,12 @@ def line_buffer_words(d: LayerDescriptor, cfg: EngineConfig) -> int:
     return line_buffer_rows(d, cfg) * line_slot_words(d, cfg)
 
 
+def packs_out_blocks(d: LayerDescriptor) -> bool:
+    """Whether the MAC array packs two output blocks into each multiplier for `d`: two 4-bit
+    weights share a DSP operand (a 4-bit CONV; 8-bit weights and the channel-wise ops do not)."""
+    return d.opcode == Opcode.CONV and d.weight_bits == 4
+
+
 def weight_words(d: LayerDescriptor, cfg: EngineConfig) -> int:
     """Words each weight bank holds for `d`: CONV stores [out block][tap][in block] words of
     pe_in weights, the depthwise ops [block][kernel row] words of a row's `kernel` weights."""
