@@ -12,7 +12,7 @@ from hwconv.rtl.checker import DescriptorChecker
 from hwconv.spec import EngineConfig, ErrorCode, SpecError
 from hwconv.spec.isa import DESCRIPTOR_FIELD_OFFSETS, WEIGHTED_OPS, Flag, LayerDescriptor, Opcode
 from hwconv.spec.params import packed_weight_bytes
-from hwconv.spec.validate import (blocks, check_descriptor, packs_out_blocks, line_buffer_rows, line_slot_words, row_bytes,
+from hwconv.spec.validate import (blocks, check_descriptor, packs_out_blocks, prefetches_rows, line_buffer_rows, line_slot_words, row_bytes,
                                   weight_count)
 
 CFG = EngineConfig(pe_in=4, pe_out=4, axi_data_width=64, max_width=32, max_channels=64, max_layers=16,
@@ -67,7 +67,7 @@ def _want_geometry(d: LayerDescriptor) -> dict:
         d.kernel if op in (Opcode.DWCONV, Opcode.DEFORM_DW) else d.kernel ** 2,
         rows=line_buffer_rows(d, CFG), cb_in=blocks(d.in0.channels, CFG.pe_in), ob_n=blocks(d.out.channels, CFG.pe_out),
         cbi_n=blocks(d.in0.channels, CFG.pe_in) if op == Opcode.CONV else 1, ho=ho, wo=wo,
-        packed=packs_out_blocks(d),
+        packed=packs_out_blocks(d), prefetch=prefetches_rows(d, CFG),
         ob_steps=-(-blocks(d.out.channels, CFG.pe_out) // 2) if packs_out_blocks(d) else blocks(d.out.channels, CFG.pe_out),
         block_words=d.kernel ** 2 * blocks(d.in0.channels, CFG.pe_in),
         row_len0=row_bytes(d.in0), row_len1=row_bytes(d.in1) if op in (Opcode.ADD, Opcode.DEFORM_DW) else None,

@@ -585,3 +585,17 @@ def test_register_field_masks():
     assert mask("STATUS", "error") == 4 and mask("VERSION", "major") == 0xFFFF << 16
     with pytest.raises(KeyError, match="no field 'nope'"):
         mask("STATUS", "nope")
+
+
+def test_rows_are_prefetched_only_where_the_line_buffer_has_room():
+    from hwconv.spec.validate import line_buffer_rows, line_buffer_words, prefetches_rows
+    cfg = EngineConfig(line_buffer_bytes=16 * 1024)          # 1024 words of 16 bytes
+    small = LayerDescriptor(Opcode.CONV, TensorRef(0, 8, 64, 16), TensorRef(0, 8, 64, 16), kernel=1, weight_bits=4)
+    assert prefetches_rows(small, cfg) and line_buffer_rows(small, cfg) == 2   # its row plus the next
+    # 320 x 16 bytes a row: 321 words; three (the 3x3 window) fit, four do not
+    wide = LayerDescriptor(Opcode.CONV, TensorRef(0, 8, 320, 16), TensorRef(0, 8, 320, 16), kernel=3, pad=1,
+                           weight_bits=4)
+    assert not prefetches_rows(wide, cfg) and line_buffer_rows(wide, cfg) == 3
+    assert line_buffer_words(wide, cfg) == 3 * 321 <= cfg.line_buffer_depth   # still runs, without it
+    add = LayerDescriptor(Opcode.ADD, TensorRef(0, 8, 64, 16), TensorRef(0, 8, 64, 16), in1=TensorRef(0, 8, 64, 16))
+    assert not prefetches_rows(add, cfg) and line_buffer_rows(add, cfg) == 2

@@ -11,7 +11,8 @@ Per layer:
               word per cycle: a (channel, tap) row of up to P input channels, or a depthwise
               kernel row; or a bus beat per cycle where the beats are more)
     rows      per output row: bring in the input rows it needs (a bus beat per cycle, plus
-              latency per row), then compute and store side by side (compute issues one
+              latency per row; where the line buffer has room, the next row's rows load while
+              this row computes and only the excess shows), then compute and store side by side (compute issues one
               (pixel, out block, tap, in block) per cycle, a pair of out blocks per step for a 4-bit
               CONV (two products per multiplier), a depthwise kernel row per step, and a
               DEFORM_DW pixel takes at least DILATION_FETCH_CYCLES; the store places an output block per
@@ -28,7 +29,7 @@ from dataclasses import dataclass
 from ..spec.config import DILATION_FETCH_CYCLES, EngineConfig, mac_pipeline_depth
 from ..spec.isa import DESCRIPTOR_BYTES, PREAMBLE_BYTES, REQUANT_OPS, WEIGHTED_OPS, Flag, LayerDescriptor, Opcode
 from ..spec.params import REQUANT_RECORD_BYTES, packed_weight_bytes
-from ..spec.validate import blocks, packs_out_blocks, row_bytes
+from ..spec.validate import blocks, packs_out_blocks, prefetches_rows, row_bytes
 
 __all__ = ["LayerCycles", "layer_cycles", "program_cycles", "DEFAULT_MEM_LATENCY"]
 
@@ -138,6 +139,15 @@ def layer_cycles(d: LayerDescriptor, cfg: EngineConfig, mem_latency: int = DEFAU
         valid = [min(p, d.out.channels - b * p) for b in range(ob)]
         per_pixel = sum(v * (4 if up else 1) + (p - v) for v in valid)
     store = ho * (wo * per_pixel + tail)
+
+    if prefetches_rows(d, cfg):
+        # The rows before the first output row load first; each later row's new rows load while
+        # the row before it computes, so only what a row's loads take beyond its compute shows.
+        init_hi, step = (0, 1) if op == Opcode.COPY else (d.kernel - 1 - d.pad, d.stride)
+        row_hi = [min(d.in0.height - 1, oy * step + init_hi) for oy in range(ho)]
+        row_time = max(compute, store) / ho
+        exposed = sum(max(0.0, (row_hi[oy + 1] - row_hi[oy]) * row0 - row_time) for oy in range(ho - 1))
+        loads = (max(row_hi[0], -1) + 1) * row0 + int(exposed)
 
     out_row = row_bytes(d.out)
     beats = -(-(out_row + bb - 1) // bb)  # the row's bytes plus at most bb-1 of alignment

@@ -24,6 +24,7 @@ from ..spec.config import EngineConfig
 from ..spec.isa import KERNELS, REQUANT_OPS, STRIDES, WEIGHTED_OPS, Flag, Opcode
 from ..spec.params import REQUANT_RECORD_BYTES
 from ..spec.registers import ErrorCode
+from ..spec.validate import PREFETCH_OPS
 from .geometry import geometry_layout
 from .layouts import descriptor_layout
 
@@ -184,8 +185,13 @@ class DescriptorChecker(wiring.Component):
         slot_words = stage((longest + BB - 1 + cfg.line_word_bytes - 1) >> (cfg.line_word_bytes.bit_length() - 1),
                            32, "slot_words")
         row_need = stage(row_bytes["out"] + BB - 1, 33, "row_need")
-        # stage 6 (partial products), 7 (their sum)
+        # stage 6 (partial products), 7 (their sum); with the next row's rows (validate.prefetches_rows)
         line_words = wide_product(slot_words, rows, 40, "line_words")
+        rows_pf = stage(rows + d.stride, 8, "rows_pf")
+        pf_words = wide_product(slot_words, rows_pf, 40, "pf_words")
+        # stage 8
+        prefetch = stage(is_op(*PREFETCH_OPS) & (rows_pf <= cfg.line_slots)
+                         & (pf_words <= cfg.line_buffer_depth), 1, "prefetch")
 
         for r in REFS:
             m.d.comb += [getattr(self, f"{r}_reach").eq(reach[r]), getattr(self, f"{r}_span").eq(span[r])]
@@ -296,7 +302,8 @@ class DescriptorChecker(wiring.Component):
             g.out_signed.eq(out_signed),
             g.taps.eq(Mux(is_op(Opcode.ADD), 2, Mux(is_op(Opcode.COPY), 1,
                                                        Mux(is_op(Opcode.DWCONV, Opcode.DEFORM_DW), d.kernel, kk)))),
-            g.rows.eq(rows),
+            g.rows.eq(Mux(prefetch, rows_pf, rows)),
+            g.prefetch.eq(prefetch),
             g.cb_in.eq(cb_in),
             g.ob_n.eq(cb_out),
             g.packed.eq(pairs),

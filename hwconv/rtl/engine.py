@@ -410,6 +410,12 @@ class EngineCore(wiring.Component):
                      row_hi_step.eq(Mux(is_deform | is_copy, 1, desc.stride)),
                      rows_m1.eq(rows - 1),   # next_slot < rows: the wrap is one equality
                      next_slot_inc.eq(Mux(next_slot == rows_m1, 0, next_slot + 1))]
+        # While a row computes, the next row's new input rows load into the slots beyond its window
+        # (geo.prefetch: validate.prefetches_rows), so the next row starts on rows already in.
+        go_pf, prefetching = Signal(), Signal()
+        pf_hi = Signal(signed(20))    # the next output row's last input row
+        m.d.sync += [pf_hi.eq(row_hi + row_hi_step),
+                     go_pf.eq(geo.prefetch & ~last_row & (next_row < i0.height) & (next_row <= pf_hi))]
 
         rows_fsm = OneHotFSM(m, ["IDLE", "ROW_BEGIN", "LOAD_CMD", "LOAD_RECV", "COMPUTE", "DRAIN", "FLUSH"],
                              name="rows")
@@ -434,21 +440,34 @@ class EngineCore(wiring.Component):
                 m.d.sync += [settle.eq(0), decide.eq(0)]
                 # (the row's address and length are registered here for LOAD_CMD's command)
                 with m.If(go_add0):
-                    m.d.sync += [load_tensor.eq(0), load_slot.eq(0), load_dil.eq(0), add_in0_pending.eq(0),
-                                 ld_addr.eq(in0_row_addr), ld_len.eq(geo.row_len0)]
+                    m.d.sync += add_in0_pending.eq(0)
                     rows_goto("LOAD_CMD")
-                with m.If(go_in0):
-                    m.d.sync += [load_tensor.eq(0), load_slot.eq(next_slot), load_dil.eq(0),
-                                 next_row.eq(next_row + 1), next_slot.eq(next_slot_inc),
-                                 ld_addr.eq(in0_row_addr), ld_len.eq(geo.row_len0)]
+                with m.If(go_in0):  # the next in0 row (its registers: `load_in0` below)
                     rows_goto("LOAD_CMD")
                 with m.If(go_aux):
-                    m.d.sync += [load_tensor.eq(1), load_slot.eq(1), load_dil.eq(is_deform), aux_pending.eq(0),
-                                 ld_addr.eq(in1_row_addr), ld_len.eq(geo.row_len1)]
+                    m.d.sync += aux_pending.eq(0)
                     rows_goto("LOAD_CMD")
                 with m.If(go_compute):
                     m.d.sync += row_start.eq(1)
                     rows_goto("COMPUTE")
+        # The load's command, whichever state chose it (ROW_BEGIN: ADD's in0 row, the next in0
+        # row, the in1 / dilation row; COMPUTE: the next output row's in0 row): one writer of its
+        # registers, from registers worked out while the choice settles (`nx_*`).
+        nx_addr, nx_len, nx_slot = Signal(aw), Signal(32), Signal(5)
+        aux_now = ~add0 & ~want_in0 & aux_pending     # go_aux's next value (both registered at once)
+        m.d.sync += [nx_addr.eq(Mux(aux_now, in1_row_addr, in0_row_addr)),
+                     nx_len.eq(Mux(aux_now, geo.row_len1, geo.row_len0)),
+                     nx_slot.eq(Mux(add0, 0, Mux(aux_now, 1, next_slot)))]
+        take_load, load_in0 = Signal(), Signal()
+        begin_ok = rows_fsm.flags["ROW_BEGIN"] & decide & ~abort
+        pf_now = rows_fsm.flags["COMPUTE"] & go_pf
+        m.d.comb += [take_load.eq(begin_ok & (go_add0 | go_in0 | go_aux) | pf_now),
+                     load_in0.eq(begin_ok & go_in0 | pf_now)]
+        with m.If(take_load):
+            m.d.sync += [ld_addr.eq(nx_addr), ld_len.eq(nx_len), load_slot.eq(nx_slot),
+                         load_tensor.eq(go_aux), load_dil.eq(go_aux & is_deform)]
+        with m.If(load_in0):
+            m.d.sync += [next_row.eq(next_row + 1), next_slot.eq(next_slot_inc)]
         with rows_fsm.state("LOAD_CMD"):
             # The row loader is told now: the previous row's bytes are all in, and this row's
             # first beat is cycles away (the reader's command stage, the DMA, the bus).
@@ -462,9 +481,16 @@ class EngineCore(wiring.Component):
             rows_goto("LOAD_RECV")
         with rows_fsm.state("LOAD_RECV"):
             with m.If(~in_rows):
-                rows_goto("ROW_BEGIN")
+                m.d.sync += prefetching.eq(0)
+                with m.If(prefetching):
+                    rows_goto("COMPUTE")
+                with m.Else():
+                    rows_goto("ROW_BEGIN")
         with rows_fsm.state("COMPUTE"):
-            with m.If(issue_done & ~row_start):  # done is the last row's while the issuer starts
+            with m.If(go_pf):  # the next row's rows, one load at a time (registers: `load_in0`)
+                m.d.sync += prefetching.eq(1)
+                rows_goto("LOAD_CMD")
+            with m.Elif(issue_done & ~row_start):  # done is the last row's while the issuer starts
                 rows_goto("DRAIN")
         with rows_fsm.state("DRAIN"):
             # The row goes out while the next one is loaded and computed into the other half

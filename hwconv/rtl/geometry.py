@@ -28,6 +28,7 @@ def geometry_layout() -> data.StructLayout:
         "taps": unsigned(5),         # steps per (pixel, out block): ADD 2, COPY 1, depthwise
                                      # kernel (a kernel row per step), else kernel * kernel
         "rows": unsigned(5),         # input rows kept in the line buffer (validate.line_buffer_rows)
+        "prefetch": unsigned(1),     # the next row's rows load during this row (validate.prefetches_rows)
         "cb_in": unsigned(16),       # blocks of P input channels
         "ob_n": unsigned(16),        # blocks of P output channels
         "cbi_n": unsigned(16),       # input blocks summed per tap (CONV: cb_in, others 1)

@@ -31,7 +31,7 @@ __all__ = ["RowLoader"]
 
 
 def n_slots(config: EngineConfig) -> int:
-    return max(2 * config.max_dilation + 1, 3)
+    return config.line_slots
 
 
 class RowLoader(wiring.Component):

@@ -129,6 +129,11 @@ class EngineConfig:
         return 2 * self.max_dilation + 1
 
     @property
+    def line_slots(self) -> int:
+        """Row slots the line buffer can address (the deformable window's rows, at least 3)."""
+        return max(2 * self.max_dilation + 1, 3)
+
+    @property
     def weight_depth(self) -> int:
         """Words of pe_in weights each of the pe_out weight banks holds."""
         return self.weight_buffer_bytes // (self.pe_in * self.pe_out)

@@ -40,15 +40,33 @@ def blocks(n: int, size: int) -> int:
     return -(-n // size)
 
 
-def line_buffer_rows(d: LayerDescriptor, cfg: EngineConfig) -> int:
-    """Input rows the engine keeps on chip for `d` (row y lives in slot y % rows): a k x k
-    window needs k rows, the deformable window 2 * max_dilation + 1; ADD holds one row of each
-    operand."""
+# Ops whose next output row's input rows are loaded while the current row computes, when the
+# line buffer has room for them (`prefetches_rows`).
+PREFETCH_OPS = frozenset({Opcode.CONV, Opcode.DWCONV, Opcode.MAXPOOL, Opcode.COPY})
+
+
+def window_rows(d: LayerDescriptor, cfg: EngineConfig) -> int:
+    """Input rows one output row's window reads: a k x k window k, the deformable window
+    2 * max_dilation + 1; ADD one row of each operand."""
     if d.opcode == Opcode.ADD:
         return 2
     if d.opcode == Opcode.DEFORM_DW:
         return 2 * cfg.max_dilation + 1
     return d.kernel
+
+
+def prefetches_rows(d: LayerDescriptor, cfg: EngineConfig) -> bool:
+    """Whether the engine loads the next output row's `stride` new input rows while the current
+    row computes: a PREFETCH_OPS op whose window plus those rows fit the line buffer's slots."""
+    rows = window_rows(d, cfg) + d.stride
+    return (d.opcode in PREFETCH_OPS and rows <= cfg.line_slots
+            and rows * line_slot_words(d, cfg) <= cfg.line_buffer_depth)
+
+
+def line_buffer_rows(d: LayerDescriptor, cfg: EngineConfig) -> int:
+    """Input rows the engine keeps on chip for `d` (row y lives in slot y % rows): the window's,
+    plus `stride` more when it prefetches the next row's."""
+    return window_rows(d, cfg) + (d.stride if prefetches_rows(d, cfg) else 0)
 
 
 def row_bytes(ref: TensorRef) -> int:
@@ -64,8 +82,9 @@ def line_slot_words(d: LayerDescriptor, cfg: EngineConfig) -> int:
 
 
 def line_buffer_words(d: LayerDescriptor, cfg: EngineConfig) -> int:
-    """Words the layer's input rows take: rows kept x words per row."""
-    return line_buffer_rows(d, cfg) * line_slot_words(d, cfg)
+    """Words the layer's window rows take (what must fit; prefetched rows are added only when
+    they fit too): window rows x words per row."""
+    return window_rows(d, cfg) * line_slot_words(d, cfg)
 
 
 def packs_out_blocks(d: LayerDescriptor) -> bool:
