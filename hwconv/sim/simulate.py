@@ -193,10 +193,12 @@ def _plot(data: dict) -> bytes:
     fig, ax = plt.subplots(figsize=(max(6.0, 0.22 * len(layers) + 2), 4.5))
     xs = np.arange(len(layers))
     cycles = [layer["cycles"] for layer in layers]
-    ideal = [layer["macs"] / (data["pe"][0] * data["pe"][1]) for layer in layers]
+    pe = data["pe"][0] * data["pe"][1]
+    ideal = [layer["macs"] / layer.get("peak_macs_per_cycle", pe) for layer in layers]
     ax.bar(xs, cycles, color="#4477aa", label="RTL cycles (PERF_LAYER_CYCLES)")
     ax.plot(xs, ideal, "o", color="#cc6677", markersize=3,
-            label=f"ideal: MACs / {data['pe'][0]}x{data['pe'][1]} array")
+            label=f"ideal: MACs / the {data['pe'][0]}x{data['pe'][1]} array's peak "
+                  f"({pe}, {2 * pe} for a packed 4-bit CONV)")
     ax.set_yscale("log")
     ax.set_xticks(xs)
     ax.set_xticklabels([layer["name"] for layer in layers], rotation=90, fontsize=6)
