@@ -204,3 +204,20 @@ def test_the_array_alone_meets_250_mhz_on_the_timing_estimate(tmp_path):
     report = timing.analyse(timing.load_netlist(tmp_path / "net.json", "mac"), "xcup", verilog=src.read_text())
     assert report.unregistered == []
     assert report.fmax_mhz >= 250, timing.format_report(report)
+
+
+def test_the_engine_packing_splits_every_product_exactly():
+    """The MAC array's packed operand and split, exhaustively: every pair of 4-bit weights times
+    every activation, signed or unsigned (the operand as the array forms it, 17 bits; the split
+    as the array registers it: lo = P[k-1:0] signed, hi = P[k+HI-1:k] + P[k-1], HI = k + 1)."""
+    from hwconv.rtl.mac_array import PACK_SHIFT, W_BITS
+    k = PACK_SHIFT
+    w0, w1, a = np.meshgrid(np.arange(-8, 8), np.arange(-8, 8), np.arange(-128, 256), indexing="ij")
+    operand = (w1 << k) + w0
+    assert operand.min() >= -(1 << (W_BITS - 1)) and operand.max() < 1 << (W_BITS - 1)
+    p = operand * a
+    lo = ((p & ((1 << k) - 1)) ^ (1 << (k - 1))) - (1 << (k - 1))
+    hi_bits = k + 1
+    hi = (((p >> k) + ((p >> (k - 1)) & 1)) & ((1 << hi_bits) - 1))
+    hi = (hi ^ (1 << (hi_bits - 1))) - (1 << (hi_bits - 1))
+    assert np.array_equal(lo, w0 * a) and np.array_equal(hi, w1 * a)
