@@ -21,9 +21,17 @@ Pipeline, all stages moving together when the MAC array can take a beat (one sha
 
 Per-layer constants (the bounds minus one and two, strides, -pad * pixel_stride, the slot starts)
 are registered here from the descriptor and geometry record, which hold for the whole layer.
-A DEFORM_DW row first spends four cycles fetching its first pixel's dilation (the dilation
-buffer is read from a register address, its output registered); later pixels' dilations are
-fetched during the previous pixel's nine taps.
+
+A depthwise step (DWCONV, DEFORM_DW) is a kernel row: its three columns are read through the
+line buffer's three read ports in the same cycle, and the beat carries them (``x``, ``x_row``)
+with an in-bounds flag each. A packed CONV step (``geo.packed``) is a pair of out blocks: the
+tag is the pair's first block, and the second block's weight word (a block's words further on)
+is read through the weight banks' second port.
+
+A DEFORM_DW row first spends DILATION_FETCH_CYCLES fetching its first pixel's dilation (the
+dilation buffer is read from a register address, its output registered); later pixels'
+dilations are fetched during the previous pixel's steps, and a pixel's last step waits
+(``hold``) when its steps are fewer than the fetch takes.
 
 ADD's two taps are its two operands at the same pixel (in0 in slot 0, in1 in slot 1); a
 deformable tap reads (y + (ky - 1) d, x + (kx - 1) d), d the pixel's dilation clamped to
