@@ -132,7 +132,7 @@ def test_quantize_then_export_end_to_end(tmp_path, capsys):
 
 
 def test_generate_writes_verilog_and_reports(tmp_path, capsys):
-    assert main(["generate", "--board", "pynq_z2", "--pe", "1x1", "--no-synth", "-o", str(tmp_path / "g")]) == 0
-    assert (tmp_path / "g" / "rtl" / "hwconv_pynq_z2_w4a8_1x1_100mhz.v").is_file()
+    assert main(["generate", "--board", "pynq_z2", "--pe", "4x4", "--no-synth", "-o", str(tmp_path / "g")]) == 0
+    assert (tmp_path / "g" / "rtl" / "hwconv_pynq_z2_w4a8_4x4_100mhz.v").is_file()
     assert main(["generate", "--board", "pynq_z2", "--pe", "7", "-o", str(tmp_path / "h")]) == 2
     assert "expected IxO" in capsys.readouterr().err
