@@ -87,8 +87,9 @@ class EngineConfig:
             if not _is_pow2(v) or v > 128:
                 raise bad(name, "must be a power of two between 1 and 128")
         if self.pe_in < DEPTHWISE_ROW_TAPS:
-            raise bad("pe_in", f"must be at least {DEPTHWISE_ROW_TAPS}: a lane's multipliers take a "
-                      "depthwise kernel row per beat")
+            least = 1 << (DEPTHWISE_ROW_TAPS - 1).bit_length()   # the smallest power of two that holds a row
+            raise bad("pe_in", f"must be at least {least}: a lane's multipliers take a depthwise kernel row "
+                      f"({DEPTHWISE_ROW_TAPS} taps) per beat")
         if self.weight_bits not in WEIGHT_BITS_CHOICES:
             raise bad("weight_bits", f"must be one of {WEIGHT_BITS_CHOICES}")
         if self.act_bits not in ACT_BITS_CHOICES:
@@ -131,7 +132,7 @@ class EngineConfig:
     @property
     def line_slots(self) -> int:
         """Row slots the line buffer can address (the deformable window's rows, at least 3)."""
-        return max(2 * self.max_dilation + 1, 3)
+        return max(self.line_buffer_rows, 3)
 
     @property
     def weight_depth(self) -> int:
