@@ -241,16 +241,21 @@ def test_evaluate_runs_a_model(val_set):
 
 # ---------------------------------------------------------------- distributed
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _free_ports(n: int) -> tuple[int, ...]:
+    sockets = [socket.socket() for _ in range(n)]  # held together, so the n ports differ
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return tuple(s.getsockname()[1] for s in sockets)
+    finally:
+        for s in sockets:
+            s.close()
 
 
-def _ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+def _ddp_worker(rank: int, world: int, ports: tuple[int, int], out_dir: str) -> None:
     import torch.distributed as dist
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    os.environ.update(MASTER_ADDR="127.0.0.1", RANK=str(rank), WORLD_SIZE=str(world))
     torch.set_num_threads(1)
     calls: list[str] = []
     save, log = train_mod.save_checkpoint, train_mod._write_log
@@ -259,17 +264,30 @@ def _ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
     data = InMemoryDataset(load_dataset("synthetic", "train", num_images=16))
     model = _tiny(0)
     losses = []
-    for phase in ("float", "qat"):  # float: DDP with unused (scale) parameters; qat: calibration buffers
+
+    def run(phase: str) -> None:
         result = train(model, data, epochs=1, batch_size=4, lr=1e-3, out_dir=Path(out_dir, phase), seed=0,
                        progress=False, qat=phase == "qat")
         losses.append(result["history"][-1]["loss"])
-        assert not dist.is_initialized()  # train() owns the group it created and tears it down
+
+    # float: DDP with unused (scale) parameters, in a group train() creates and tears down itself
+    os.environ["MASTER_PORT"] = str(ports[0])
+    run("float")
+    assert not dist.is_initialized()
+    # qat (calibration buffers), in the group quantize holds for both phases; its own port, since
+    # the first group's store on the first port may still be closing
+    os.environ["MASTER_PORT"] = str(ports[1])
+    with train_mod.distributed_group():
+        assert dist.is_initialized() and dist.get_world_size() == world
+        run("qat")
+        assert dist.is_initialized()  # train() leaves a group it did not create alone
+    assert not dist.is_initialized()
     digest = float(sum(p.double().sum() for p in model.parameters()))
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps({"calls": calls, "digest": digest, "losses": losses}))
 
 
 def test_two_process_gloo_ddp_rank0_alone_writes(tmp_path):
-    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_ddp_worker, args=(2, _free_ports(2), str(tmp_path)), nprocs=2, join=True)
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
     assert r1["calls"] == [] and sorted(set(r0["calls"])) == ["best.pt", "last.pt", "log.json"]
     assert r0["digest"] == r1["digest"] and r0["losses"] == r1["losses"]  # same weights, same reduced loss

@@ -104,7 +104,7 @@ def quantize(model: str, out: Path, *, data: str = "synthetic", data_root: str |
     checkpoint or a torchvision ShuffleNetV2 state dict (pretrained.load_init). `augment`: CenterNet's
     training augmentation (default: on for VOC and COCO)."""
     from .checkpoint import config_from_dict, read_checkpoint
-    from .train import train
+    from .train import distributed_group, train
 
     say = say if progress and say is not None else (lambda text: None)
     out = Path(out)
@@ -158,18 +158,19 @@ def quantize(model: str, out: Path, *, data: str = "synthetic", data_root: str |
 
     provenance = {**splits, "data_root": None if data_root is None else str(Path(data_root).absolute()),
                   "input_size": size}
-    if phase == "qat":
-        float_history = read_checkpoint(out / "float" / "last.pt")["extra"]["history"] \
-            if (out / "float" / "last.pt").is_file() else []
-        fp = {"history": float_history, "last_checkpoint": str(out / "float" / "last.pt")}
-    else:
-        fp = train(net, train_set, epochs=epochs, batch_size=batch_size, lr=lr, out_dir=out / "float", seed=seed,
-                   val_set=val_set, qat=False, progress=progress, resume=resume_path if phase == "float" else None,
-                   provenance=provenance)
-    # The last QAT epoch trains with BN folded into the quantised weights: exactly what export deploys.
-    q = train(net, train_set, epochs=qat_epochs, batch_size=batch_size, lr=qat_lr, out_dir=out / "qat",
-              seed=seed, val_set=val_set, qat=True, progress=progress, fold_bn_epochs=min(1, qat_epochs),
-              resume=resume_path if phase == "qat" else None, provenance=provenance)
+    with distributed_group():  # one group for both phases (see train.distributed_group)
+        if phase == "qat":
+            float_history = read_checkpoint(out / "float" / "last.pt")["extra"]["history"] \
+                if (out / "float" / "last.pt").is_file() else []
+            fp = {"history": float_history, "last_checkpoint": str(out / "float" / "last.pt")}
+        else:
+            fp = train(net, train_set, epochs=epochs, batch_size=batch_size, lr=lr, out_dir=out / "float",
+                       seed=seed, val_set=val_set, qat=False, progress=progress,
+                       resume=resume_path if phase == "float" else None, provenance=provenance)
+        # The last QAT epoch trains with BN folded into the quantised weights: exactly what export deploys.
+        q = train(net, train_set, epochs=qat_epochs, batch_size=batch_size, lr=qat_lr, out_dir=out / "qat",
+                  seed=seed, val_set=val_set, qat=True, progress=progress, fold_bn_epochs=min(1, qat_epochs),
+                  resume=resume_path if phase == "qat" else None, provenance=provenance)
     last = lambda r, k: r["history"][-1].get(k) if r["history"] else None  # noqa: E731
     report = {"model": net.cfg.name, **provenance, "class_names": list(names), "input_size": size,
               "val_images": len(val_set), "device": str(dev), "augment": augment,

@@ -32,6 +32,7 @@ without a validation set) and log.json (options and per-epoch records, rewritten
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import json
@@ -128,6 +129,22 @@ def _setup_distributed() -> _Dist:
     if "OMP_NUM_THREADS" not in os.environ:  # ranks share the machine's cores: don't oversubscribe
         torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // info.world_size))
     return info
+
+
+@contextlib.contextmanager
+def distributed_group() -> Iterator[None]:
+    """One process group for several train() calls (float, then QAT), torn down at the end.
+
+    A group per call is not safe under a plain env:// launch: rank 0 hosts the rendezvous store on
+    MASTER_PORT, and a rank that finishes a phase first can join rank 0's old store for the next
+    group, leaving rank 0's new store waiting for it until the 30-minute timeout. No-op when one
+    process trains or a group already exists."""
+    d = _setup_distributed()
+    try:
+        yield
+    finally:
+        if d.owns_group:
+            dist.destroy_process_group()
 
 
 class _LogLines:
