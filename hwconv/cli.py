@@ -45,7 +45,10 @@ def cmd_spec(args) -> int:
 
 def cmd_bench(args) -> int:
     if args.rtl:
+        from .fileio import check_output_path
         from .sim.bench_frame import format_summary, run_frame_bench
+
+        check_output_path(args.out, option="-o", kind="dir")  # one line now, not after the simulation
 
         s = run_frame_bench(args.model, args.board, args.out, sim=args.sim)
         print(json.dumps(s, indent=2) if args.json else format_summary(s))
@@ -89,7 +92,15 @@ def cmd_check(args) -> int:
     from .describe import format_program
     from .spec import Program
 
-    cfg = _config(args)
+    board = None
+    if args.board:
+        from .boards import load_board
+        from .vivado.cli import engine_config
+
+        board = load_board(args.board)
+        cfg = engine_config(args, board)  # --engine FILE, else the board's default engine
+    else:
+        cfg = _config(args)
     if args.program:
         prog = Program.load(args.program, expect=cfg)
         source = args.program
@@ -100,8 +111,8 @@ def cmd_check(args) -> int:
         model = build_detector(args.model, **_detector_overrides(args))
         prog = export_program(model, cfg)  # untrained scales: enough to check the mapping
         source = f"(detector config {args.model})"
-    print(format_program(prog, source))
-    print(f"OK: every layer maps to the engine {cfg.stem}")
+    print(format_program(prog, source, board))
+    print(f"OK: every layer maps to the engine {cfg.stem}" + (f" of {board.name}" if board else ""))
     return 0
 
 
@@ -182,7 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--program")
     sp.add_argument("--sampling", choices=["integer", "bilinear"], help="override the deformable sampling")
     sp.add_argument("--head", choices=HEAD_STYLES, help="--model: head style (default: the config's)")
-    sp.add_argument("--engine", help="engine config (.toml or .json)")
+    sp.add_argument("--board", help="catalog name or path to a board .toml: its default engine and its clock")
+    sp.add_argument("--engine", help="engine config (.toml or .json); with --board: instead of the board's")
 
     sp = add("generate", cmd_generate, "Verilog of the engine for a board + lint + yosys resource report")
     sp.add_argument("--board", required=True, help="catalog name or path to a board .toml")
@@ -229,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     except SpecError as exc:  # contract violations are user errors: one clear line, no traceback
         print(f"hwconv {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, ValueError) as exc:
+    except (OSError, ValueError) as exc:  # a path that cannot be read or written: the OS names it
         print(f"hwconv {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -31,7 +31,9 @@ def program_table(prog: Program) -> list[dict]:
     return rows
 
 
-def format_program(prog: Program, source: str = "") -> str:
+def format_program(prog: Program, source: str = "", board=None) -> str:
+    """The program's header, tensors and layer table, with cycles and fps at `board`'s clock
+    (a Board; default: the catalog board whose default engine is the program's, if any)."""
     cfg = prog.config
     lines = [
         f"program {printable(source, 400)}".rstrip(),
@@ -51,7 +53,7 @@ def format_program(prog: Program, source: str = "") -> str:
     cfg = prog.config
     from .rtl.clock import clock_for
 
-    clock = clock_for(cfg)   # min(board clock, estimated Fmax): a figure needs a clock the design meets
+    clock = clock_for(board, cfg) if board is not None else clock_for(cfg)  # min(board clock, estimated Fmax): a figure needs a clock the design meets
     mhz = clock.mhz
     lines.append(f"  total {macs / 1e9:.3f} GMAC; ideal {cycles} cycles = {mhz * 1e6 / cycles:.0f} fps "
                  f"at {mhz:.1f} MHz on a {cfg.pe_in}x{cfg.pe_out} array (a lower bound: no stalls)")

@@ -106,6 +106,23 @@ def test_check_maps_model_or_names_the_unsupported_layer(capsys):
     assert "decoder0" in capsys.readouterr().err
 
 
+def test_check_on_a_board_uses_its_engine_and_clock(capsys):
+    assert main(["check", "--model", "tiny", "--board", "pynq_z2"]) == 0
+    out = capsys.readouterr().out
+    assert "on a 8x8 array" in out and "engine w4a8_8x8_100mhz of pynq_z2" in out
+    assert "clock: 100 MHz, the board clock (estimated Fmax" in out and "pynq_z2 reference estimate" in out
+    assert main(["check", "--model", "tiny", "--board", "no_such_board"]) == 2
+    assert "unknown board 'no_such_board'" in capsys.readouterr().err
+
+
+def test_bench_rtl_refuses_a_file_as_its_output_folder_before_simulating(tmp_path, capsys):
+    target = tmp_path / "results.txt"
+    target.write_text("keep me")
+    assert main(["bench", "--rtl", "--model", "tiny", "--board", "ultra96v2", "-o", str(target)]) == 2
+    assert f"-o {target}: is a file, a folder is needed here" in capsys.readouterr().err
+    assert target.read_text() == "keep me"
+
+
 def test_boards_lists_catalog(capsys):
     assert main(["boards"]) == 0
     out = capsys.readouterr().out

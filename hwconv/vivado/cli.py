@@ -28,7 +28,7 @@ def register(add) -> None:
 def engine_config(args, board) -> EngineConfig:
     """The engine of `hwconv generate` / `build`: --engine FILE or the board's default, with --pe IxO."""
     cfg = EngineConfig.load(args.engine) if args.engine else board.default_engine_config()
-    if args.pe:
+    if getattr(args, "pe", None):
         try:
             pe_in, pe_out = (int(v, 10) for v in args.pe.lower().split("x"))
         except ValueError:
