@@ -20,7 +20,8 @@ ceil(P / bus bytes) beats into one first.
 
 Read sides:
 - ``w_addr``/``w_en`` -> ``w_data`` the next cycle (held while ``w_en`` is low): lane b's word;
-  ``w_addr2`` -> ``w_data2`` alike (a packed CONV reads block 2q + 1's word beside block 2q's);
+  ``w_addr2`` -> ``w_data2`` alike (a packed CONV reads block 2q + 1's word beside block 2q's),
+  on the write's BRAM port: ``w_data2`` is undefined after a load until the next read;
 - ``lookup``: a stage that takes each finished block of accumulators (tagged with its output
   block) and hands it on to the requantiser with its channels' records (identity records for
   MAXPOOL and COPY).
@@ -324,10 +325,19 @@ class ParamLoader(wiring.Component):
         # word through the stages.
         with m.If(active & cdone & seen_last & ~c1 & ~s1_valid & ~s2_valid & ~w_start):
             m.d.sync += active.eq(0)
+        # The second read shares the write's address: a layer's weights are written before it
+        # computes, never while the datapath reads, so the write and the second read are one
+        # read-write port of a true dual-port BRAM (a read port of its own is a second copy of
+        # every bank: 32 BRAM36 more on the Pynq-Z2, whose banks are deep and narrow; the
+        # Ultra96-V2's wide, shallow banks take as many BRAM36 either way, a TDP port being half
+        # as wide as a simple dual-port one). Its enable covers the bank's writes,
+        # so yosys need not emulate the read data's hold across a write in flip-flops.
+        rw2_addr = Signal(range(cfg.weight_depth))
+        m.d.comb += rw2_addr.eq(Mux(active, wr_addr, self.w_addr2))
         for b in range(P):
-            m.d.comb += [wb_w[b].addr.eq(wr_addr), wb_w[b].data.eq(wr_data), wb_w[b].en.eq(wr_en[b]),
+            m.d.comb += [wb_w[b].addr.eq(rw2_addr), wb_w[b].data.eq(wr_data), wb_w[b].en.eq(wr_en[b]),
                          wb_r[b].addr.eq(self.w_addr), wb_r[b].en.eq(self.w_en),
-                         wb_r2[b].addr.eq(self.w_addr2), wb_r2[b].en.eq(self.w_en)]
+                         wb_r2[b].addr.eq(rw2_addr), wb_r2[b].en.eq(self.w_en | wr_en[b])]
         m.d.comb += [self.w_data.eq(Cat(*[wb_r[b].data for b in range(P)])),
                      self.w_data2.eq(Cat(*[wb_r2[b].data for b in range(P)]))]
 
