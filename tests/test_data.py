@@ -353,10 +353,12 @@ def _random_boxes(rng: np.random.Generator, size: int, n: int, num_classes: int)
         w, h = rng.uniform(3, size / 2, 2)
         x1, y1 = rng.uniform(0, size - w), rng.uniform(0, size - h)
         label = int(rng.integers(num_classes))
-        cell = (label, int((x1 + w / 2) // 4), int((y1 + h / 2) // 4))
-        if cell in cells:  # one object per (class, centre cell): CenterNet cannot tell two apart
+        cx, cy = int((x1 + w / 2) // 4), int((y1 + h / 2) // 4)
+        # One object per (class, 3x3 cells around its centre): CenterNet cannot tell two apart
+        # (two perfect peaks in neighbouring cells are a plateau, decoded as one).
+        if any((label, cx + dx, cy + dy) in cells for dx in (-1, 0, 1) for dy in (-1, 0, 1)):
             continue
-        cells.add(cell)
+        cells.add((label, cx, cy))
         boxes.append((x1, y1, x1 + w, y1 + h))
         labels.append(label)
     return np.asarray(boxes, np.float32), np.asarray(labels, np.int64)

@@ -161,18 +161,32 @@ def test_inputs_are_checked(driver, program):
         EngineDriver(GoldenBackend(CFG)).run(x)
 
 
-def test_numpy_decode_equals_torch_decode():
+def test_torch_decode_is_the_driver_decode_per_image():
     from hwconv.quant.data.centernet import decode as torch_decode
 
     rng = np.random.default_rng(0)
-    heat = rng.random((3, 16, 20))
-    wh, reg = rng.random((2, 16, 20)) * 5, rng.random((2, 16, 20))
-    got = decode(heat, wh, reg, stride=4, k=40, score_threshold=0.3)
-    want = torch_decode(torch.from_numpy(heat)[None], torch.from_numpy(wh)[None], torch.from_numpy(reg)[None],
-                        k=40, score_threshold=0.3)[0]
-    assert np.allclose(got["scores"], want["scores"].numpy())
-    assert np.array_equal(got["labels"], want["labels"].numpy())
-    assert np.allclose(got["boxes"], want["boxes"].numpy())
+    heat = rng.random((2, 3, 16, 20))
+    wh, reg = rng.random((2, 2, 16, 20)) * 5, rng.random((2, 2, 16, 20))
+    dets = torch_decode(torch.from_numpy(heat), torch.from_numpy(wh), torch.from_numpy(reg), k=40,
+                        score_threshold=0.3)
+    for i, want in enumerate(dets):
+        got = decode(heat[i], wh[i], reg[i], stride=4, k=40, score_threshold=0.3)
+        assert len(got["scores"]) > 5
+        for key in ("boxes", "scores", "labels"):
+            assert np.array_equal(got[key], want[key].numpy()), key
+
+
+def test_a_plateau_of_equal_scores_is_one_detection_at_its_first_cell():
+    heat = np.full((2, 8, 8), 0.05)
+    heat[0, 2:4, 3:6] = 0.9        # a 2x3 plateau (8-bit logits tie like this): one object
+    heat[0, 6, 1] = heat[0, 7, 0] = 0.7   # an anti-diagonal tie: the upper cell comes first
+    heat[1, 5, 5] = 0.8            # a plain peak
+    heat[1, 5, 6] = 0.8 - 1e-9     # a neighbour just below it: not a peak
+    det = decode(heat, np.ones((2, 8, 8)), np.zeros((2, 8, 8)), stride=4, k=10, score_threshold=0.5)
+    assert det["scores"].tolist() == [0.9, 0.8, 0.7]
+    assert det["labels"].tolist() == [0, 1, 0]
+    centres = (det["boxes"][:, :2] + det["boxes"][:, 2:]) / 2 / 4
+    assert centres.tolist() == [[3.0, 2.0], [5.0, 5.0], [1.0, 6.0]]   # (x, y) cells
 
 
 def test_letterbox_geometry_and_resize_match_training_side():

@@ -1,9 +1,15 @@
 """CenterNet decoding of a detector program's integer outputs, numpy only (it runs on the board).
 
-The same rule as hwconv.quant.data.centernet.decode (the torch version used in training and
-evaluation): heatmap probabilities = sigmoid of the dequantised hm logits, keep cells equal to
-their 3x3 maximum, take the top k, rebuild boxes from wh and reg in output cells times the
-stride. Ties in the heatmap (common with 8-bit logits) are taken in cell order.
+One rule for every path (the program's outputs on the board or the golden model, the PyTorch
+model in evaluation; hwconv.quant.data.centernet.decode is this function on tensors): heatmap
+probabilities = sigmoid of the dequantised hm logits, peaks = cells that are the maximum of their
+3x3 neighbourhood, the top k peaks, boxes from wh and reg in output cells times the stride.
+
+Plateaus. 8-bit logits make neighbouring cells tie, and a rule that keeps every cell equal to
+its 3x3 maximum then reports one object several times (on the 3-class VOC-format set of
+docs/results/quantize_voc.md that cost the W4A8 network 3.4 AP50 points and the float one 1.4).
+A cell that ties a neighbour before it in raster order (up-left, up, up-right, left) is not a
+peak, so a plateau gives one detection, at its first cell.
 """
 
 from __future__ import annotations
@@ -26,12 +32,26 @@ def _maxpool3(x: np.ndarray) -> np.ndarray:
     return out
 
 
+_EARLIER_NEIGHBOURS = ((0, 0), (0, 1), (0, 2), (1, 0))  # offsets into the padded map: up-left, up, up-right, left
+
+
+def peak_mask(heatmap: np.ndarray) -> np.ndarray:
+    """(C, H, W) -> bool: the cell is its 3x3 neighbourhood's maximum and ties no neighbour
+    before it in raster order (one peak per plateau; module docstring)."""
+    h, w = heatmap.shape[-2:]
+    mask = _maxpool3(heatmap) == heatmap
+    padded = np.pad(heatmap, [(0, 0)] * (heatmap.ndim - 2) + [(1, 1), (1, 1)], constant_values=-np.inf)
+    for dy, dx in _EARLIER_NEIGHBOURS:
+        mask &= heatmap > padded[..., dy:dy + h, dx:dx + w]
+    return mask
+
+
 def decode(heatmap: np.ndarray, wh: np.ndarray, reg: np.ndarray | None, *, stride: float,
            k: int = 100, score_threshold: float = 0.1) -> dict[str, np.ndarray]:
     """heatmap (C, H, W) probabilities, wh and reg (2, H, W) in output cells -> boxes (n, 4) xyxy
-    input pixels, scores (n,), labels (n,), best first."""
+    input pixels, scores (n,), labels (n,), best first (equal scores in cell order)."""
     c, h, w = heatmap.shape
-    peaks = np.where(_maxpool3(heatmap) == heatmap, heatmap, 0.0).reshape(-1)
+    peaks = np.where(peak_mask(heatmap), heatmap, 0.0).reshape(-1)
     k = min(k, peaks.size)
     order = np.argsort(-peaks, kind="stable")[:k]
     scores = peaks[order]

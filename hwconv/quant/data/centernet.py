@@ -16,7 +16,6 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 STRIDE = 4
 MAX_OBJECTS = 128
@@ -110,23 +109,17 @@ def decode(heatmap: torch.Tensor, wh: torch.Tensor, reg: torch.Tensor | None = N
     """Detections per image: boxes (n, 4) xyxy input pixels, scores (n,), labels (n,), best first.
 
     heatmap (B, C, H, W) probabilities; wh and reg (B, 2, H, W) in output cells. Without reg the
-    centre is the cell's corner, as in CenterNet run with --not_reg_offset.
+    centre is the cell's corner, as in CenterNet run with --not_reg_offset. The rule (peaks, one
+    per plateau, top k) is the driver's, hwconv.driver.decode.decode, applied per image.
     """
-    b, c, h, w = heatmap.shape
-    peaks = heatmap * (F.max_pool2d(heatmap, 3, stride=1, padding=1) == heatmap)
-    scores, flat = peaks.reshape(b, -1).topk(min(k, c * h * w))
-    labels = flat // (h * w)
-    cells = flat % (h * w)
-    ys = (cells // w).to(heatmap.dtype)
-    xs = (cells % w).to(heatmap.dtype)
-    size = gather_at(wh, cells)
-    if reg is not None:
-        offset = gather_at(reg, cells)
-        xs, ys = xs + offset[..., 0], ys + offset[..., 1]
-    half_w, half_h = size[..., 0] / 2, size[..., 1] / 2
-    boxes = torch.stack([xs - half_w, ys - half_h, xs + half_w, ys + half_h], dim=-1) * stride
+    from ...driver.decode import decode as decode_image
+
+    as_np = lambda t: t.detach().cpu().double().numpy()  # noqa: E731
     out = []
-    for i in range(b):
-        keep = scores[i] >= score_threshold
-        out.append({"boxes": boxes[i][keep], "scores": scores[i][keep], "labels": labels[i][keep]})
+    for i in range(heatmap.shape[0]):
+        det = decode_image(as_np(heatmap[i]), as_np(wh[i]), None if reg is None else as_np(reg[i]),
+                           stride=stride, k=k, score_threshold=score_threshold)
+        out.append({"boxes": torch.from_numpy(det["boxes"]).to(heatmap.dtype),
+                    "scores": torch.from_numpy(det["scores"]).to(heatmap.dtype),
+                    "labels": torch.from_numpy(det["labels"])})
     return out
