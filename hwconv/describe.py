@@ -53,7 +53,8 @@ def format_program(prog: Program, source: str = "", board=None) -> str:
     cfg = prog.config
     from .rtl.clock import clock_for
 
-    clock = clock_for(board, cfg) if board is not None else clock_for(cfg)  # min(board clock, estimated Fmax): a figure needs a clock the design meets
+    # min(board clock, estimated Fmax): a figure needs a clock the design meets
+    clock = clock_for(board, cfg) if board is not None else clock_for(cfg)
     mhz = clock.mhz
     lines.append(f"  total {macs / 1e9:.3f} GMAC; ideal {cycles} cycles = {mhz * 1e6 / cycles:.0f} fps "
                  f"at {mhz:.1f} MHz on a {cfg.pe_in}x{cfg.pe_out} array (a lower bound: no stalls)")

@@ -112,6 +112,23 @@ def test_missing_user_file_names_the_path(tmp_path):
         load_board(tmp_path / "nope.toml")
 
 
+def test_a_board_path_that_is_no_small_text_file_is_one_error_before_reading(tmp_path):
+    import os
+
+    from hwconv.boards.catalog import BOARD_MAX_BYTES
+
+    big = tmp_path / "big.toml"
+    with open(big, "wb") as f:
+        f.truncate(BOARD_MAX_BYTES + 1)   # sparse: the bound is checked before anything is read
+    (tmp_path / "folder.toml").mkdir()
+    os.mkfifo(tmp_path / "fifo.toml")     # reading it would block forever
+    (tmp_path / "binary.toml").write_bytes(b"\xff\xfe name")
+    for name, why in (("big.toml", "more than the 1048576-byte limit"), ("folder.toml", "this is a folder"),
+                      ("fifo.toml", "this is a FIFO"), ("binary.toml", "not UTF-8 text")):
+        with pytest.raises(BoardError, match=why):
+            load_board(tmp_path / name)
+
+
 # ==================================================================================================
 # Malformed files: each error names the file and the field
 # ==================================================================================================

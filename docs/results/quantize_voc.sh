@@ -32,7 +32,7 @@ date -u +"start %FT%TZ"
     --classes 3 --objects 1,3 --scale 0.3,0.5
 date -u +"data %FT%TZ"
 [ "$RUN" = data ] && exit 0
-/usr/bin/time -v bash -c "$HW quantize --data voc --data-root voc -o $RUN $*" > "$RUN.quantize.log" 2> "$RUN.quantize.time"
+/usr/bin/time -v bash -c "$HW quantize --data voc --data-root voc -o ${RUN@Q} ${*@Q}" > "$RUN.quantize.log" 2> "$RUN.quantize.time"
 date -u +"quantize %FT%TZ"
 bash -c "$HW export $RUN/qat/last.pt -o $RUN/export --verify 4" > "$RUN.export.log" 2>&1
 date -u +"export %FT%TZ"

@@ -14,6 +14,7 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from ..fileio import InputFileError, read_capped
 from ..spec.config import AXI_DATA_WIDTH_CHOICES, EngineConfig
 from ..spec.errors import SpecError
 
@@ -45,6 +46,9 @@ _CONFIG_HASH_RE = re.compile(r"^0x[0-9a-f]{8}$")
 _SPEED_GRADE_RE = re.compile(r"-(\d[A-Z]*)(?:-[a-z])?$")
 _POSITIVE_RESOURCES = ("dsp", "bram36", "lut", "ff")
 _RESOURCE_FIELDS = _POSITIVE_RESOURCES + ("uram",)       # uram is 0 on devices without UltraRAM
+
+
+BOARD_MAX_BYTES = 1 << 20  # a board file is ~2 KB
 
 
 class BoardError(SpecError):
@@ -128,10 +132,12 @@ def load_board(name_or_path: str | Path) -> Board:
     # Anything that looks like a path is one, so a typo in a path is not reported as "unknown board".
     if isinstance(name_or_path, Path) or text_path.endswith(".toml") or "/" in text_path or "\\" in text_path:
         path = Path(name_or_path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise BoardError(f"{path}: cannot read board file: {exc.strerror}") from None
+        try:  # bounded, and a FIFO or device is refused rather than read forever
+            text = read_capped(path, limit=BOARD_MAX_BYTES, what="board file").decode("utf-8")
+        except InputFileError as exc:
+            raise BoardError(str(exc)) from None
+        except UnicodeDecodeError as exc:
+            raise BoardError(f"{path}: board file is not UTF-8 text (byte {exc.start})") from None
         return parse_board(text, source=str(path))
     resource = _packaged_dir() / f"{text_path}.toml"
     if not resource.is_file():
